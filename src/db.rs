@@ -1,0 +1,670 @@
+//! The database handle: options, reads, and the commit path (group commit over the log).
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::ops::{Bound, RangeBounds};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::batch::{Batch, check_key, check_value};
+use crate::bytes::Bytes;
+use crate::error::{Error, Result};
+use crate::format::encode_record;
+use crate::io::{StdVfs, Vfs, VfsFile};
+use crate::memtable::Memtable;
+use crate::recovery::{self, RecoveryReport};
+use crate::wal::LogWriter;
+
+/// When a write is considered done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Durability {
+    /// A write returns only once it is on stable storage (`fdatasync`): it survives power loss.
+    /// Concurrent writers share one sync.
+    #[default]
+    Immediate,
+    /// A write returns once it is in the operating system's page cache: it survives the process
+    /// being killed, but not a power loss or kernel crash. [`Db::flush`] makes it durable.
+    Buffered,
+}
+
+/// How to open a store. Start from [`Options::new`], finish with [`Options::open`].
+#[derive(Clone)]
+pub struct Options {
+    durability: Durability,
+    create_if_missing: bool,
+    vfs: Arc<dyn Vfs>,
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("durability", &self.durability)
+            .field("create_if_missing", &self.create_if_missing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options::new()
+    }
+}
+
+impl Options {
+    /// The defaults: [`Durability::Immediate`], create the store if it is missing.
+    pub fn new() -> Self {
+        Options {
+            durability: Durability::Immediate,
+            create_if_missing: true,
+            vfs: Arc::new(StdVfs),
+        }
+    }
+
+    /// When writes are considered done (default [`Durability::Immediate`]).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Whether [`Options::open`] creates a missing directory (default `true`). With `false`, a
+    /// missing directory is a [`Error::NotAStore`].
+    pub fn create_if_missing(mut self, create: bool) -> Self {
+        self.create_if_missing = create;
+        self
+    }
+
+    #[cfg(test)]
+    pub(crate) fn vfs(mut self, vfs: Arc<dyn Vfs>) -> Self {
+        self.vfs = vfs;
+        self
+    }
+
+    /// Opens the store in directory `path`, recovering from any crash.
+    pub fn open(self, path: impl AsRef<Path>) -> Result<Db> {
+        let dir = path.as_ref().to_owned();
+        let recovered = recovery::open(self.vfs.as_ref(), &dir, self.create_if_missing)?;
+        Ok(Db {
+            inner: Arc::new(Inner {
+                dir,
+                options: self,
+                state: RwLock::new(recovered.state),
+                queue: Mutex::new(Queue::default()),
+                queue_changed: Condvar::new(),
+                writer: Mutex::new(recovered.writer),
+                poison: Mutex::new(None),
+                commits: AtomicU64::new(0),
+                syncs: AtomicU64::new(0),
+                report: recovered.report,
+                _lock: recovered.lock,
+            }),
+        })
+    }
+}
+
+/// Figures about a store, from [`Db::stats`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// The current generation (the live log is `wal-<generation>`).
+    pub generation: u64,
+    /// Number of keys in the store.
+    pub keys: u64,
+    /// Length of the live log in bytes (its logical end; preallocated space not included).
+    pub wal_bytes: u64,
+    /// Approximate heap bytes held by the in-memory view of the log.
+    pub memtable_bytes: u64,
+    /// The sequence number the next committed batch will carry.
+    pub next_sequence: u64,
+    /// Batches committed through this handle (and its clones) since it was opened.
+    pub commits: u64,
+    /// `fdatasync` calls made for those commits and flushes; fewer than `commits` when concurrent
+    /// writers shared a sync.
+    pub syncs: u64,
+    /// When writes are considered done.
+    pub durability: Durability,
+    /// What recovery found and did when the store was opened.
+    pub recovery: RecoveryReport,
+}
+
+/// An open store. Cheap to clone; clones share everything. `Send + Sync`.
+///
+/// Readers never wait for a writer's `fdatasync`: a write becomes visible only once it is durable
+/// (as [`Durability`] defines it), and then at once to every clone.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    options: Options,
+    /// What readers see: only writes that have been appended and synced.
+    state: RwLock<State>,
+    /// Writers waiting to be committed by the current group leader.
+    queue: Mutex<Queue>,
+    queue_changed: Condvar,
+    /// The log, held by the group leader while it appends and syncs.
+    writer: Mutex<LogWriter>,
+    /// Set after a failed sync: the handle refuses writes from then on.
+    poison: Mutex<Option<String>>,
+    commits: AtomicU64,
+    syncs: AtomicU64,
+    report: RecoveryReport,
+    /// Holds the store's `flock` for as long as the handle lives.
+    _lock: Arc<dyn VfsFile>,
+}
+
+/// The in-memory view readers see.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    memtable: Memtable,
+    live_keys: u64,
+}
+
+impl State {
+    /// Applies one committed (or replayed) operation.
+    pub(crate) fn apply(&mut self, key: Bytes, value: Option<Bytes>) {
+        let is_put = value.is_some();
+        // With no snapshot underneath yet, nothing needs a tombstone: a delete forgets the key.
+        let existed = match value {
+            Some(value) => self.memtable.insert(key, Some(value)),
+            None => self.memtable.remove(&key),
+        }
+        .is_some_and(|old| old.is_some());
+        match (existed, is_put) {
+            (false, true) => self.live_keys += 1,
+            (true, false) => self.live_keys -= 1,
+            _ => {}
+        }
+    }
+}
+
+/// The group-commit queue. Tickets are handed out in arrival order; a leader takes every pending
+/// batch at once, so each group is a contiguous run of tickets and groups finish in order.
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Batch>,
+    next_ticket: u64,
+    /// Every ticket below this one has finished.
+    done_below: u64,
+    leader_active: bool,
+    /// Errors for the members of failed groups, collected by each member.
+    failures: HashMap<u64, Error>,
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Db")
+            .field("dir", &self.inner.dir)
+            .field("durability", &self.inner.options.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    /// Opens (creating if missing) the store in directory `path` with default [`Options`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Db> {
+        Options::new().open(path)
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The value of `key`, if present.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
+        let state = self.inner.read_state();
+        Ok(state.memtable.get(key.as_ref()).cloned().flatten())
+    }
+
+    /// Whether `key` is present.
+    pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let state = self.inner.read_state();
+        Ok(matches!(state.memtable.get(key.as_ref()), Some(Some(_))))
+    }
+
+    /// Sets `key` to `value`. Durable when it returns (with [`Durability::Immediate`]).
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        check_key(key)?;
+        check_value(value)?;
+        let mut batch = Batch::new();
+        batch.put(key, value);
+        self.write(batch)
+    }
+
+    /// Removes `key`; removing an absent key is not an error.
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<()> {
+        check_key(key.as_ref())?;
+        let mut batch = Batch::new();
+        batch.delete(key);
+        self.write(batch)
+    }
+
+    /// Applies every operation of `batch` atomically, as one log record.
+    pub fn write(&self, batch: Batch) -> Result<()> {
+        batch.check_limits()?;
+        self.inner.check_poison()?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.inner.commit(batch)
+    }
+
+    /// Makes every write so far durable: a no-op cost for [`Durability::Immediate`], an
+    /// `fdatasync` for [`Durability::Buffered`].
+    pub fn flush(&self) -> Result<()> {
+        self.inner.check_poison()?;
+        let writer = lock(&self.inner.writer);
+        self.inner.sync(&writer)
+    }
+
+    /// The entries with keys in `range`, in key order (`.rev()` for descending).
+    ///
+    /// The iterator does not hold a lock between items: it reads the store a chunk of entries at a
+    /// time, so it never blocks writers. Each key in the range is returned at most once, in order;
+    /// writes made while it runs may or may not be seen.
+    pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
+        let owned = |b: Bound<&K>| match b {
+            Bound::Included(k) => Bound::Included(Bytes::from(k.as_ref())),
+            Bound::Excluded(k) => Bound::Excluded(Bytes::from(k.as_ref())),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        Iter::new(
+            self.clone(),
+            owned(range.start_bound()),
+            owned(range.end_bound()),
+        )
+    }
+
+    /// The entries whose keys start with `prefix`, in key order.
+    pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
+        let prefix = prefix.as_ref();
+        let hi = match prefix_successor(prefix) {
+            Some(next) => Bound::Excluded(Bytes::from(next)),
+            None => Bound::Unbounded,
+        };
+        Iter::new(self.clone(), Bound::Included(Bytes::from(prefix)), hi)
+    }
+
+    /// Number of keys in the store.
+    pub fn len(&self) -> Result<u64> {
+        Ok(self.inner.read_state().live_keys)
+    }
+
+    /// Whether the store holds no keys.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Figures about the store and this handle.
+    pub fn stats(&self) -> Result<Stats> {
+        let writer = lock(&self.inner.writer);
+        let state = self.inner.read_state();
+        Ok(Stats {
+            generation: writer.generation(),
+            keys: state.live_keys,
+            wal_bytes: writer.end(),
+            memtable_bytes: state.memtable.approximate_bytes() as u64,
+            next_sequence: writer.next_seq(),
+            commits: self.inner.commits.load(Ordering::Relaxed),
+            syncs: self.inner.syncs.load(Ordering::Relaxed),
+            durability: self.inner.options.durability,
+            recovery: self.inner.report.clone(),
+        })
+    }
+}
+
+impl Inner {
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match &*lock(&self.poison) {
+            Some(cause) => Err(Error::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn set_poison(&self, cause: String) {
+        lock(&self.poison).get_or_insert(cause);
+    }
+
+    /// Queues `batch` and returns once the group that carries it has committed. The first writer
+    /// to find no leader becomes the leader and commits everything queued, so concurrent writers
+    /// share one append and one sync.
+    fn commit(&self, batch: Batch) -> Result<()> {
+        let mut queue = lock(&self.queue);
+        let ticket = queue.next_ticket;
+        queue.next_ticket += 1;
+        queue.pending.push(batch);
+        loop {
+            if ticket < queue.done_below {
+                return queue.failures.remove(&ticket).map_or(Ok(()), Err);
+            }
+            if !queue.leader_active {
+                queue.leader_active = true;
+                let group = std::mem::take(&mut queue.pending);
+                let group_end = queue.next_ticket;
+                let group_start = group_end - group.len() as u64;
+                drop(queue);
+
+                let result = catch_unwind(AssertUnwindSafe(|| self.commit_group(group)))
+                    .unwrap_or_else(|_| {
+                        let cause = "a panic during a commit".to_string();
+                        self.set_poison(cause.clone());
+                        Err(Error::Poisoned { cause })
+                    });
+
+                queue = lock(&self.queue);
+                if let Err(e) = &result {
+                    for t in (group_start..group_end).filter(|&t| t != ticket) {
+                        queue.failures.insert(t, e.for_group_member());
+                    }
+                }
+                queue.done_below = group_end;
+                queue.leader_active = false;
+                self.queue_changed.notify_all();
+                return result;
+            }
+            queue = self
+                .queue_changed
+                .wait(queue)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Appends the group as one write (a record per batch), syncs, then publishes it to readers.
+    fn commit_group(&self, group: Vec<Batch>) -> Result<()> {
+        self.check_poison()?;
+        let mut writer = lock(&self.writer);
+        let appended = writer.append(|buf, first_seq| {
+            for (seq, batch) in (first_seq..).zip(&group) {
+                encode_record(buf, seq, batch.op_refs(), batch.encoded_len());
+            }
+            group.len() as u64
+        });
+        if let Err(e) = appended {
+            if let Error::Poisoned { cause } = &e {
+                self.set_poison(cause.clone());
+            }
+            return Err(e);
+        }
+        if self.options.durability == Durability::Immediate {
+            self.sync(&writer)?;
+        }
+        self.commits
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        // Publish while still holding the writer, so readers see commits in log order.
+        let mut state = self.write_state();
+        for batch in group {
+            for (key, value) in batch.into_ops() {
+                state.apply(key, value);
+            }
+        }
+        Ok(())
+    }
+
+    /// `fdatasync`s the log; a failure poisons the handle, because after a failed `fdatasync` the
+    /// kernel may have dropped the dirty pages and a retry could "succeed" without the data.
+    fn sync(&self, writer: &LogWriter) -> Result<()> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        writer.sync().inspect_err(|e| {
+            self.set_poison(e.to_string());
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The smallest key greater than every key that starts with `prefix`, if there is one.
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut next = prefix.to_vec();
+    while let Some(last) = next.pop() {
+        if last < u8::MAX {
+            next.push(last + 1);
+            return Some(next);
+        }
+    }
+    None
+}
+
+/// How many entries an iterator fetches per visit to the store, at first and at most.
+const FIRST_CHUNK: usize = 16;
+const MAX_CHUNK: usize = 1024;
+
+/// An ordered iterator over a range of the store, from [`Db::range`] or [`Db::prefix`]. Yields
+/// `Result<(key, value)>`; iterate backwards with `.rev()` or `next_back`.
+pub struct Iter {
+    db: Db,
+    /// The part of the range not fetched yet.
+    lo: Bound<Bytes>,
+    hi: Bound<Bytes>,
+    /// Fetched from the low end, ascending.
+    front: VecDeque<(Bytes, Bytes)>,
+    /// Fetched from the high end, descending.
+    back: VecDeque<(Bytes, Bytes)>,
+    /// Nothing is left between `lo` and `hi`.
+    drained: bool,
+    chunk: usize,
+}
+
+impl fmt::Debug for Iter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Iter")
+            .field("lo", &self.lo)
+            .field("hi", &self.hi)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Iter {
+    fn new(db: Db, lo: Bound<Bytes>, hi: Bound<Bytes>) -> Self {
+        Iter {
+            db,
+            lo,
+            hi,
+            front: VecDeque::new(),
+            back: VecDeque::new(),
+            drained: false,
+            chunk: FIRST_CHUNK,
+        }
+    }
+
+    /// Fetches the next chunk from one end of the unfetched range.
+    fn refill(&mut self, from_front: bool) {
+        let state = self.db.inner.read_state();
+        let entries = state
+            .memtable
+            .range(as_slice_bound(&self.lo), as_slice_bound(&self.hi));
+        let mut scanned = 0;
+        let mut last_key = None;
+        let mut take = |(key, value): (&Bytes, &Option<Bytes>)| {
+            scanned += 1;
+            last_key = Some(key.clone());
+            value.as_ref().map(|v| (key.clone(), v.clone()))
+        };
+        if from_front {
+            let got = entries.take(self.chunk).filter_map(&mut take);
+            self.front.extend(got);
+        } else {
+            let got = entries.rev().take(self.chunk).filter_map(&mut take);
+            self.back.extend(got);
+        }
+        if scanned < self.chunk {
+            self.drained = true;
+        } else if let Some(key) = last_key {
+            if from_front {
+                self.lo = Bound::Excluded(key);
+            } else {
+                self.hi = Bound::Excluded(key);
+            }
+        }
+        self.chunk = (self.chunk * 2).min(MAX_CHUNK);
+    }
+}
+
+fn as_slice_bound(bound: &Bound<Bytes>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(k) => Bound::Included(k),
+        Bound::Excluded(k) => Bound::Excluded(k),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+impl Iterator for Iter {
+    type Item = Result<(Bytes, Bytes)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.front.is_empty() && !self.drained {
+            self.refill(true);
+        }
+        self.front
+            .pop_front()
+            .or_else(|| self.back.pop_back())
+            .map(Ok)
+    }
+}
+
+impl DoubleEndedIterator for Iter {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        while self.back.is_empty() && !self.drained {
+            self.refill(false);
+        }
+        self.back
+            .pop_front()
+            .or_else(|| self.front.pop_back())
+            .map(Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::faulty::{Faults, FaultyVfs};
+
+    fn faulty_db(dir: &Path) -> (Db, Arc<Mutex<Faults>>) {
+        let vfs = FaultyVfs::default();
+        let faults = Arc::clone(&vfs.faults);
+        let db = Options::new().vfs(Arc::new(vfs)).open(dir).expect("open");
+        (db, faults)
+    }
+
+    #[test]
+    fn prefix_successor_skips_trailing_ff() {
+        assert_eq!(prefix_successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_successor(b"a\xff\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_successor(b"\xff"), None);
+        assert_eq!(prefix_successor(b""), None);
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_batch_cleanly_and_the_store_keeps_working() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, faults) = faulty_db(dir.path());
+        db.put("before", "1").expect("put");
+        let wal_before = db.stats().expect("stats").wal_bytes;
+
+        lock(&faults).enospc_after = Some(10);
+        let err = db.put("during", "x".repeat(100)).expect_err("disk is full");
+        assert!(matches!(err, Error::StorageFull { .. }), "{err}");
+        assert_eq!(db.get("during").expect("get"), None);
+        assert_eq!(db.stats().expect("stats").wal_bytes, wal_before);
+
+        lock(&faults).enospc_after = None;
+        db.put("after", "2").expect("put once space is back");
+        drop(db);
+
+        let db = Db::open(dir.path()).expect("reopen");
+        assert_eq!(db.get("before").expect("get").as_deref(), Some(&b"1"[..]));
+        assert_eq!(
+            db.get("during").expect("get"),
+            None,
+            "a failed batch must not reappear"
+        );
+        assert_eq!(db.get("after").expect("get").as_deref(), Some(&b"2"[..]));
+        assert_eq!(db.stats().expect("stats").recovery.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn enospc_while_preallocating_cuts_the_records_off_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, faults) = faulty_db(dir.path());
+        // The first append also preallocates: fail only the zero-fill (64 KiB writes).
+        lock(&faults).enospc_after = Some(1000);
+        let err = db
+            .put("k", "v")
+            .expect_err("preallocation hits a full disk");
+        assert!(matches!(err, Error::StorageFull { .. }), "{err}");
+        lock(&faults).enospc_after = None;
+        drop(db);
+        let db = Db::open(dir.path()).expect("reopen");
+        assert_eq!(db.get("k").expect("get"), None);
+    }
+
+    #[test]
+    fn a_failed_fdatasync_poisons_the_handle_until_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, faults) = faulty_db(dir.path());
+        db.put("a", "1").expect("put");
+        lock(&faults).fail_sync = true;
+        let err = db.put("b", "2").expect_err("sync fails");
+        assert!(matches!(err, Error::Io { op: "sync", .. }), "{err}");
+        assert_eq!(
+            db.get("b").expect("get"),
+            None,
+            "unsynced writes are never published"
+        );
+
+        // Even once the disk "recovers", this handle refuses writes: it cannot know what the
+        // kernel dropped.
+        lock(&faults).fail_sync = false;
+        let err = db.put("c", "3").expect_err("poisoned");
+        assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+        assert!(matches!(db.flush(), Err(Error::Poisoned { .. })));
+        assert_eq!(
+            db.get("a").expect("reads still work").as_deref(),
+            Some(&b"1"[..])
+        );
+        drop(db);
+
+        let db = Db::open(dir.path()).expect("reopen re-derives the truth");
+        assert_eq!(db.get("a").expect("get").as_deref(), Some(&b"1"[..]));
+        db.put("c", "3").expect("a fresh handle writes again");
+    }
+
+    #[test]
+    fn concurrent_writers_share_syncs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path()).expect("open");
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let db = db.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        db.put(format!("{t}-{i}"), "v").expect("put");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("writer thread");
+        }
+        let stats = db.stats().expect("stats");
+        assert_eq!(stats.commits, 400);
+        assert_eq!(stats.keys, 400);
+        assert!(stats.syncs <= stats.commits);
+    }
+}

@@ -1,0 +1,166 @@
+//! The error type: each variant says what happened and what the caller can do about it.
+
+use std::io;
+use std::path::PathBuf;
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in sturdykv.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system I/O call failed. Nothing acknowledged was lost; the operation that
+    /// returned this did not take effect unless it says so.
+    #[error("I/O error while trying to {op} {}: {source}", path.display())]
+    Io {
+        /// What sturdykv was doing ("append to", "open", ...).
+        op: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The disk is full. The write that returned this did not happen; the store keeps working
+    /// once space is freed.
+    #[error("no space left on the device holding {}: the write was not applied; free some space and retry", path.display())]
+    StorageFull {
+        /// The file being written.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A store file failed a checksum or structural check.
+    #[error("{} is corrupt at byte offset {offset}: {reason}; run `kvctl check` and restore that file from a backup", file.display())]
+    Corruption {
+        /// The damaged file.
+        file: PathBuf,
+        /// Where the damage was found.
+        offset: u64,
+        /// What check failed.
+        reason: String,
+    },
+
+    /// The path exists but is not a sturdykv store (or a file in it is not one of ours). Nothing
+    /// was written.
+    #[error("{} is not a sturdykv store: {reason}", path.display())]
+    NotAStore {
+        /// The path given, or the offending file.
+        path: PathBuf,
+        /// Why it was not recognised.
+        reason: String,
+    },
+
+    /// A file was written by a newer sturdykv with a format this build does not know.
+    #[error("{} uses format version {found}, but this build reads versions up to {supported}; upgrade sturdykv", file.display())]
+    UnsupportedVersion {
+        /// The file.
+        file: PathBuf,
+        /// The version found in it.
+        found: u32,
+        /// The newest version this build understands.
+        supported: u32,
+    },
+
+    /// A key, value or batch is larger than sturdykv accepts. Nothing was written.
+    #[error("{what} is {len} bytes, over the limit of {max} bytes; nothing was written")]
+    LimitExceeded {
+        /// "key", "value" or "batch".
+        what: &'static str,
+        /// Its size.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+
+    /// A sync to stable storage failed earlier, so this handle can no longer tell what is on
+    /// disk. Drop every clone of it and reopen the store: recovery re-derives the truth from disk.
+    #[error(
+        "this handle is poisoned by an earlier failed write ({cause}); drop it and reopen the store"
+    )]
+    Poisoned {
+        /// What failed first.
+        cause: String,
+    },
+
+    /// Another handle (in this or another process) has the store open and holds its lock.
+    #[error("the store is locked by another handle or process ({}); close it first", path.display())]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        if source.kind() == io::ErrorKind::StorageFull {
+            Error::StorageFull { path, source }
+        } else {
+            Error::Io { op, path, source }
+        }
+    }
+
+    pub(crate) fn corruption(
+        file: impl Into<PathBuf>,
+        offset: u64,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::Corruption {
+            file: file.into(),
+            offset,
+            reason: reason.into(),
+        }
+    }
+
+    /// A copy of this error for the other writers of a commit group that failed as a whole.
+    pub(crate) fn for_group_member(&self) -> Self {
+        let copy_io = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
+        match self {
+            Error::Io { op, path, source } => Error::Io {
+                op,
+                path: path.clone(),
+                source: copy_io(source),
+            },
+            Error::StorageFull { path, source } => Error::StorageFull {
+                path: path.clone(),
+                source: copy_io(source),
+            },
+            Error::Corruption {
+                file,
+                offset,
+                reason,
+            } => Error::Corruption {
+                file: file.clone(),
+                offset: *offset,
+                reason: reason.clone(),
+            },
+            Error::NotAStore { path, reason } => Error::NotAStore {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            Error::UnsupportedVersion {
+                file,
+                found,
+                supported,
+            } => Error::UnsupportedVersion {
+                file: file.clone(),
+                found: *found,
+                supported: *supported,
+            },
+            Error::LimitExceeded { what, len, max } => Error::LimitExceeded {
+                what,
+                len: *len,
+                max: *max,
+            },
+            Error::Poisoned { cause } => Error::Poisoned {
+                cause: cause.clone(),
+            },
+            Error::Locked { path } => Error::Locked { path: path.clone() },
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! sturdykv: an embedded, ordered key-value store that does not lose acknowledged writes.
+//!
+//! Byte-string keys map to byte-string values in a directory. Every write that returned `Ok` is on
+//! stable storage (with the default [`Durability::Immediate`]) and survives `kill -9` and power
+//! loss; a [`Batch`] is all-or-nothing. The design follows Birrell, Jones & Wobber, *A Simple and
+//! Efficient Implementation for Small Databases* (SOSP 1987): a write-ahead log is the source of
+//! truth, and opening the store replays it.
+//!
+//! ```
+//! use sturdykv::{Batch, Db};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = Db::open(dir.path())?;
+//! db.put("fruit/apple", "red")?;
+//! db.put("fruit/banana", "yellow")?;
+//!
+//! let mut batch = Batch::new();
+//! batch.put("fruit/cherry", "dark red").delete("fruit/apple");
+//! db.write(batch)?; // atomic: both or neither
+//!
+//! assert_eq!(db.get("fruit/banana")?.as_deref(), Some(&b"yellow"[..]));
+//! let keys: Vec<_> = db.prefix("fruit/").map(|kv| kv.map(|(k, _)| k)).collect::<Result<_, _>>()?;
+//! assert_eq!(keys, [&b"fruit/banana"[..], &b"fruit/cherry"[..]]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The on-disk format is specified byte by byte in `docs/FORMAT.md`.
+
+mod batch;
+mod bytes;
+mod db;
+mod error;
+mod format;
+mod io;
+mod layout;
+mod limits;
+mod memtable;
+mod recovery;
+mod wal;
+
+pub use batch::Batch;
+pub use bytes::Bytes;
+pub use db::{Db, Durability, Iter, Options, Stats};
+pub use error::{Error, Result};
+pub use limits::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use recovery::RecoveryReport;
+
+/// Entry points for the fuzz targets in `fuzz/`; not part of the supported API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Decodes `data` as a run of log records, as recovery would, and checks that every record
+    /// that decodes re-encodes to exactly the same bytes. Panics on any violation.
+    pub fn log_records(data: &[u8]) {
+        crate::format::check_decode_roundtrip(data);
+    }
+}

@@ -1,0 +1,114 @@
+//! The in-memory view of the writes since the last snapshot: an ordered map from key to value, or
+//! to a tombstone where a delete must hide an older value underneath.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use crate::bytes::Bytes;
+
+/// Bytes of bookkeeping charged per entry on top of key and value, for `approximate_bytes`.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// Ordered writes: `Some(value)` for a put, `None` for a tombstone.
+#[derive(Debug, Default)]
+pub struct Memtable {
+    map: BTreeMap<Bytes, Option<Bytes>>,
+    approximate_bytes: usize,
+}
+
+impl Memtable {
+    /// The entry for `key`: `None` if this table knows nothing of it, `Some(None)` for a tombstone.
+    pub fn get(&self, key: &[u8]) -> Option<&Option<Bytes>> {
+        self.map.get(key)
+    }
+
+    /// Records `key = value` (or a tombstone) and returns the previous entry.
+    pub fn insert(&mut self, key: Bytes, value: Option<Bytes>) -> Option<Option<Bytes>> {
+        let key_len = key.len();
+        let added = key_len + value.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD;
+        let previous = self.map.insert(key, value);
+        if let Some(old) = &previous {
+            // Replacing an entry: take the old one off before adding the new one.
+            self.approximate_bytes -=
+                key_len + ENTRY_OVERHEAD + old.as_ref().map_or(0, |v| v.len());
+        }
+        self.approximate_bytes += added;
+        previous
+    }
+
+    /// Forgets `key` entirely (used when no older value needs hiding).
+    pub fn remove(&mut self, key: &[u8]) -> Option<Option<Bytes>> {
+        let previous = self.map.remove_entry(key);
+        previous.map(|(k, v)| {
+            self.approximate_bytes -= k.len() + v.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD;
+            v
+        })
+    }
+
+    /// Entries with keys within the bounds, in order; empty if the bounds are inverted.
+    pub fn range<'a>(
+        &'a self,
+        lo: Bound<&'a [u8]>,
+        hi: Bound<&'a [u8]>,
+    ) -> impl DoubleEndedIterator<Item = (&'a Bytes, &'a Option<Bytes>)> + 'a {
+        let valid = bounds_nonempty(lo, hi);
+        valid
+            .then(|| self.map.range::<[u8], _>((lo, hi)))
+            .into_iter()
+            .flatten()
+    }
+
+    /// Approximate heap bytes held: keys, values and per-entry overhead.
+    pub fn approximate_bytes(&self) -> usize {
+        self.approximate_bytes
+    }
+}
+
+/// Whether some key can lie within `lo..hi` (`BTreeMap::range` panics on inverted bounds).
+pub fn bounds_nonempty(lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> bool {
+    match (lo, hi) {
+        (Bound::Included(a), Bound::Included(b)) => a <= b,
+        (Bound::Included(a), Bound::Excluded(b)) | (Bound::Excluded(a), Bound::Included(b)) => {
+            a < b
+        }
+        (Bound::Excluded(a), Bound::Excluded(b)) => a < b,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracks_size_across_overwrites_and_removals() {
+        let mut m = Memtable::default();
+        m.insert(Bytes::from("key"), Some(Bytes::from("value")));
+        assert_eq!(m.approximate_bytes(), 3 + 5 + ENTRY_OVERHEAD);
+        m.insert(Bytes::from("key"), Some(Bytes::from("v")));
+        assert_eq!(m.approximate_bytes(), 3 + 1 + ENTRY_OVERHEAD);
+        m.insert(Bytes::from("key"), None);
+        assert_eq!(m.approximate_bytes(), 3 + ENTRY_OVERHEAD);
+        assert_eq!(m.remove(b"key"), Some(None));
+        assert_eq!(m.approximate_bytes(), 0);
+    }
+
+    #[test]
+    fn inverted_bounds_are_empty_not_a_panic() {
+        let mut m = Memtable::default();
+        m.insert(Bytes::from("b"), Some(Bytes::from("1")));
+        let range = |lo, hi| m.range(lo, hi).count();
+        assert_eq!(
+            range(Bound::Included(&b"c"[..]), Bound::Excluded(&b"a"[..])),
+            0
+        );
+        assert_eq!(
+            range(Bound::Excluded(&b"b"[..]), Bound::Excluded(&b"b"[..])),
+            0
+        );
+        assert_eq!(
+            range(Bound::Included(&b"b"[..]), Bound::Included(&b"b"[..])),
+            1
+        );
+    }
+}

@@ -1,0 +1,375 @@
+//! The public API, used only through `sturdykv::*`: reads and writes, ordering, limits, errors.
+
+use std::path::Path;
+
+use sturdykv::{Batch, Bytes, Db, Durability, Error, MAX_KEY_LEN, MAX_VALUE_LEN, Options};
+
+fn open(dir: &Path) -> Db {
+    Db::open(dir).expect("open")
+}
+
+fn collect(
+    iter: impl Iterator<Item = sturdykv::Result<(Bytes, Bytes)>>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    iter.map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        .collect::<Result<_, _>>()
+        .expect("iterate")
+}
+
+fn keys(iter: impl Iterator<Item = sturdykv::Result<(Bytes, Bytes)>>) -> Vec<String> {
+    collect(iter)
+        .into_iter()
+        .map(|(k, _)| String::from_utf8(k).expect("utf-8 key"))
+        .collect()
+}
+
+#[test]
+fn put_get_delete_contains_len() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    assert!(db.is_empty().expect("is_empty"));
+    db.put("a", "1").expect("put");
+    db.put(b"b".as_slice(), vec![2u8]).expect("put");
+    assert_eq!(db.get("a").expect("get").as_deref(), Some(&b"1"[..]));
+    assert_eq!(db.get("b").expect("get").as_deref(), Some(&[2u8][..]));
+    assert_eq!(db.get("c").expect("get"), None);
+    assert!(db.contains_key("a").expect("contains"));
+    assert_eq!(db.len().expect("len"), 2);
+
+    db.put("a", "one").expect("overwrite");
+    assert_eq!(db.get("a").expect("get").as_deref(), Some(&b"one"[..]));
+    assert_eq!(db.len().expect("len"), 2);
+
+    db.delete("a").expect("delete");
+    db.delete("never-there")
+        .expect("deleting an absent key is fine");
+    assert!(!db.contains_key("a").expect("contains"));
+    assert_eq!(db.len().expect("len"), 1);
+}
+
+#[test]
+fn empty_keys_and_values_and_binary_bytes_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    let binary: Vec<u8> = (0..=255).collect();
+    db.put("", "empty key").expect("put");
+    db.put("empty value", "").expect("put");
+    db.put(&binary, &binary).expect("put");
+    drop(db);
+    let db = open(dir.path());
+    assert_eq!(db.get("").expect("get").as_deref(), Some(&b"empty key"[..]));
+    assert_eq!(
+        db.get("empty value").expect("get").as_deref(),
+        Some(&b""[..])
+    );
+    assert_eq!(
+        db.get(&binary).expect("get").as_deref(),
+        Some(binary.as_slice())
+    );
+}
+
+#[test]
+fn writes_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = open(dir.path());
+        for i in 0..1000u32 {
+            db.put(i.to_be_bytes(), format!("value {i}")).expect("put");
+        }
+        for i in (0..1000u32).step_by(3) {
+            db.delete(i.to_be_bytes()).expect("delete");
+        }
+    }
+    let db = open(dir.path());
+    assert_eq!(db.len().expect("len"), 1000 - 334);
+    for i in 0..1000u32 {
+        let expected = (i % 3 != 0).then(|| format!("value {i}").into_bytes());
+        assert_eq!(
+            db.get(i.to_be_bytes()).expect("get").map(|v| v.to_vec()),
+            expected
+        );
+    }
+    let stats = db.stats().expect("stats");
+    assert_eq!(stats.recovery.replayed_records, 1334);
+    assert_eq!(stats.recovery.truncated_bytes, 0);
+    assert_eq!(stats.next_sequence, 1335);
+}
+
+#[test]
+fn batches_apply_in_order_and_later_ops_win() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    db.put("gone", "x").expect("put");
+    let mut batch = Batch::new();
+    batch
+        .put("k", "first")
+        .put("k", "second")
+        .delete("gone")
+        .put("new", "1")
+        .delete("new");
+    assert_eq!(batch.len(), 5);
+    db.write(batch).expect("write");
+    db.write(Batch::new()).expect("an empty batch is a no-op");
+    assert_eq!(db.get("k").expect("get").as_deref(), Some(&b"second"[..]));
+    assert_eq!(db.get("gone").expect("get"), None);
+    assert_eq!(db.get("new").expect("get"), None);
+    assert_eq!(db.len().expect("len"), 1);
+    assert_eq!(
+        db.stats().expect("stats").commits,
+        2,
+        "one record per batch"
+    );
+}
+
+#[test]
+fn range_and_prefix_are_ordered_both_ways() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    for k in ["b", "a", "ab", "abc", "b\u{0}", "c", "ac"] {
+        db.put(k, k.to_uppercase()).expect("put");
+    }
+    assert_eq!(
+        keys(db.range::<&str, _>(..)),
+        ["a", "ab", "abc", "ac", "b", "b\u{0}", "c"]
+    );
+    assert_eq!(keys(db.range("ab".."b")), ["ab", "abc", "ac"]);
+    assert_eq!(keys(db.range("ab"..="b")), ["ab", "abc", "ac", "b"]);
+    assert_eq!(keys(db.range("b"..)), ["b", "b\u{0}", "c"]);
+    assert_eq!(
+        keys(db.range("c".."a")),
+        Vec::<String>::new(),
+        "inverted range is empty"
+    );
+    assert_eq!(keys(db.range("b".."b")), Vec::<String>::new());
+    assert_eq!(keys(db.range("ab".."b").rev()), ["ac", "abc", "ab"]);
+    assert_eq!(keys(db.prefix("a")), ["a", "ab", "abc", "ac"]);
+    assert_eq!(keys(db.prefix("a").rev()), ["ac", "abc", "ab", "a"]);
+    assert_eq!(keys(db.prefix("")), keys(db.range::<&str, _>(..)));
+    assert_eq!(
+        collect(db.prefix("ab")),
+        [
+            (b"ab".to_vec(), b"AB".to_vec()),
+            (b"abc".to_vec(), b"ABC".to_vec())
+        ]
+    );
+}
+
+#[test]
+fn prefix_of_ff_bytes_reaches_the_end_of_the_keyspace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    db.put([0xff], "1").expect("put");
+    db.put([0xff, 0xff, 0x00], "2").expect("put");
+    db.put([0xfe], "3").expect("put");
+    let found = collect(db.prefix([0xff]));
+    assert_eq!(found.len(), 2);
+}
+
+#[test]
+fn iterators_meet_in_the_middle_over_many_chunks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Options::new()
+        .durability(Durability::Buffered)
+        .open(dir.path())
+        .expect("open");
+    let mut batch = Batch::new();
+    for i in 0..5000u32 {
+        batch.put(i.to_be_bytes(), i.to_le_bytes());
+    }
+    db.write(batch).expect("write");
+    let mut iter = db.range::<&[u8], _>(..);
+    let mut seen = Vec::new();
+    // Alternate ends: every key exactly once, fronts ascending, backs descending.
+    loop {
+        let front = iter.next();
+        let back = iter.next_back();
+        if front.is_none() && back.is_none() {
+            break;
+        }
+        seen.extend(front.map(|kv| kv.expect("front").0.to_vec()));
+        seen.extend(back.map(|kv| kv.expect("back").0.to_vec()));
+    }
+    seen.sort();
+    let expected: Vec<Vec<u8>> = (0..5000u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn iteration_does_not_block_writers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    for i in 0..100u32 {
+        db.put(i.to_be_bytes(), "v").expect("put");
+    }
+    let mut iter = db.range::<&[u8], _>(..);
+    let first = iter.next().expect("one entry").expect("ok");
+    // A write while the iterator is alive must not deadlock.
+    db.put(1000u32.to_be_bytes(), "later")
+        .expect("put while iterating");
+    let rest = iter.count();
+    assert_eq!(first.0.to_vec(), 0u32.to_be_bytes());
+    assert!(rest >= 99, "saw {rest}");
+}
+
+#[test]
+fn oversized_keys_values_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    let before = db.stats().expect("stats").wal_bytes;
+
+    let big_key = vec![b'k'; MAX_KEY_LEN + 1];
+    let err = db.put(&big_key, "v").expect_err("key too large");
+    assert!(
+        matches!(err, Error::LimitExceeded { what: "key", len, max } if len == MAX_KEY_LEN as u64 + 1 && max == MAX_KEY_LEN as u64),
+        "{err}"
+    );
+    assert!(err.to_string().contains("over the limit"), "{err}");
+    assert!(matches!(
+        db.delete(&big_key),
+        Err(Error::LimitExceeded { what: "key", .. })
+    ));
+
+    let mut batch = Batch::new();
+    batch.put("fine", "v").put(&big_key, "v");
+    assert!(matches!(db.write(batch), Err(Error::LimitExceeded { .. })));
+    assert_eq!(
+        db.get("fine").expect("get"),
+        None,
+        "the whole batch was refused"
+    );
+
+    let big_value = vec![0u8; MAX_VALUE_LEN + 1];
+    assert!(matches!(
+        db.put("k", &big_value),
+        Err(Error::LimitExceeded { what: "value", .. })
+    ));
+    assert_eq!(db.stats().expect("stats").wal_bytes, before);
+
+    db.put(vec![b'k'; MAX_KEY_LEN], "v")
+        .expect("a key at the limit is fine");
+}
+
+#[test]
+fn a_file_where_the_directory_should_be_is_not_a_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"hello").expect("write");
+    let err = Db::open(&file).expect_err("a file is not a store");
+    assert!(matches!(err, Error::NotAStore { .. }), "{err}");
+    assert!(err.to_string().contains("is a file"), "{err}");
+    assert_eq!(std::fs::read(&file).expect("read"), b"hello", "untouched");
+}
+
+#[test]
+fn a_directory_holding_something_else_is_refused_and_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("thesis.tex"), b"\\documentclass").expect("write");
+    let err = Db::open(dir.path()).expect_err("not a store");
+    assert!(matches!(err, Error::NotAStore { .. }), "{err}");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, ["thesis.tex"], "nothing was created");
+}
+
+#[test]
+fn a_log_that_is_not_ours_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wal-0000000000000000");
+    std::fs::write(
+        &path,
+        b"#!/bin/sh\necho this is not a log, but it is long enough\n",
+    )
+    .expect("write");
+    let err = Db::open(dir.path()).expect_err("not ours");
+    assert!(matches!(err, Error::NotAStore { .. }), "{err}");
+    assert!(
+        !dir.path().join("LOCK").exists(),
+        "validated before writing anything"
+    );
+}
+
+#[test]
+fn a_missing_directory_is_created_unless_told_not_to() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("a/b/store");
+    let err = Options::new()
+        .create_if_missing(false)
+        .open(&missing)
+        .expect_err("missing");
+    assert!(matches!(err, Error::NotAStore { .. }), "{err}");
+    assert!(!missing.exists());
+    let db = Db::open(&missing).expect("created");
+    db.put("k", "v").expect("put");
+    assert!(missing.is_dir());
+}
+
+#[test]
+fn a_second_open_of_a_locked_store_gets_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    let err = Db::open(dir.path()).expect_err("locked");
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("LOCK"), "{err}");
+    drop(db);
+    Db::open(dir.path()).expect("the lock dies with the handle");
+}
+
+#[test]
+fn buffered_writes_are_visible_and_flush_makes_them_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Options::new()
+        .durability(Durability::Buffered)
+        .open(dir.path())
+        .expect("open");
+    for i in 0..100u32 {
+        db.put(i.to_be_bytes(), "v").expect("put");
+    }
+    assert_eq!(
+        db.stats().expect("stats").syncs,
+        0,
+        "buffered writes do not sync"
+    );
+    db.flush().expect("flush");
+    assert_eq!(db.stats().expect("stats").syncs, 1);
+    drop(db);
+    assert_eq!(open(dir.path()).len().expect("len"), 100);
+}
+
+#[test]
+fn db_is_clone_send_sync_and_shared_across_threads() {
+    fn assert_traits<T: Clone + Send + Sync + 'static>() {}
+    assert_traits::<Db>();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    let handles: Vec<_> = (0..4u32)
+        .map(|t| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for i in 0..25u32 {
+                    db.put([t.to_be_bytes(), i.to_be_bytes()].concat(), "v")
+                        .expect("put");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("thread");
+    }
+    assert_eq!(db.len().expect("len"), 100);
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    let err = Db::open(dir.path()).expect_err("locked");
+    let text = err.to_string();
+    assert!(
+        !text.contains("Locked {"),
+        "Display must not be Debug: {text}"
+    );
+    drop(db);
+}

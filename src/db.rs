@@ -562,6 +562,74 @@ mod tests {
         (db, faults)
     }
 
+    fn journal(faults: &Mutex<Faults>) -> Vec<String> {
+        std::mem::take(&mut lock(faults).journal)
+    }
+
+    const WAL: &str = "wal-0000000000000000";
+
+    #[test]
+    fn creating_a_log_syncs_the_file_before_the_rename_and_the_directory_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_db, faults) = faulty_db(&dir.path().join("new-store"));
+        let tmp = format!("{WAL}.tmp");
+        assert_eq!(
+            journal(&faults),
+            [
+                // The parent, for the new store directory's own entry.
+                format!(
+                    "sync_dir {}",
+                    dir.path().file_name().expect("name").to_string_lossy()
+                ),
+                format!("write {tmp} 0+40"),
+                format!("sync {tmp}"),
+                format!("rename {tmp} {WAL}"),
+                "sync_dir new-store".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_immediate_put_is_synced_before_it_returns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, faults) = faulty_db(dir.path());
+        journal(&faults);
+        db.put("k", "v").expect("put");
+        let first = journal(&faults);
+        // The record, the preallocated zeros behind it, then one fdatasync.
+        assert_eq!(first[0], format!("write {WAL} 40+31"));
+        assert_eq!(first.last(), Some(&format!("sync {WAL}")), "{first:?}");
+        assert!(
+            first[1..first.len() - 1]
+                .iter()
+                .all(|e| e.starts_with("write "))
+        );
+
+        // Inside the preallocated region: exactly one write and one sync per put.
+        db.put("k2", "v").expect("put");
+        assert_eq!(
+            journal(&faults),
+            [format!("write {WAL} 71+32"), format!("sync {WAL}")]
+        );
+    }
+
+    #[test]
+    fn a_buffered_put_does_not_sync_until_flush() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vfs = FaultyVfs::default();
+        let faults = Arc::clone(&vfs.faults);
+        let db = Options::new()
+            .vfs(Arc::new(vfs))
+            .durability(Durability::Buffered)
+            .open(dir.path())
+            .expect("open");
+        journal(&faults);
+        db.put("k", "v").expect("put");
+        assert!(journal(&faults).iter().all(|e| !e.starts_with("sync")));
+        db.flush().expect("flush");
+        assert_eq!(journal(&faults), [format!("sync {WAL}")]);
+    }
+
     #[test]
     fn prefix_successor_skips_trailing_ff() {
         assert_eq!(prefix_successor(b"ab"), Some(b"ac".to_vec()));

@@ -213,6 +213,25 @@ pub(crate) mod faulty {
         pub enospc_after: Option<usize>,
         /// The next `fdatasync`s fail with EIO.
         pub fail_sync: bool,
+        /// Every write, sync, truncate, rename and directory sync, in order, e.g.
+        /// `write wal-0000000000000000 40+71`, `sync wal-0000000000000000`, `sync_dir store`.
+        pub journal: Vec<String>,
+    }
+
+    impl Faults {
+        fn note(&mut self, entry: String) {
+            self.journal.push(entry);
+        }
+    }
+
+    fn name(path: &Path) -> String {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    fn faults(faults: &Mutex<Faults>) -> std::sync::MutexGuard<'_, Faults> {
+        faults.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     #[derive(Debug, Default)]
@@ -224,6 +243,7 @@ pub(crate) mod faulty {
         fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn VfsFile>> {
             Ok(Arc::new(FaultyFile {
                 inner: StdVfs.open(path, mode)?,
+                name: name(path),
                 faults: Arc::clone(&self.faults),
             }))
         }
@@ -237,12 +257,15 @@ pub(crate) mod faulty {
             StdVfs.list(dir)
         }
         fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            faults(&self.faults).note(format!("rename {} {}", name(from), name(to)));
             StdVfs.rename(from, to)
         }
         fn remove_file(&self, path: &Path) -> io::Result<()> {
+            faults(&self.faults).note(format!("remove {}", name(path)));
             StdVfs.remove_file(path)
         }
         fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            faults(&self.faults).note(format!("sync_dir {}", name(dir)));
             StdVfs.sync_dir(dir)
         }
     }
@@ -250,6 +273,7 @@ pub(crate) mod faulty {
     #[derive(Debug)]
     struct FaultyFile {
         inner: Arc<dyn VfsFile>,
+        name: String,
         faults: Arc<Mutex<Faults>>,
     }
 
@@ -258,12 +282,9 @@ pub(crate) mod faulty {
             self.inner.read_at(buf, offset)
         }
         fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-            let limit = self
-                .faults
-                .lock()
-                .map_err(|_| io::Error::other("poisoned"))?
-                .enospc_after;
-            match limit {
+            let mut faults = faults(&self.faults);
+            faults.note(format!("write {} {offset}+{}", self.name, buf.len()));
+            match faults.enospc_after {
                 Some(n) if n < buf.len() => {
                     self.inner.write_all_at(&buf[..n], offset)?;
                     Err(io::Error::from(io::ErrorKind::StorageFull))
@@ -275,15 +296,13 @@ pub(crate) mod faulty {
             self.inner.size()
         }
         fn set_len(&self, len: u64) -> io::Result<()> {
+            faults(&self.faults).note(format!("set_len {} {len}", self.name));
             self.inner.set_len(len)
         }
         fn sync_data(&self) -> io::Result<()> {
-            if self
-                .faults
-                .lock()
-                .map_err(|_| io::Error::other("poisoned"))?
-                .fail_sync
-            {
+            let mut faults = faults(&self.faults);
+            faults.note(format!("sync {}", self.name));
+            if faults.fail_sync {
                 return Err(io::Error::other("injected fdatasync failure (EIO)"));
             }
             self.inner.sync_data()

@@ -48,9 +48,18 @@ pub fn open(vfs: &dyn Vfs, dir: &Path, create_if_missing: bool) -> Result<Recove
                 reason: "it is a file; a store is a directory".into(),
             });
         }
-        None if create_if_missing => vfs
-            .create_dir_all(dir)
-            .map_err(|e| Error::io("create the store directory", dir, e))?,
+        None if create_if_missing => {
+            vfs.create_dir_all(dir)
+                .map_err(|e| Error::io("create the store directory", dir, e))?;
+            // The new directory's own entry must be durable too, or a power loss could take the
+            // whole store (and every acknowledged write in it) away.
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            vfs.sync_dir(parent)
+                .map_err(|e| Error::io("sync the directory", parent, e))?;
+        }
         None => {
             return Err(Error::NotAStore {
                 path: dir.to_owned(),

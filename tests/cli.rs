@@ -1,0 +1,256 @@
+//! `kvctl`, run as the real binary.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn kvctl(db: &Path, args: &[&str]) -> Output {
+    kvctl_with_stdin(db, args, None)
+}
+
+fn kvctl_with_stdin(db: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env_remove("KVCTL_DB")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvctl");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).expect("write stdin");
+    }
+    drop(input);
+    child.wait_with_output().expect("wait")
+}
+
+fn status(out: &Output) -> i32 {
+    out.status.code().expect("exited normally")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn put_then_get_prints_the_exact_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    let out = kvctl(&db, &["put", "greeting", "hello"]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    let out = kvctl(&db, &["get", "greeting"]);
+    assert_eq!(status(&out), 0);
+    assert_eq!(
+        out.stdout, b"hello",
+        "no newline added when stdout is a pipe"
+    );
+}
+
+#[test]
+fn binary_values_go_through_stdin_unchanged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    let value: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+    let out = kvctl_with_stdin(&db, &["put", "blob"], Some(&value));
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    let out = kvctl_with_stdin(&db, &["put", "dash", "-"], Some(b"\x00\xff\n"));
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert_eq!(kvctl(&db, &["get", "blob"]).stdout, value);
+    assert_eq!(kvctl(&db, &["get", "dash"]).stdout, b"\x00\xff\n");
+    // An empty stdin is an empty value, not an error.
+    assert_eq!(
+        status(&kvctl_with_stdin(&db, &["put", "empty"], Some(b""))),
+        0
+    );
+    let out = kvctl(&db, &["get", "empty"]);
+    assert_eq!((status(&out), out.stdout.len()), (0, 0));
+}
+
+#[test]
+fn missing_keys_exit_1_with_a_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    kvctl(&db, &["put", "a", "1"]);
+    let out = kvctl(&db, &["get", "nope"]);
+    assert_eq!(status(&out), 1);
+    assert!(out.stdout.is_empty());
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    let out = kvctl(&db, &["delete", "nope"]);
+    assert_eq!(status(&out), 1);
+    let out = kvctl(&db, &["delete", "a"]);
+    assert_eq!(status(&out), 0);
+    assert_eq!(status(&kvctl(&db, &["get", "a"])), 1);
+}
+
+#[test]
+fn scan_lists_in_order_with_prefix_limit_and_escapes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    for (k, v) in [("b", "2"), ("a", "1"), ("ab", "x\ty"), ("c", "3")] {
+        assert_eq!(status(&kvctl(&db, &["put", k, v])), 0);
+    }
+    kvctl_with_stdin(&db, &["put", "bin"], Some(b"\x00\n\\"));
+    let out = kvctl(&db, &["scan"]);
+    assert_eq!(status(&out), 0);
+    assert_eq!(
+        String::from_utf8(out.stdout).expect("utf-8"),
+        "a\t1\nab\tx\\ty\nb\t2\nbin\t\\x00\\n\\\\\nc\t3\n"
+    );
+    let out = kvctl(&db, &["scan", "--prefix", "a"]);
+    assert_eq!(out.stdout, b"a\t1\nab\tx\\ty\n");
+    let out = kvctl(&db, &["scan", "--limit", "2"]);
+    assert_eq!(out.stdout, b"a\t1\nab\tx\\ty\n");
+}
+
+#[test]
+fn the_store_can_come_from_kvctl_db() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["put", "k", "v"])
+        .env("KVCTL_DB", &db)
+        .output()
+        .expect("run");
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert_eq!(kvctl(&db, &["get", "k"]).stdout, b"v");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    assert_eq!(status(&kvctl(&db, &["frobnicate"])), 2);
+    assert_eq!(status(&kvctl(&db, &["get"])), 2);
+    assert_eq!(status(&kvctl(&db, &["scan", "--limit", "many"])), 2);
+    let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["get", "k"])
+        .env_remove("KVCTL_DB")
+        .output()
+        .expect("run");
+    assert_eq!(status(&out), 2, "no --db and no KVCTL_DB");
+    assert!(stderr(&out).contains("--db"), "{}", stderr(&out));
+    let out = kvctl(&db, &["--help"]);
+    assert_eq!(status(&out), 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Exit status"));
+}
+
+#[test]
+fn read_commands_do_not_create_a_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("typo");
+    let out = kvctl(&db, &["get", "k"]);
+    assert_eq!(status(&out), 5);
+    assert!(
+        stderr(&out).contains("not a sturdykv store"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!db.exists());
+}
+
+#[test]
+fn a_file_where_the_directory_should_be() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"data").expect("write");
+    let out = kvctl(&file, &["put", "k", "v"]);
+    assert_eq!(status(&out), 5);
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("kvctl: ") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).expect("read"), b"data");
+}
+
+#[test]
+fn an_unreadable_directory_is_a_clear_io_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    assert_eq!(status(&kvctl(&db, &["put", "k", "v"])), 0);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    // Root ignores permissions, so run as `nobody` when we are root.
+    let mut cmd = if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+        c.arg(env!("CARGO_BIN_EXE_kvctl"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_kvctl"))
+    };
+    let out = cmd
+        .arg("--db")
+        .arg(&db)
+        .args(["get", "k"])
+        .env_remove("KVCTL_DB")
+        .output()
+        .expect("run kvctl (as root this needs setpriv from util-linux)");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o755)).expect("chmod back");
+    assert_eq!(status(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ermission denied"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn is_root() -> bool {
+    let out = Command::new("id").arg("-u").output().expect("id -u");
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+#[test]
+fn oversized_keys_are_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    let key = "k".repeat(sturdykv::MAX_KEY_LEN + 1);
+    let out = kvctl(&db, &["put", &key, "v"]);
+    assert_eq!(status(&out), 3);
+    assert!(stderr(&out).contains("over the limit"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_locked_store_exits_6() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    let handle = sturdykv::Db::open(&db).expect("open");
+    let out = kvctl(&db, &["get", "k"]);
+    assert_eq!(status(&out), 6, "{}", stderr(&out));
+    drop(handle);
+}
+
+#[test]
+fn a_broken_pipe_exits_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    let mut batch = sturdykv::Batch::new();
+    for i in 0..50_000u32 {
+        batch.put(format!("key{i:08}"), "some value to make the output long");
+    }
+    sturdykv::Db::open(&db)
+        .expect("open")
+        .write(batch)
+        .expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .arg("--db")
+        .arg(&db)
+        .arg("scan")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Read one line, then hang up, like `kvctl scan | head -1`.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("read");
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+}

@@ -5,16 +5,18 @@ use std::fmt;
 use std::ops::{Bound, RangeBounds};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::thread::JoinHandle;
 
 use crate::batch::{Batch, check_key, check_value};
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
-use crate::format::encode_record;
+use crate::format::{WAL_HEADER_LEN, encode_record};
 use crate::io::{StdVfs, Vfs, VfsFile};
-use crate::memtable::Memtable;
 use crate::recovery::{self, RecoveryReport};
+use crate::view::{Chunk, View};
 use crate::wal::LogWriter;
 
 /// When a write is considered done.
@@ -29,12 +31,20 @@ pub enum Durability {
     Buffered,
 }
 
+/// Default for [`Options::compaction_min_wal_bytes`]: 32 MiB.
+pub const DEFAULT_COMPACTION_MIN_WAL_BYTES: u64 = 32 << 20;
+/// Default for [`Options::compaction_ratio`].
+pub const DEFAULT_COMPACTION_RATIO: f64 = 0.5;
+
 /// How to open a store. Start from [`Options::new`], finish with [`Options::open`].
 #[derive(Clone)]
 pub struct Options {
-    durability: Durability,
+    pub(crate) durability: Durability,
     create_if_missing: bool,
-    vfs: Arc<dyn Vfs>,
+    pub(crate) compaction_min_wal_bytes: u64,
+    pub(crate) compaction_ratio: f64,
+    pub(crate) background_compaction: bool,
+    pub(crate) vfs: Arc<dyn Vfs>,
 }
 
 impl fmt::Debug for Options {
@@ -42,6 +52,9 @@ impl fmt::Debug for Options {
         f.debug_struct("Options")
             .field("durability", &self.durability)
             .field("create_if_missing", &self.create_if_missing)
+            .field("compaction_min_wal_bytes", &self.compaction_min_wal_bytes)
+            .field("compaction_ratio", &self.compaction_ratio)
+            .field("background_compaction", &self.background_compaction)
             .finish_non_exhaustive()
     }
 }
@@ -53,11 +66,15 @@ impl Default for Options {
 }
 
 impl Options {
-    /// The defaults: [`Durability::Immediate`], create the store if it is missing.
+    /// The defaults: [`Durability::Immediate`], create the store if it is missing, compact in the
+    /// background once the log outgrows both 32 MiB and half the snapshot.
     pub fn new() -> Self {
         Options {
             durability: Durability::Immediate,
             create_if_missing: true,
+            compaction_min_wal_bytes: DEFAULT_COMPACTION_MIN_WAL_BYTES,
+            compaction_ratio: DEFAULT_COMPACTION_RATIO,
+            background_compaction: true,
             vfs: Arc::new(StdVfs),
         }
     }
@@ -75,6 +92,30 @@ impl Options {
         self
     }
 
+    /// Compaction starts once the log is larger than this many bytes *and* larger than
+    /// [`compaction_ratio`](Options::compaction_ratio) times the snapshot (default 32 MiB).
+    /// Memory use is bounded by about twice this (the log's in-memory view, plus the previous
+    /// one while it is being merged).
+    pub fn compaction_min_wal_bytes(mut self, bytes: u64) -> Self {
+        self.compaction_min_wal_bytes = bytes;
+        self
+    }
+
+    /// Compaction starts once the log is larger than this fraction of the snapshot (and than
+    /// [`compaction_min_wal_bytes`](Options::compaction_min_wal_bytes)). The default, 0.5, keeps
+    /// the files under 1.5× the live data between compactions.
+    pub fn compaction_ratio(mut self, ratio: f64) -> Self {
+        self.compaction_ratio = ratio.max(0.0);
+        self
+    }
+
+    /// Whether a background thread compacts when the triggers fire (default `true`). With
+    /// `false`, only [`Db::compact`] compacts.
+    pub fn background_compaction(mut self, enabled: bool) -> Self {
+        self.background_compaction = enabled;
+        self
+    }
+
     #[cfg(test)]
     pub(crate) fn vfs(mut self, vfs: Arc<dyn Vfs>) -> Self {
         self.vfs = vfs;
@@ -85,20 +126,34 @@ impl Options {
     pub fn open(self, path: impl AsRef<Path>) -> Result<Db> {
         let dir = path.as_ref().to_owned();
         let recovered = recovery::open(self.vfs.as_ref(), &dir, self.create_if_missing)?;
+        let inner = Arc::new(Inner {
+            dir,
+            state: RwLock::new(recovered.view),
+            queue: Mutex::new(Queue::default()),
+            queue_changed: Condvar::new(),
+            writer: Mutex::new(recovered.writer),
+            compaction: Mutex::new(()),
+            poison: Mutex::new(None),
+            commits: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
+            cancel: AtomicBool::new(false),
+            wake_compactor: Mutex::new(None),
+            report: recovered.report,
+            options: self,
+            _lock: recovered.lock,
+        });
+        let compactor = inner
+            .options
+            .background_compaction
+            .then(|| spawn_compactor(&inner))
+            .transpose()?;
         Ok(Db {
-            inner: Arc::new(Inner {
-                dir,
-                options: self,
-                state: RwLock::new(recovered.state),
-                queue: Mutex::new(Queue::default()),
-                queue_changed: Condvar::new(),
-                writer: Mutex::new(recovered.writer),
-                poison: Mutex::new(None),
-                commits: AtomicU64::new(0),
-                syncs: AtomicU64::new(0),
-                report: recovered.report,
-                _lock: recovered.lock,
+            _owner: Arc::new(Owner {
+                inner: Arc::clone(&inner),
+                compactor,
             }),
+            inner,
         })
     }
 }
@@ -111,9 +166,14 @@ pub struct Stats {
     pub generation: u64,
     /// Number of keys in the store.
     pub keys: u64,
+    /// Size of the current snapshot file in bytes (0 if there is none yet).
+    pub snapshot_bytes: u64,
+    /// Keys in the current snapshot.
+    pub snapshot_keys: u64,
     /// Length of the live log in bytes (its logical end; preallocated space not included).
     pub wal_bytes: u64,
-    /// Approximate heap bytes held by the in-memory view of the log.
+    /// Approximate heap bytes held by the in-memory view of the log (and of the previous log
+    /// while a compaction merges it).
     pub memtable_bytes: u64,
     /// The sequence number the next committed batch will carry.
     pub next_sequence: u64,
@@ -122,10 +182,32 @@ pub struct Stats {
     /// `fdatasync` calls made for those commits and flushes; fewer than `commits` when concurrent
     /// writers shared a sync.
     pub syncs: u64,
+    /// Compactions completed by this handle since it was opened.
+    pub compactions: u64,
     /// When writes are considered done.
     pub durability: Durability,
     /// What recovery found and did when the store was opened.
     pub recovery: RecoveryReport,
+}
+
+/// What [`Db::verify`] checked, all of it found intact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// The snapshot checked, if the store has one.
+    pub snapshot: Option<PathBuf>,
+    /// Entries in it.
+    pub snapshot_entries: u64,
+    /// Its size in bytes.
+    pub snapshot_bytes: u64,
+    /// The live log checked.
+    pub wal: PathBuf,
+    /// Records in it.
+    pub wal_records: u64,
+    /// Its logical length in bytes.
+    pub wal_bytes: u64,
+    /// Quarantine files in the store (left by an earlier recovery; inspect them).
+    pub quarantine_files: Vec<PathBuf>,
 }
 
 /// An open store. Cheap to clone; clones share everything. `Send + Sync`.
@@ -135,50 +217,71 @@ pub struct Stats {
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<Inner>,
+    /// Shared by the user's clones only (not by the compaction thread): when the last one goes,
+    /// the compaction thread is stopped and joined, so the store is closed when `drop` returns.
+    _owner: Arc<Owner>,
 }
 
-struct Inner {
-    dir: PathBuf,
-    options: Options,
+struct Owner {
+    inner: Arc<Inner>,
+    compactor: Option<JoinHandle<()>>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.inner.cancel.store(true, Ordering::Relaxed);
+        // Closing the channel ends the compaction thread's wait.
+        lock(&self.inner.wake_compactor).take();
+        if let Some(thread) = self.compactor.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) dir: PathBuf,
+    pub(crate) options: Options,
     /// What readers see: only writes that have been appended and synced.
-    state: RwLock<State>,
+    pub(crate) state: RwLock<View>,
     /// Writers waiting to be committed by the current group leader.
     queue: Mutex<Queue>,
     queue_changed: Condvar,
     /// The log, held by the group leader while it appends and syncs.
-    writer: Mutex<LogWriter>,
+    pub(crate) writer: Mutex<LogWriter>,
+    /// Held for the whole of a compaction: one at a time.
+    pub(crate) compaction: Mutex<()>,
     /// Set after a failed sync: the handle refuses writes from then on.
     poison: Mutex<Option<String>>,
     commits: AtomicU64,
     syncs: AtomicU64,
+    pub(crate) compactions: AtomicU64,
+    /// Asks a running compaction to give up (the handle is closing).
+    pub(crate) cancel: AtomicBool,
+    /// Wakes the background compaction thread; `None` once the handle closes.
+    wake_compactor: Mutex<Option<SyncSender<()>>>,
     report: RecoveryReport,
     /// Holds the store's `flock` for as long as the handle lives.
     _lock: Arc<dyn VfsFile>,
 }
 
-/// The in-memory view readers see.
-#[derive(Debug, Default)]
-pub(crate) struct State {
-    memtable: Memtable,
-    live_keys: u64,
-}
-
-impl State {
-    /// Applies one committed (or replayed) operation.
-    pub(crate) fn apply(&mut self, key: Bytes, value: Option<Bytes>) {
-        let is_put = value.is_some();
-        // With no snapshot underneath yet, nothing needs a tombstone: a delete forgets the key.
-        let existed = match value {
-            Some(value) => self.memtable.insert(key, Some(value)),
-            None => self.memtable.remove(&key),
-        }
-        .is_some_and(|old| old.is_some());
-        match (existed, is_put) {
-            (false, true) => self.live_keys += 1,
-            (true, false) => self.live_keys -= 1,
-            _ => {}
-        }
-    }
+fn spawn_compactor(inner: &Arc<Inner>) -> Result<JoinHandle<()>> {
+    let (wake, woken): (SyncSender<()>, Receiver<()>) = sync_channel(1);
+    *lock(&inner.wake_compactor) = Some(wake);
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    std::thread::Builder::new()
+        .name("sturdykv-compaction".into())
+        .spawn(move || {
+            while woken.recv().is_ok() {
+                let Some(inner) = weak.upgrade() else { break };
+                if let Err(e) = inner.compact_if_due() {
+                    log::error!(
+                        "background compaction of {} failed: {e}",
+                        inner.dir.display()
+                    );
+                }
+            }
+        })
+        .map_err(|e| Error::io("start the compaction thread for", &inner.dir, e))
 }
 
 /// The group-commit queue. Tickets are handed out in arrival order; a leader takes every pending
@@ -214,16 +317,14 @@ impl Db {
         &self.inner.dir
     }
 
-    /// The value of `key`, if present.
+    /// The value of `key`, if present. Values read from the snapshot are not copied.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
-        let state = self.inner.read_state();
-        Ok(state.memtable.get(key.as_ref()).cloned().flatten())
+        self.inner.read_state().get(key.as_ref())
     }
 
     /// Whether `key` is present.
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool> {
-        let state = self.inner.read_state();
-        Ok(matches!(state.memtable.get(key.as_ref()), Some(Some(_))))
+        Ok(self.get(key)?.is_some())
     }
 
     /// Sets `key` to `value`. Durable when it returns (with [`Durability::Immediate`]).
@@ -260,6 +361,66 @@ impl Db {
         self.inner.check_poison()?;
         let writer = lock(&self.inner.writer);
         self.inner.sync(&writer)
+    }
+
+    /// Compacts now: cuts a new generation and merges the log into a new snapshot. Returns once
+    /// the new snapshot is durable and the old files are gone. Writers keep going meanwhile.
+    pub fn compact(&self) -> Result<()> {
+        self.compact_with_progress(|_, _| {})
+    }
+
+    /// [`Db::compact`], calling `progress(entries_done, entries_total)` as the merge advances.
+    pub fn compact_with_progress(&self, progress: impl FnMut(u64, u64)) -> Result<()> {
+        self.inner.check_poison()?;
+        self.inner.compact(progress)
+    }
+
+    /// Reads back and checks every byte of the snapshot (every block's checksum and structure, key
+    /// order, counts) and of the live log (every record's checksum and sequence number, and zeros
+    /// after its end). Calls `progress(bytes_done, bytes_total)`. Writers wait while the log is
+    /// checked; compactions wait for the whole check.
+    pub fn verify(&self, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport> {
+        let _no_compaction = lock(&self.inner.compaction);
+        let snapshot = self.inner.read_state().snapshot.clone();
+        let snapshot_bytes = snapshot.as_ref().map_or(0, |s| s.file_bytes());
+        let writer = lock(&self.inner.writer);
+        let total = snapshot_bytes + writer.end();
+        if let Some(s) = &snapshot {
+            s.verify(|done| progress(done, total))?;
+        }
+        let (path, file) = (writer.path(), writer.file());
+        let header = crate::wal::read_header(file, path)?;
+        let mut wal_records = 0;
+        let scan = crate::wal::scan(file, path, WAL_HEADER_LEN as u64, header.first_seq, |_| {
+            wal_records += 1;
+        })?;
+        if let crate::wal::Stop::Damaged { offset, reason } = scan.stop {
+            return Err(Error::corruption(path, offset, reason));
+        }
+        if scan.end != writer.end() {
+            return Err(Error::corruption(
+                path,
+                scan.end,
+                "the log ends before its last commit",
+            ));
+        }
+        if let Some(at) = crate::wal::first_nonzero(file, path, scan.end)? {
+            return Err(Error::corruption(
+                path,
+                at,
+                "non-zero bytes after the end of the log",
+            ));
+        }
+        progress(total, total);
+        Ok(VerifyReport {
+            snapshot: snapshot.as_ref().map(|s| s.path().to_owned()),
+            snapshot_entries: snapshot.as_ref().map_or(0, |s| s.len()),
+            snapshot_bytes,
+            wal: path.to_owned(),
+            wal_records,
+            wal_bytes: writer.end(),
+            quarantine_files: self.inner.report.quarantine_files.clone(),
+        })
     }
 
     /// The entries with keys in `range`, in key order (`.rev()` for descending).
@@ -304,14 +465,18 @@ impl Db {
     pub fn stats(&self) -> Result<Stats> {
         let writer = lock(&self.inner.writer);
         let state = self.inner.read_state();
+        let frozen_bytes = state.frozen.as_ref().map_or(0, |f| f.approximate_bytes());
         Ok(Stats {
             generation: writer.generation(),
             keys: state.live_keys,
+            snapshot_bytes: state.snapshot.as_ref().map_or(0, |s| s.file_bytes()),
+            snapshot_keys: state.snapshot.as_ref().map_or(0, |s| s.len()),
             wal_bytes: writer.end(),
-            memtable_bytes: state.memtable.approximate_bytes() as u64,
+            memtable_bytes: (state.memtable.approximate_bytes() + frozen_bytes) as u64,
             next_sequence: writer.next_seq(),
             commits: self.inner.commits.load(Ordering::Relaxed),
             syncs: self.inner.syncs.load(Ordering::Relaxed),
+            compactions: self.inner.compactions.load(Ordering::Relaxed),
             durability: self.inner.options.durability,
             recovery: self.inner.report.clone(),
         })
@@ -319,11 +484,11 @@ impl Db {
 }
 
 impl Inner {
-    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+    pub(crate) fn read_state(&self) -> RwLockReadGuard<'_, View> {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+    pub(crate) fn write_state(&self) -> RwLockWriteGuard<'_, View> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -336,7 +501,7 @@ impl Inner {
         }
     }
 
-    fn set_poison(&self, cause: String) {
+    pub(crate) fn set_poison(&self, cause: String) {
         lock(&self.poison).get_or_insert(cause);
     }
 
@@ -375,6 +540,10 @@ impl Inner {
                 queue.done_below = group_end;
                 queue.leader_active = false;
                 self.queue_changed.notify_all();
+                drop(queue);
+                if result.is_ok() {
+                    self.wake_compactor_if_due();
+                }
                 return result;
             }
             queue = self
@@ -409,7 +578,12 @@ impl Inner {
         let mut state = self.write_state();
         for batch in group {
             for (key, value) in batch.into_ops() {
-                state.apply(key, value);
+                if let Err(e) = state.apply(key, value) {
+                    // The batch is in the log, but the view could not take it (a damaged snapshot
+                    // block): this handle's view no longer matches the files.
+                    self.set_poison(format!("the in-memory view could not apply a commit: {e}"));
+                    return Err(e);
+                }
             }
         }
         Ok(())
@@ -423,9 +597,20 @@ impl Inner {
             self.set_poison(e.to_string());
         })
     }
+
+    fn wake_compactor_if_due(&self) {
+        if !self.compaction_due() {
+            return;
+        }
+        if let Some(wake) = lock(&self.wake_compactor).as_ref() {
+            match wake.try_send(()) {
+                Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
+            }
+        }
+    }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -484,35 +669,25 @@ impl Iter {
     }
 
     /// Fetches the next chunk from one end of the unfetched range.
-    fn refill(&mut self, from_front: bool) {
-        let state = self.db.inner.read_state();
-        let entries = state
-            .memtable
-            .range(as_slice_bound(&self.lo), as_slice_bound(&self.hi));
-        let mut scanned = 0;
-        let mut last_key = None;
-        let mut take = |(key, value): (&Bytes, &Option<Bytes>)| {
-            scanned += 1;
-            last_key = Some(key.clone());
-            value.as_ref().map(|v| (key.clone(), v.clone()))
-        };
+    fn refill(&mut self, from_front: bool) -> Result<()> {
+        let Chunk { entries, horizon } = self.db.inner.read_state().fetch(
+            as_slice_bound(&self.lo),
+            as_slice_bound(&self.hi),
+            from_front,
+            self.chunk,
+        )?;
         if from_front {
-            let got = entries.take(self.chunk).filter_map(&mut take);
-            self.front.extend(got);
+            self.front.extend(entries);
         } else {
-            let got = entries.rev().take(self.chunk).filter_map(&mut take);
-            self.back.extend(got);
+            self.back.extend(entries);
         }
-        if scanned < self.chunk {
-            self.drained = true;
-        } else if let Some(key) = last_key {
-            if from_front {
-                self.lo = Bound::Excluded(key);
-            } else {
-                self.hi = Bound::Excluded(key);
-            }
+        match horizon {
+            None => self.drained = true,
+            Some(key) if from_front => self.lo = Bound::Excluded(key),
+            Some(key) => self.hi = Bound::Excluded(key),
         }
         self.chunk = (self.chunk * 2).min(MAX_CHUNK);
+        Ok(())
     }
 }
 
@@ -529,7 +704,10 @@ impl Iterator for Iter {
 
     fn next(&mut self) -> Option<Self::Item> {
         while self.front.is_empty() && !self.drained {
-            self.refill(true);
+            if let Err(e) = self.refill(true) {
+                self.drained = true;
+                return Some(Err(e));
+            }
         }
         self.front
             .pop_front()
@@ -541,7 +719,10 @@ impl Iterator for Iter {
 impl DoubleEndedIterator for Iter {
     fn next_back(&mut self) -> Option<Self::Item> {
         while self.back.is_empty() && !self.drained {
-            self.refill(false);
+            if let Err(e) = self.refill(false) {
+                self.drained = true;
+                return Some(Err(e));
+            }
         }
         self.back
             .pop_front()

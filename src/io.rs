@@ -65,6 +65,8 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     fn sync_data(&self) -> io::Result<()>;
     /// Takes an exclusive advisory lock without waiting; `Ok(false)` if another holder has it.
     fn try_lock_exclusive(&self) -> io::Result<bool>;
+    /// Maps the whole file read-only. Only for files that are never modified again (snapshots).
+    fn map(&self) -> io::Result<Arc<dyn Mapping>>;
 
     /// Reads exactly `buf.len()` bytes at `offset`, failing with `UnexpectedEof` if the file is
     /// shorter.
@@ -81,6 +83,22 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
             }
         }
         Ok(())
+    }
+}
+
+/// A read-only view of a whole file, kept alive by reference counting so that values can be
+/// served straight from it.
+pub trait Mapping: Send + Sync + fmt::Debug {
+    /// The file's bytes.
+    fn bytes(&self) -> &[u8];
+}
+
+#[derive(Debug)]
+struct StdMapping(memmap2::Mmap);
+
+impl Mapping for StdMapping {
+    fn bytes(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -169,6 +187,20 @@ impl VfsFile for StdFile {
             Err(TryLockError::WouldBlock) => Ok(false),
             Err(TryLockError::Error(e)) => Err(e),
         }
+    }
+
+    #[expect(
+        unsafe_code,
+        reason = "memmap2::Mmap::map is unsafe: see the SAFETY note"
+    )]
+    fn map(&self) -> io::Result<Arc<dyn Mapping>> {
+        // SAFETY: a mapping is undefined behaviour if the file changes underneath it. sturdykv maps
+        // only snapshots, which are written once under a temporary name, synced and renamed, and
+        // never written, truncated or reused afterwards (a new generation gets a new file; the old
+        // one is unlinked, which keeps its pages alive for existing mappings). Only another
+        // program tampering with the store's files could break this.
+        let map = unsafe { memmap2::Mmap::map(&self.0)? };
+        Ok(Arc::new(StdMapping(map)))
     }
 }
 
@@ -309,6 +341,9 @@ pub(crate) mod faulty {
         }
         fn try_lock_exclusive(&self) -> io::Result<bool> {
             self.inner.try_lock_exclusive()
+        }
+        fn map(&self) -> io::Result<Arc<dyn Mapping>> {
+            self.inner.map()
         }
     }
 }

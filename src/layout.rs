@@ -28,6 +28,11 @@ pub fn wal_name(generation: u64) -> String {
     format!("wal-{generation:016x}")
 }
 
+/// `snap-<generation>`, the generation as 16 hex digits.
+pub fn snapshot_name(generation: u64) -> String {
+    format!("snap-{generation:016x}")
+}
+
 /// The file that keeps log bytes found beyond a damaged record at `offset` of `wal-<generation>`.
 pub fn quarantine_name(generation: u64, offset: u64) -> String {
     format!("quarantine-{generation:016x}-{offset:016x}")

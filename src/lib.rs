@@ -28,6 +28,7 @@
 
 mod batch;
 mod bytes;
+mod compaction;
 mod db;
 mod error;
 mod format;
@@ -36,11 +37,16 @@ mod layout;
 mod limits;
 mod memtable;
 mod recovery;
+mod snapshot;
+mod view;
 mod wal;
 
 pub use batch::Batch;
 pub use bytes::Bytes;
-pub use db::{Db, Durability, Iter, Options, Stats};
+pub use db::{
+    DEFAULT_COMPACTION_MIN_WAL_BYTES, DEFAULT_COMPACTION_RATIO, Db, Durability, Iter, Options,
+    Stats,
+};
 pub use error::{Error, Result};
 pub use limits::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use recovery::RecoveryReport;

@@ -58,6 +58,11 @@ impl Memtable {
             .flatten()
     }
 
+    /// Number of entries, tombstones included.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
     /// Approximate heap bytes held: keys, values and per-entry overhead.
     pub fn approximate_bytes(&self) -> usize {
         self.approximate_bytes

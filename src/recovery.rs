@@ -5,11 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::db::State;
 use crate::error::{Error, Result};
 use crate::format::{OpRef, WAL_HEADER_LEN, WalHeader};
 use crate::io::{EntryKind, OpenMode, Vfs, VfsFile};
-use crate::layout::{LOCK_NAME, StoreFile, classify, wal_name};
+use crate::layout::{LOCK_NAME, StoreFile, classify, snapshot_name, wal_name};
+use crate::snapshot::Snapshot;
+use crate::view::View;
 use crate::wal::{self, LogWriter, Stop};
 
 /// What recovery found and did, reported by [`Db::stats`](crate::Db::stats) and `kvctl stat`.
@@ -20,7 +21,8 @@ pub struct RecoveryReport {
     pub replayed_records: u64,
     /// Bytes of a damaged or torn log tail cut off at open.
     pub truncated_bytes: u64,
-    /// Leftover temporary files removed at open.
+    /// Leftover files removed at open: unfinished temporaries, and logs and snapshots of
+    /// generations a finished compaction had replaced.
     pub removed_temporaries: u64,
     /// Quarantine files in the store: log bytes found beyond a damaged record that still held
     /// decodable records. Inspect them; sturdykv never deletes them.
@@ -31,7 +33,7 @@ pub struct RecoveryReport {
 pub struct Recovered {
     pub lock: Arc<dyn VfsFile>,
     pub writer: LogWriter,
-    pub state: State,
+    pub view: View,
     pub report: RecoveryReport,
 }
 
@@ -76,15 +78,50 @@ pub fn open(vfs: &dyn Vfs, dir: &Path, create_if_missing: bool) -> Result<Recove
             reason: "the directory is not empty and holds no sturdykv files".into(),
         });
     }
-    if let Some(&generation) = listing.snapshots.first() {
-        return Err(Error::NotAStore {
-            path: dir.join(format!("snap-{generation:016x}")),
-            reason: "snapshot files come from a newer sturdykv than this build; upgrade sturdykv"
-                .into(),
-        });
+
+    // The newest snapshot is the base; a damaged one is an error, never silently skipped (the
+    // logs it replaced may already be gone).
+    let base = match listing.snapshots.last() {
+        Some(&generation) => {
+            let path = dir.join(snapshot_name(generation));
+            let snapshot = Snapshot::open(vfs, &path)?;
+            if snapshot.generation() != generation {
+                return Err(Error::corruption(
+                    &path,
+                    16,
+                    format!("header says generation {}", snapshot.generation()),
+                ));
+            }
+            Some(Arc::new(snapshot))
+        }
+        None => None,
+    };
+    let start = base.as_ref().map_or(0, |s| s.generation());
+    // Replay wal-<start>, wal-<start+1>, ... with no gap.
+    let replay: Vec<u64> = listing
+        .wals
+        .iter()
+        .copied()
+        .filter(|&g| g >= start)
+        .collect();
+    for (expected, &found) in (start..).zip(&replay) {
+        if found != expected {
+            return Err(Error::corruption(
+                dir.join(wal_name(expected)),
+                0,
+                "this log is missing: the logs of the store do not form a sequence",
+            ));
+        }
+    }
+    if replay.is_empty() && (base.is_some() || !listing.wals.is_empty()) {
+        return Err(Error::corruption(
+            dir.join(wal_name(start)),
+            0,
+            "this log is missing: a snapshot must be followed by the log of its generation",
+        ));
     }
     let mut logs = Vec::new();
-    for &generation in &listing.wals {
+    for &generation in &replay {
         let path = dir.join(wal_name(generation));
         let (file, header) = wal::open(vfs, &path, OpenMode::ReadWrite)?;
         if header.generation != generation {
@@ -111,12 +148,27 @@ pub fn open(vfs: &dyn Vfs, dir: &Path, create_if_missing: bool) -> Result<Recove
         quarantine_files: listing.quarantine.iter().map(|n| dir.join(n)).collect(),
         ..RecoveryReport::default()
     };
-    for name in &listing.temporaries {
+    // Garbage: unfinished atomic writes, and generations older than the base (a crash during a
+    // compaction's clean-up leaves them).
+    let stale = listing
+        .wals
+        .iter()
+        .filter(|&&g| g < start)
+        .map(|&g| wal_name(g))
+        .chain(
+            listing
+                .snapshots
+                .iter()
+                .filter(|&&g| g < start)
+                .map(|&g| snapshot_name(g)),
+        );
+    let garbage: Vec<String> = listing.temporaries.iter().cloned().chain(stale).collect();
+    for name in &garbage {
         vfs.remove_file(&dir.join(name))
-            .map_err(|e| Error::io("remove leftover temporary file", dir.join(name), e))?;
-        report.removed_temporaries += 1;
+            .map_err(|e| Error::io("remove leftover file", dir.join(name), e))?;
     }
-    if report.removed_temporaries > 0 {
+    report.removed_temporaries = garbage.len() as u64;
+    if !garbage.is_empty() {
         vfs.sync_dir(dir)
             .map_err(|e| Error::io("sync the directory", dir, e))?;
     }
@@ -133,7 +185,11 @@ pub fn open(vfs: &dyn Vfs, dir: &Path, create_if_missing: bool) -> Result<Recove
         logs.push((path, file, header));
     }
 
-    let mut state = State::default();
+    let mut view = View {
+        live_keys: base.as_ref().map_or(0, |s| s.len()),
+        snapshot: base,
+        ..View::default()
+    };
     let mut next_seq = logs[0].2.first_seq;
     let last = logs.len() - 1;
     let mut writer = None;
@@ -148,6 +204,7 @@ pub fn open(vfs: &dyn Vfs, dir: &Path, create_if_missing: bool) -> Result<Recove
                 ),
             ));
         }
+        let mut failed = None;
         let scan = wal::scan(
             file.as_ref(),
             &path,
@@ -156,13 +213,19 @@ pub fn open(vfs: &dyn Vfs, dir: &Path, create_if_missing: bool) -> Result<Recove
             |record| {
                 report.replayed_records += 1;
                 for op in record.ops() {
-                    match op {
-                        OpRef::Put(key, value) => state.apply(key.into(), Some(value.into())),
-                        OpRef::Delete(key) => state.apply(key.into(), None),
+                    let applied = match op {
+                        OpRef::Put(key, value) => view.apply(key.into(), Some(value.into())),
+                        OpRef::Delete(key) => view.apply(key.into(), None),
+                    };
+                    if let Err(e) = applied {
+                        failed.get_or_insert(e);
                     }
                 }
             },
         )?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         next_seq = scan.next_seq;
         // A clean stop must be followed by nothing but the preallocated zeros.
         let damage = match scan.stop {
@@ -202,7 +265,7 @@ pub fn open(vfs: &dyn Vfs, dir: &Path, create_if_missing: bool) -> Result<Recove
     Ok(Recovered {
         lock,
         writer,
-        state,
+        view,
         report,
     })
 }

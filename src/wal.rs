@@ -310,6 +310,16 @@ impl LogWriter {
         }
     }
 
+    /// The log's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open log file.
+    pub fn file(&self) -> &dyn VfsFile {
+        self.file.as_ref()
+    }
+
     /// The generation of the log.
     pub fn generation(&self) -> u64 {
         self.generation

@@ -254,3 +254,45 @@ fn a_broken_pipe_exits_quietly() {
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
 }
+
+#[test]
+fn compact_check_and_stat() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    for i in 0..50 {
+        assert_eq!(status(&kvctl(&db, &["put", &format!("k{i:02}"), "v"])), 0);
+    }
+    let out = kvctl(&db, &["compact"]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("generation 1"));
+    let out = kvctl(&db, &["stat"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("generation        1"), "{text}");
+    assert!(text.contains("snapshot keys     50"), "{text}");
+    let out = kvctl(&db, &["check"]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("snap-0000000000000001: 50 entries"), "{text}");
+    assert_eq!(kvctl(&db, &["get", "k07"]).stdout, b"v");
+}
+
+#[test]
+fn check_names_the_file_and_offset_of_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    for i in 0..500 {
+        kvctl(&db, &["put", &format!("key{i:04}"), "some value"]);
+    }
+    assert_eq!(status(&kvctl(&db, &["compact"])), 0);
+    let snap = db.join("snap-0000000000000001");
+    let mut bytes = std::fs::read(&snap).expect("read");
+    bytes[3000] ^= 0xff;
+    std::fs::write(&snap, bytes).expect("write");
+    let out = kvctl(&db, &["check"]);
+    assert_eq!(status(&out), 4, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("snap-0000000000000001") && err.contains("offset"),
+        "{err}"
+    );
+}

@@ -1,7 +1,4 @@
-//! The on-disk byte layouts, and nothing else: magic numbers, versions, offsets, encoders and decoders.
-//!
-//! This module is the code side of `docs/FORMAT.md`; the two must change together, and the golden
-//! tests at the bottom pin every byte. All integers are fixed-width little-endian.
+//! The write-ahead log's byte layout (docs/FORMAT.md, "Write-ahead log file").
 //!
 //! ```text
 //! WAL file header (40 bytes)
@@ -20,10 +17,8 @@
 //! op: tag u8 (1 put, 2 delete), key length u32, key, and for a put: value length u32, value
 //! ```
 
+use super::{FORMAT_VERSION, HeaderError, read_u32, read_u64};
 use crate::limits::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
-
-/// Version of every file this build writes; files with a higher version are refused.
-pub const FORMAT_VERSION: u32 = 1;
 
 /// First eight bytes of every write-ahead log file.
 pub const WAL_MAGIC: [u8; 8] = *b"SKVLOG\r\n";
@@ -59,22 +54,6 @@ pub struct WalHeader {
     pub generation: u64,
     /// Sequence number the first record of this file must carry.
     pub first_seq: u64,
-}
-
-/// Why a header could not be decoded; the caller attaches the file name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HeaderError {
-    /// Fewer bytes than a header, or the wrong magic: this is not one of our files.
-    NotOurs,
-    /// Written by a newer build.
-    FutureVersion(u32),
-    /// Ours and of a known version, but damaged at this offset.
-    Corrupt {
-        /// Offset of the damaged field.
-        offset: u64,
-        /// What is wrong.
-        reason: &'static str,
-    },
 }
 
 impl WalHeader {
@@ -291,20 +270,6 @@ fn split_len_prefixed(buf: &[u8], max: usize) -> Option<(&[u8], &[u8])> {
     }
     let rest = &buf[4..];
     (rest.len() >= len).then(|| rest.split_at(len))
-}
-
-/// Reads a little-endian u32 at `at`; the caller guarantees the bytes exist.
-pub fn read_u32(buf: &[u8], at: usize) -> u32 {
-    let mut b = [0u8; 4];
-    b.copy_from_slice(&buf[at..at + 4]);
-    u32::from_le_bytes(b)
-}
-
-/// Reads a little-endian u64 at `at`; the caller guarantees the bytes exist.
-pub fn read_u64(buf: &[u8], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&buf[at..at + 8]);
-    u64::from_le_bytes(b)
 }
 
 /// The smallest number of bytes a valid record can take (an empty batch).

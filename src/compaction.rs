@@ -1,0 +1,236 @@
+//! Compaction: folding the log into a new snapshot, so that the log, the time to reopen and the
+//! memory held stay bounded.
+//!
+//! The protocol (DESIGN.md, "Compaction"), each step crash-safe by the recovery rule:
+//! 1. **Cut**, holding the writer: sync `wal-g`, create `wal-(g+1)` durably, switch appends to it,
+//!    and freeze the memtable of generation `g`. Writers wait only for this.
+//! 2. **Merge**, holding no lock readers or writers need: stream `snap-g` and the frozen memtable
+//!    into `snap-(g+1).tmp`, sync, rename, sync the directory.
+//! 3. **Install**: readers switch to the new snapshot (a pointer swap under the view's lock).
+//! 4. **Clean up**: delete `wal-g`, `snap-g` and anything older, sync the directory. Readers that
+//!    still hold values from `snap-g` keep its mapping alive.
+
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::db::{Inner, lock};
+use crate::error::{Error, Result};
+use crate::format::{WAL_HEADER_LEN, WalHeader};
+use crate::io::OpenMode;
+use crate::layout::{StoreFile, classify};
+use crate::memtable::Memtable;
+use crate::snapshot::{Snapshot, SnapshotWriter};
+use crate::wal::{self, LogWriter};
+
+/// What a cut hands to the merge.
+struct Cut {
+    /// The memtable of the generation being folded in.
+    frozen: Arc<Memtable>,
+    /// The snapshot it goes on top of.
+    base: Option<Arc<Snapshot>>,
+    /// The generation of the snapshot to write.
+    generation: u64,
+}
+
+/// How often (in entries) the merge reports progress and checks for cancellation.
+const PROGRESS_EVERY: u64 = 4096;
+
+impl Inner {
+    /// Whether the log has outgrown the compaction trigger.
+    pub(crate) fn compaction_due(&self) -> bool {
+        let wal_bytes = lock(&self.writer).end();
+        let snapshot_bytes = self
+            .read_state()
+            .snapshot
+            .as_ref()
+            .map_or(0, |s| s.file_bytes());
+        let threshold = (self.options.compaction_ratio * snapshot_bytes as f64) as u64;
+        wal_bytes > self.options.compaction_min_wal_bytes.max(threshold)
+    }
+
+    /// Compacts if the trigger still holds once this thread has the compaction to itself.
+    pub(crate) fn compact_if_due(&self) -> Result<()> {
+        let _one_at_a_time = lock(&self.compaction);
+        if self.compaction_due() {
+            self.compact_locked(|_, _| {})?;
+        }
+        Ok(())
+    }
+
+    /// Compacts now (waiting for a running compaction to finish first).
+    pub(crate) fn compact(&self, progress: impl FnMut(u64, u64)) -> Result<()> {
+        let _one_at_a_time = lock(&self.compaction);
+        self.compact_locked(progress)
+    }
+
+    fn compact_locked(&self, mut progress: impl FnMut(u64, u64)) -> Result<()> {
+        let Some(Cut {
+            frozen,
+            base,
+            generation,
+        }) = self.cut()?
+        else {
+            return Ok(());
+        };
+        let total = base.as_ref().map_or(0, |s| s.len()) + frozen.len() as u64;
+        let Some(path) = self.merge(&frozen, base.as_ref(), generation, |done| {
+            progress(done, total)
+        })?
+        else {
+            return Ok(()); // cancelled: the handle is closing; recovery replays the logs
+        };
+        let snapshot = Arc::new(Snapshot::open(self.options.vfs.as_ref(), &path)?);
+        {
+            let mut state = self.write_state();
+            state.snapshot = Some(snapshot);
+            state.frozen = None;
+        }
+        self.compactions.fetch_add(1, Ordering::Relaxed);
+        self.remove_older_than(generation)?;
+        progress(total, total);
+        Ok(())
+    }
+
+    /// Step 1: starts generation `g + 1` and freezes generation `g`'s memtable. Returns what to
+    /// merge and the new generation, or `None` if there is nothing to compact. If an earlier
+    /// compaction failed after its cut, returns its frozen memtable again instead of cutting.
+    fn cut(&self) -> Result<Option<Cut>> {
+        let mut writer = lock(&self.writer);
+        {
+            let state = self.read_state();
+            if let Some(frozen) = &state.frozen {
+                return Ok(Some(Cut {
+                    frozen: Arc::clone(frozen),
+                    base: state.snapshot.clone(),
+                    generation: writer.generation(),
+                }));
+            }
+        }
+        if writer.end() == WAL_HEADER_LEN as u64 {
+            return Ok(None); // the snapshot already holds everything
+        }
+        // With Buffered durability the old log's tail may still be in the page cache only; it
+        // must be durable before any record of the new log can be, or a crash could leave a gap
+        // in the sequence between the two.
+        writer
+            .sync()
+            .inspect_err(|e| self.set_poison(e.to_string()))?;
+        let generation = writer.generation() + 1;
+        let header = WalHeader {
+            generation,
+            first_seq: writer.next_seq(),
+        };
+        let vfs = self.options.vfs.as_ref();
+        let path = wal::create(vfs, &self.dir, header)?;
+        let file = vfs
+            .open(&path, OpenMode::ReadWrite)
+            .map_err(|e| Error::io("open", &path, e))?;
+        let new_writer = LogWriter::new(
+            path,
+            file,
+            generation,
+            WAL_HEADER_LEN as u64,
+            header.first_seq,
+            WAL_HEADER_LEN as u64,
+        );
+        let mut state = self.write_state();
+        let frozen = Arc::new(std::mem::take(&mut state.memtable));
+        state.frozen = Some(Arc::clone(&frozen));
+        *writer = new_writer;
+        Ok(Some(Cut {
+            frozen,
+            base: state.snapshot.clone(),
+            generation,
+        }))
+    }
+
+    /// Step 2: writes `snap-<generation>` from `base` overlaid with `frozen` (tombstones
+    /// dropped). Returns its path once durable, or `None` if cancelled.
+    fn merge(
+        &self,
+        frozen: &Memtable,
+        base: Option<&Arc<Snapshot>>,
+        generation: u64,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Option<std::path::PathBuf>> {
+        let mut out = SnapshotWriter::create(self.options.vfs.as_ref(), &self.dir, generation)?;
+        let result = (|| -> Result<bool> {
+            let mut old = base
+                .map(|s| s.cursor(Bound::Unbounded, Bound::Unbounded, true))
+                .transpose()?;
+            let mut new = frozen.range(Bound::Unbounded, Bound::Unbounded).peekable();
+            let mut done = 0u64;
+            loop {
+                done += 1;
+                if done.is_multiple_of(PROGRESS_EVERY) {
+                    if self.cancel.load(Ordering::Relaxed) {
+                        return Ok(false);
+                    }
+                    progress(done);
+                }
+                let old_key = match old.as_mut() {
+                    Some(cursor) => cursor.peek_key()?.map(<[u8]>::to_vec),
+                    None => None,
+                };
+                let take_new = match (&old_key, new.peek()) {
+                    (None, None) => return Ok(true),
+                    (None, Some(_)) => true,
+                    (Some(_), None) => false,
+                    (Some(o), Some((n, _))) => n.as_slice() <= o.as_slice(),
+                };
+                if take_new {
+                    let Some((key, value)) = new.next() else {
+                        return Ok(true);
+                    };
+                    if old_key.as_deref() == Some(key.as_slice()) {
+                        // The newer write replaces (or deletes) the snapshot's entry.
+                        old.as_mut().map(|c| c.next_entry()).transpose()?;
+                    }
+                    if let Some(value) = value {
+                        out.add(key, value)?;
+                    }
+                } else if let Some((key, value)) =
+                    old.as_mut().map(|c| c.next_entry()).transpose()?.flatten()
+                {
+                    out.add(&key, &value)?;
+                }
+            }
+        })();
+        match result {
+            Ok(true) => out.finish().map(Some),
+            Ok(false) => {
+                out.abandon();
+                Ok(None)
+            }
+            Err(e) => {
+                out.abandon();
+                Err(e)
+            }
+        }
+    }
+
+    /// Step 4: deletes logs and snapshots of generations before `generation`.
+    fn remove_older_than(&self, generation: u64) -> Result<()> {
+        let vfs = self.options.vfs.as_ref();
+        let names = vfs
+            .list(&self.dir)
+            .map_err(|e| Error::io("list the store directory", &self.dir, e))?;
+        let mut removed = false;
+        for name in names {
+            if let StoreFile::Wal(g) | StoreFile::Snapshot(g) = classify(&name)
+                && g < generation
+            {
+                let path = self.dir.join(&name);
+                vfs.remove_file(&path)
+                    .map_err(|e| Error::io("remove old file", &path, e))?;
+                removed = true;
+            }
+        }
+        if removed {
+            vfs.sync_dir(&self.dir)
+                .map_err(|e| Error::io("sync the directory", &self.dir, e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,410 @@
+//! The snapshot's byte layout (docs/FORMAT.md, "Snapshot file").
+//!
+//! ```text
+//! header (32 bytes)
+//!   0  magic           8  "SKVSNP\r\n"
+//!   8  format version  4  u32 = 1
+//!  12  flags           4  u32 = 0
+//!  16  generation      8  u64
+//!  24  header crc      4  CRC-32 of bytes 0..24
+//!  28  reserved        4  zero
+//! data blocks, from offset 32, sorted by key, back to back
+//!   entry count u32, entries, block crc u32 (CRC-32 of count and entries)
+//!   entry: key length u32, value length u32, key, value
+//! index, at `index offset`: one 16-byte entry per block
+//!   block offset u64, block length u32 (crc included), entry count u32
+//! footer (48 bytes, the end of the file)
+//!   0  index offset    8
+//!   8  block count     8
+//!  16  entry count     8
+//!  24  index crc       4  CRC-32 of the whole index
+//!  28  reserved        4  zero
+//!  32  end magic       8  "SKVEND\r\n"
+//!  40  footer crc      4  CRC-32 of footer bytes 0..40
+//!  44  reserved        4  zero
+//! ```
+
+use super::{FORMAT_VERSION, HeaderError, read_u32, read_u64};
+
+/// First eight bytes of every snapshot file.
+pub const SNAP_MAGIC: [u8; 8] = *b"SKVSNP\r\n";
+/// Eight bytes near the end of every complete snapshot file.
+pub const SNAP_END_MAGIC: [u8; 8] = *b"SKVEND\r\n";
+
+const S_MAGIC_AT: usize = 0;
+const S_VERSION_AT: usize = S_MAGIC_AT + 8;
+const S_FLAGS_AT: usize = S_VERSION_AT + 4;
+const S_GENERATION_AT: usize = S_FLAGS_AT + 4;
+const S_CRC_AT: usize = S_GENERATION_AT + 8;
+const S_RESERVED_AT: usize = S_CRC_AT + 4;
+/// Length of the snapshot header; the first block starts here.
+pub const SNAP_HEADER_LEN: usize = S_RESERVED_AT + 4;
+
+const F_INDEX_OFFSET_AT: usize = 0;
+const F_BLOCK_COUNT_AT: usize = F_INDEX_OFFSET_AT + 8;
+const F_ENTRY_COUNT_AT: usize = F_BLOCK_COUNT_AT + 8;
+const F_INDEX_CRC_AT: usize = F_ENTRY_COUNT_AT + 8;
+const F_RESERVED_AT: usize = F_INDEX_CRC_AT + 4;
+const F_MAGIC_AT: usize = F_RESERVED_AT + 4;
+const F_CRC_AT: usize = F_MAGIC_AT + 8;
+const F_RESERVED2_AT: usize = F_CRC_AT + 4;
+/// Length of the footer at the end of a snapshot.
+pub const SNAP_FOOTER_LEN: usize = F_RESERVED2_AT + 4;
+
+/// Bytes per index entry.
+pub const INDEX_ENTRY_LEN: usize = 16;
+/// Bytes of a block's entry count and of its trailing CRC.
+pub const BLOCK_COUNT_LEN: usize = 4;
+/// Bytes of a block's trailing CRC.
+pub const BLOCK_CRC_LEN: usize = 4;
+/// Bytes of an entry before its key: key length and value length.
+pub const ENTRY_HEADER_LEN: usize = 8;
+/// A block is closed once it holds at least this many bytes.
+pub const TARGET_BLOCK_LEN: usize = 4096;
+
+/// The snapshot header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapHeader {
+    /// The generation (`snap-<generation>`): the state as of the start of that generation.
+    pub generation: u64,
+}
+
+impl SnapHeader {
+    /// The header's exact bytes.
+    pub fn encode(&self) -> [u8; SNAP_HEADER_LEN] {
+        let mut out = [0u8; SNAP_HEADER_LEN];
+        out[S_MAGIC_AT..S_VERSION_AT].copy_from_slice(&SNAP_MAGIC);
+        out[S_VERSION_AT..S_FLAGS_AT].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[S_GENERATION_AT..S_CRC_AT].copy_from_slice(&self.generation.to_le_bytes());
+        let crc = crc32fast::hash(&out[..S_CRC_AT]);
+        out[S_CRC_AT..S_RESERVED_AT].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes a header: magic, then version, then checksum.
+    pub fn decode(bytes: &[u8]) -> Result<Self, HeaderError> {
+        if bytes.len() < SNAP_HEADER_LEN || bytes[S_MAGIC_AT..S_VERSION_AT] != SNAP_MAGIC {
+            return Err(HeaderError::NotOurs);
+        }
+        let version = read_u32(bytes, S_VERSION_AT);
+        if version > FORMAT_VERSION {
+            return Err(HeaderError::FutureVersion(version));
+        }
+        if crc32fast::hash(&bytes[..S_CRC_AT]) != read_u32(bytes, S_CRC_AT) {
+            return Err(HeaderError::Corrupt {
+                offset: S_CRC_AT as u64,
+                reason: "snapshot header checksum mismatch",
+            });
+        }
+        if version == 0 || read_u32(bytes, S_FLAGS_AT) != 0 || read_u32(bytes, S_RESERVED_AT) != 0 {
+            return Err(HeaderError::Corrupt {
+                offset: S_VERSION_AT as u64,
+                reason: "invalid version, flags or reserved bytes",
+            });
+        }
+        Ok(SnapHeader {
+            generation: read_u64(bytes, S_GENERATION_AT),
+        })
+    }
+}
+
+/// The snapshot footer: where the index is, and counts to check it against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapFooter {
+    /// Offset of the index.
+    pub index_offset: u64,
+    /// Number of data blocks (and index entries).
+    pub block_count: u64,
+    /// Number of key-value entries.
+    pub entry_count: u64,
+    /// CRC-32 of the index.
+    pub index_crc: u32,
+}
+
+impl SnapFooter {
+    /// The footer's exact bytes.
+    pub fn encode(&self) -> [u8; SNAP_FOOTER_LEN] {
+        let mut out = [0u8; SNAP_FOOTER_LEN];
+        out[F_INDEX_OFFSET_AT..F_BLOCK_COUNT_AT].copy_from_slice(&self.index_offset.to_le_bytes());
+        out[F_BLOCK_COUNT_AT..F_ENTRY_COUNT_AT].copy_from_slice(&self.block_count.to_le_bytes());
+        out[F_ENTRY_COUNT_AT..F_INDEX_CRC_AT].copy_from_slice(&self.entry_count.to_le_bytes());
+        out[F_INDEX_CRC_AT..F_RESERVED_AT].copy_from_slice(&self.index_crc.to_le_bytes());
+        out[F_MAGIC_AT..F_CRC_AT].copy_from_slice(&SNAP_END_MAGIC);
+        let crc = crc32fast::hash(&out[..F_CRC_AT]);
+        out[F_CRC_AT..F_RESERVED2_AT].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes the last `SNAP_FOOTER_LEN` bytes of a file; the offset in an error is relative to
+    /// the footer's start.
+    pub fn decode(bytes: &[u8]) -> Result<Self, HeaderError> {
+        if bytes.len() != SNAP_FOOTER_LEN || bytes[F_MAGIC_AT..F_CRC_AT] != SNAP_END_MAGIC {
+            return Err(HeaderError::Corrupt {
+                offset: F_MAGIC_AT as u64,
+                reason: "snapshot footer missing (incomplete file)",
+            });
+        }
+        if crc32fast::hash(&bytes[..F_CRC_AT]) != read_u32(bytes, F_CRC_AT) {
+            return Err(HeaderError::Corrupt {
+                offset: F_CRC_AT as u64,
+                reason: "snapshot footer checksum mismatch",
+            });
+        }
+        if read_u32(bytes, F_RESERVED_AT) != 0 || read_u32(bytes, F_RESERVED2_AT) != 0 {
+            return Err(HeaderError::Corrupt {
+                offset: F_RESERVED_AT as u64,
+                reason: "invalid reserved bytes in snapshot footer",
+            });
+        }
+        Ok(SnapFooter {
+            index_offset: read_u64(bytes, F_INDEX_OFFSET_AT),
+            block_count: read_u64(bytes, F_BLOCK_COUNT_AT),
+            entry_count: read_u64(bytes, F_ENTRY_COUNT_AT),
+            index_crc: read_u32(bytes, F_INDEX_CRC_AT),
+        })
+    }
+}
+
+/// One index entry: where a block is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Offset of the block in the file.
+    pub offset: u64,
+    /// Length of the block, CRC included.
+    pub len: u32,
+    /// Entries in the block.
+    pub entries: u32,
+}
+
+impl IndexEntry {
+    /// Appends the entry's 16 bytes to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.len.to_le_bytes());
+        out.extend_from_slice(&self.entries.to_le_bytes());
+    }
+
+    /// Decodes the `i`-th entry of `index`.
+    pub fn decode(index: &[u8], i: usize) -> Self {
+        let at = i * INDEX_ENTRY_LEN;
+        IndexEntry {
+            offset: read_u64(index, at),
+            len: read_u32(index, at + 8),
+            entries: read_u32(index, at + 12),
+        }
+    }
+}
+
+/// Builds one data block.
+#[derive(Debug, Default)]
+pub struct BlockBuilder {
+    buf: Vec<u8>,
+    entries: u32,
+}
+
+impl BlockBuilder {
+    /// Adds an entry; keys must come in strictly increasing order.
+    pub fn add(&mut self, key: &[u8], value: &[u8]) {
+        if self.buf.is_empty() {
+            self.buf.extend_from_slice(&[0; BLOCK_COUNT_LEN]);
+        }
+        self.buf
+            .extend_from_slice(&(key.len() as u32).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(key);
+        self.buf.extend_from_slice(value);
+        self.entries += 1;
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether no entry was added.
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// Entries so far.
+    pub fn entries(&self) -> u32 {
+        self.entries
+    }
+
+    /// Finishes the block (count and CRC filled in) and returns its bytes; the builder is empty
+    /// again afterwards.
+    pub fn finish(&mut self) -> &[u8] {
+        self.buf[..BLOCK_COUNT_LEN].copy_from_slice(&self.entries.to_le_bytes());
+        let crc = crc32fast::hash(&self.buf);
+        self.buf.extend_from_slice(&crc.to_le_bytes());
+        &self.buf
+    }
+
+    /// Empties the builder after `finish`.
+    pub fn reset(&mut self) {
+        self.buf.clear();
+        self.entries = 0;
+    }
+}
+
+/// Checks a block's CRC and structure: `count` entries that fill it exactly.
+pub fn check_block(block: &[u8], expected_entries: u32) -> Result<(), &'static str> {
+    if block.len() < BLOCK_COUNT_LEN + BLOCK_CRC_LEN {
+        return Err("block too short");
+    }
+    let body = &block[..block.len() - BLOCK_CRC_LEN];
+    if crc32fast::hash(body) != read_u32(block, body.len()) {
+        return Err("block checksum mismatch");
+    }
+    let count = read_u32(body, 0);
+    if count != expected_entries || count == 0 {
+        return Err("block entry count disagrees with the index");
+    }
+    let mut at = BLOCK_COUNT_LEN;
+    for _ in 0..count {
+        match entry_at(body, at) {
+            Some(e) => at = e.next,
+            None => return Err("malformed entry in block"),
+        }
+    }
+    if at != body.len() {
+        return Err("trailing bytes in block");
+    }
+    Ok(())
+}
+
+/// Where an entry's key and value lie within a block body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryPos {
+    /// Start of the key.
+    pub key: usize,
+    /// Key length.
+    pub key_len: usize,
+    /// Start of the value.
+    pub value: usize,
+    /// Value length.
+    pub value_len: usize,
+    /// Start of the next entry.
+    pub next: usize,
+}
+
+/// Decodes the entry at `at` of a block body, if it fits.
+pub fn entry_at(body: &[u8], at: usize) -> Option<EntryPos> {
+    let header = body.get(at..at + ENTRY_HEADER_LEN)?;
+    let key_len = read_u32(header, 0) as usize;
+    let value_len = read_u32(header, 4) as usize;
+    let key = at + ENTRY_HEADER_LEN;
+    let value = key.checked_add(key_len)?;
+    let next = value.checked_add(value_len)?;
+    (next <= body.len()).then_some(EntryPos {
+        key,
+        key_len,
+        value,
+        value_len,
+        next,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins a one-block snapshot byte for byte (see docs/FORMAT.md).
+    #[test]
+    fn golden_snapshot() {
+        let mut file = SnapHeader { generation: 3 }.encode().to_vec();
+        let mut block = BlockBuilder::default();
+        block.add(b"a", b"1");
+        block.add(b"bc", b"");
+        let block_offset = file.len() as u64;
+        let bytes = block.finish().to_vec();
+        file.extend_from_slice(&bytes);
+        let index_offset = file.len() as u64;
+        let mut index = Vec::new();
+        IndexEntry {
+            offset: block_offset,
+            len: bytes.len() as u32,
+            entries: 2,
+        }
+        .encode_into(&mut index);
+        file.extend_from_slice(&index);
+        file.extend_from_slice(
+            &SnapFooter {
+                index_offset,
+                block_count: 1,
+                entry_count: 2,
+                index_crc: crc32fast::hash(&index),
+            }
+            .encode(),
+        );
+        let expected_hex = concat!(
+            "534b56534e500d0a",
+            "01000000",
+            "00000000",
+            "0300000000000000",
+            "c0d18797",
+            "00000000",
+            "02000000",
+            "01000000",
+            "01000000",
+            "61",
+            "31",
+            "02000000",
+            "00000000",
+            "6263",
+            "b9f1636c",
+            "2000000000000000",
+            "1c000000",
+            "02000000",
+            "3c00000000000000",
+            "0100000000000000",
+            "0200000000000000",
+            "c7dc997a",
+            "00000000",
+            "534b56454e440d0a",
+            "392848e2",
+            "00000000",
+        );
+        let hex: String = file.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, expected_hex);
+        assert_eq!(SnapHeader::decode(&file), Ok(SnapHeader { generation: 3 }));
+        let footer = SnapFooter::decode(&file[file.len() - SNAP_FOOTER_LEN..]).expect("footer");
+        assert_eq!(footer.entry_count, 2);
+        assert_eq!(check_block(&bytes, 2), Ok(()));
+    }
+
+    #[test]
+    fn every_flipped_bit_in_a_block_is_detected() {
+        let mut block = BlockBuilder::default();
+        block.add(b"key", b"value");
+        block.add(b"key2", b"value2");
+        let bytes = block.finish().to_vec();
+        for bit in 0..bytes.len() * 8 {
+            let mut damaged = bytes.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            assert!(check_block(&damaged, 2).is_err(), "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn a_truncated_footer_is_corrupt_not_foreign() {
+        let footer = SnapFooter {
+            index_offset: 32,
+            block_count: 0,
+            entry_count: 0,
+            index_crc: 0,
+        }
+        .encode();
+        assert!(matches!(
+            SnapFooter::decode(&footer[1..]),
+            Err(HeaderError::Corrupt { .. })
+        ));
+        let mut flipped = footer;
+        flipped[9] ^= 1;
+        assert!(matches!(
+            SnapFooter::decode(&flipped),
+            Err(HeaderError::Corrupt { .. })
+        ));
+    }
+}

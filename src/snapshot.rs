@@ -1,0 +1,643 @@
+//! Snapshots: the whole state as of the start of a generation, in one immutable, sorted file.
+//!
+//! A snapshot is read through a memory map: opening checks only the header, the footer and the
+//! (small) block index, so it costs the same for ten keys and for ten million. Each data block's
+//! CRC is checked the first time the block is touched, and [`Snapshot::verify`] checks every byte.
+//! Keys and values are served straight from the map.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::bytes::Bytes;
+use crate::error::{Error, Result};
+use crate::format::{
+    self, BLOCK_COUNT_LEN, BLOCK_CRC_LEN, BlockBuilder, EntryPos, HeaderError, INDEX_ENTRY_LEN,
+    IndexEntry, SNAP_FOOTER_LEN, SNAP_HEADER_LEN, SnapFooter, SnapHeader, TARGET_BLOCK_LEN,
+};
+use crate::io::{Mapping, OpenMode, Vfs, VfsFile};
+use crate::layout::snapshot_name;
+
+/// An open, memory-mapped snapshot.
+#[derive(Debug)]
+pub struct Snapshot {
+    path: PathBuf,
+    generation: u64,
+    map: Arc<dyn Mapping>,
+    index_offset: usize,
+    block_count: usize,
+    entry_count: u64,
+    /// One bit per block: its CRC has been checked.
+    verified: Box<[AtomicU64]>,
+}
+
+fn header_error(path: &Path, e: HeaderError, base: u64) -> Error {
+    match e {
+        HeaderError::NotOurs => Error::NotAStore {
+            path: path.to_owned(),
+            reason: "the file does not start with the sturdykv snapshot magic".into(),
+        },
+        HeaderError::FutureVersion(found) => Error::UnsupportedVersion {
+            file: path.to_owned(),
+            found,
+            supported: format::FORMAT_VERSION,
+        },
+        HeaderError::Corrupt { offset, reason } => Error::corruption(path, base + offset, reason),
+    }
+}
+
+impl Snapshot {
+    /// Opens and checks the snapshot at `path` (header, footer, index).
+    pub fn open(vfs: &dyn Vfs, path: &Path) -> Result<Snapshot> {
+        let file = vfs
+            .open(path, OpenMode::ReadWrite)
+            .map_err(|e| Error::io("open", path, e))?;
+        let size = file
+            .size()
+            .map_err(|e| Error::io("read the size of", path, e))?;
+        if size < (SNAP_HEADER_LEN + SNAP_FOOTER_LEN) as u64 {
+            let mut head = vec![0u8; usize::try_from(size).unwrap_or(0).min(SNAP_HEADER_LEN)];
+            file.read_exact_at(&mut head, 0)
+                .map_err(|e| Error::io("read", path, e))?;
+            // Snapshots appear only by an atomic rename, so a short one was damaged afterwards.
+            if let Err(e @ HeaderError::FutureVersion(_)) = SnapHeader::decode(&head) {
+                return Err(header_error(path, e, 0));
+            }
+            return Err(Error::corruption(
+                path,
+                size,
+                "snapshot shorter than header and footer",
+            ));
+        }
+        let map = file.map().map_err(|e| Error::io("memory-map", path, e))?;
+        let bytes = map.bytes();
+        let header = SnapHeader::decode(bytes).map_err(|e| header_error(path, e, 0))?;
+        let footer_at = bytes.len() - SNAP_FOOTER_LEN;
+        let footer = SnapFooter::decode(&bytes[footer_at..])
+            .map_err(|e| header_error(path, e, footer_at as u64))?;
+        let index_len = footer
+            .block_count
+            .checked_mul(INDEX_ENTRY_LEN as u64)
+            .and_then(|n| n.checked_add(footer.index_offset))
+            .filter(|&end| end == footer_at as u64 && footer.index_offset >= SNAP_HEADER_LEN as u64)
+            .map(|end| end - footer.index_offset)
+            .ok_or_else(|| {
+                Error::corruption(
+                    path,
+                    footer_at as u64,
+                    "footer's index location does not fit the file",
+                )
+            })?;
+        let index_offset = footer.index_offset as usize;
+        let index = &bytes[index_offset..index_offset + index_len as usize];
+        if crc32fast::hash(index) != footer.index_crc {
+            return Err(Error::corruption(
+                path,
+                index_offset as u64,
+                "snapshot index checksum mismatch",
+            ));
+        }
+        let block_count = footer.block_count as usize;
+        Ok(Snapshot {
+            path: path.to_owned(),
+            generation: header.generation,
+            verified: (0..block_count.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            map,
+            index_offset,
+            block_count,
+            entry_count: footer.entry_count,
+        })
+    }
+
+    /// The snapshot's generation, from its header.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> u64 {
+        self.entry_count
+    }
+
+    /// Size of the file in bytes.
+    pub fn file_bytes(&self) -> u64 {
+        self.map.bytes().len() as u64
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn index_entry(&self, i: usize) -> IndexEntry {
+        IndexEntry::decode(&self.map.bytes()[self.index_offset..], i)
+    }
+
+    /// The body of block `i` (without its CRC), checking the CRC on first use.
+    fn block(&self, i: usize) -> Result<&[u8]> {
+        let entry = self.index_entry(i);
+        let start = usize::try_from(entry.offset).unwrap_or(usize::MAX);
+        let end = start.saturating_add(entry.len as usize);
+        if start < SNAP_HEADER_LEN
+            || end > self.index_offset
+            || end - start < BLOCK_COUNT_LEN + BLOCK_CRC_LEN
+        {
+            return Err(Error::corruption(
+                &self.path,
+                (self.index_offset + i * INDEX_ENTRY_LEN) as u64,
+                "index entry points outside the data blocks",
+            ));
+        }
+        let block = &self.map.bytes()[start..end];
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        if self.verified[word].load(Ordering::Relaxed) & bit == 0 {
+            format::check_block(block, entry.entries)
+                .map_err(|reason| Error::corruption(&self.path, entry.offset, reason))?;
+            self.verified[word].fetch_or(bit, Ordering::Relaxed);
+        }
+        Ok(&block[..block.len() - BLOCK_CRC_LEN])
+    }
+
+    /// The first key of block `i`.
+    fn first_key(&self, i: usize) -> Result<&[u8]> {
+        let block = self.block(i)?;
+        let e = format::entry_at(block, BLOCK_COUNT_LEN).ok_or_else(|| {
+            Error::corruption(&self.path, self.index_entry(i).offset, "empty block")
+        })?;
+        Ok(&block[e.key..e.key + e.key_len])
+    }
+
+    /// The last block whose first key is `<= key` (block 0 if none is).
+    fn block_for(&self, key: &[u8]) -> Result<usize> {
+        let (mut lo, mut hi) = (0, self.block_count);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if self.first_key(mid)? <= key {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// Entry positions of block `i`, offset to the whole file.
+    fn entries(&self, i: usize) -> Result<Vec<EntryPos>> {
+        let block = self.block(i)?;
+        let base = self.index_entry(i).offset as usize;
+        let mut out = Vec::with_capacity(self.index_entry(i).entries as usize);
+        let mut at = BLOCK_COUNT_LEN;
+        while let Some(e) = format::entry_at(block, at) {
+            at = e.next;
+            out.push(EntryPos {
+                key: base + e.key,
+                value: base + e.value,
+                next: base + e.next,
+                ..e
+            });
+        }
+        Ok(out)
+    }
+
+    fn key_of(&self, e: &EntryPos) -> &[u8] {
+        &self.map.bytes()[e.key..e.key + e.key_len]
+    }
+
+    /// The value of `key`, if the snapshot has it.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        if self.block_count == 0 {
+            return Ok(None);
+        }
+        let i = self.block_for(key)?;
+        let block = self.block(i)?;
+        let base = self.index_entry(i).offset as usize;
+        let mut at = BLOCK_COUNT_LEN;
+        while let Some(e) = format::entry_at(block, at) {
+            match block[e.key..e.key + e.key_len].cmp(key) {
+                std::cmp::Ordering::Less => at = e.next,
+                std::cmp::Ordering::Equal => {
+                    return Ok(Some(Bytes::mapped(&self.map, base + e.value, e.value_len)));
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        Ok(None)
+    }
+
+    /// A cursor over the entries within the bounds, ascending (`forward`) or descending.
+    pub fn cursor(
+        self: &Arc<Self>,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+        forward: bool,
+    ) -> Result<Cursor> {
+        let mut cursor = Cursor {
+            snapshot: Arc::clone(self),
+            forward,
+            block: None,
+            pending: Vec::new(),
+        };
+        if self.block_count == 0 {
+            return Ok(cursor);
+        }
+        // Start in the block that could hold the near bound, and skip what lies before it.
+        let start = match if forward { lo } else { hi } {
+            Bound::Included(k) | Bound::Excluded(k) => self.block_for(k)?,
+            Bound::Unbounded if forward => 0,
+            Bound::Unbounded => self.block_count - 1,
+        };
+        cursor.load(start)?;
+        let near = if forward { lo } else { hi };
+        cursor.pending.retain(|e| {
+            let key = self.key_of(e);
+            match near {
+                Bound::Included(k) if forward => key >= k,
+                Bound::Excluded(k) if forward => key > k,
+                Bound::Included(k) => key <= k,
+                Bound::Excluded(k) => key < k,
+                Bound::Unbounded => true,
+            }
+        });
+        Ok(cursor)
+    }
+
+    /// Checks every byte: each block's CRC and structure, keys strictly increasing across the
+    /// whole file, and the footer's entry count. Calls `progress` with bytes checked so far.
+    pub fn verify(&self, mut progress: impl FnMut(u64)) -> Result<()> {
+        let mut previous: Option<&[u8]> = None;
+        let mut entries = 0u64;
+        for i in 0..self.block_count {
+            let entry = self.index_entry(i);
+            if i > 0 {
+                let prev = self.index_entry(i - 1);
+                if prev.offset + u64::from(prev.len) != entry.offset {
+                    return Err(Error::corruption(
+                        &self.path,
+                        entry.offset,
+                        "blocks are not contiguous",
+                    ));
+                }
+            } else if entry.offset != SNAP_HEADER_LEN as u64 {
+                return Err(Error::corruption(
+                    &self.path,
+                    entry.offset,
+                    "first block is misplaced",
+                ));
+            }
+            for e in self.entries(i)? {
+                let key = self.key_of(&e);
+                if previous.is_some_and(|p| p >= key) {
+                    return Err(Error::corruption(
+                        &self.path,
+                        e.key as u64,
+                        "keys out of order",
+                    ));
+                }
+                previous = Some(key);
+                entries += 1;
+            }
+            progress(entry.offset + u64::from(entry.len));
+        }
+        let data_end = match self.block_count {
+            0 => SNAP_HEADER_LEN as u64,
+            n => {
+                let last = self.index_entry(n - 1);
+                last.offset + u64::from(last.len)
+            }
+        };
+        if data_end != self.index_offset as u64 {
+            return Err(Error::corruption(
+                &self.path,
+                data_end,
+                "bytes between the last block and the index",
+            ));
+        }
+        if entries != self.entry_count {
+            return Err(Error::corruption(
+                &self.path,
+                self.file_bytes() - SNAP_FOOTER_LEN as u64,
+                format!(
+                    "footer says {} entries, blocks hold {entries}",
+                    self.entry_count
+                ),
+            ));
+        }
+        progress(self.file_bytes());
+        Ok(())
+    }
+}
+
+/// Walks a snapshot's entries in one direction, a block at a time.
+#[derive(Debug)]
+pub struct Cursor {
+    snapshot: Arc<Snapshot>,
+    forward: bool,
+    /// The block `pending` came from.
+    block: Option<usize>,
+    /// Entries of the current block not yet returned, the next one last.
+    pending: Vec<EntryPos>,
+}
+
+impl Cursor {
+    fn load(&mut self, i: usize) -> Result<()> {
+        self.pending = self.snapshot.entries(i)?;
+        if self.forward {
+            self.pending.reverse();
+        }
+        self.block = Some(i);
+        Ok(())
+    }
+
+    /// The next entry's key, without moving.
+    pub fn peek_key(&mut self) -> Result<Option<&[u8]>> {
+        while self.pending.is_empty() {
+            let Some(block) = self.block else {
+                return Ok(None);
+            };
+            let next = if self.forward {
+                block + 1
+            } else {
+                match block.checked_sub(1) {
+                    Some(b) => b,
+                    None => {
+                        self.block = None;
+                        return Ok(None);
+                    }
+                }
+            };
+            if next >= self.snapshot.block_count {
+                self.block = None;
+                return Ok(None);
+            }
+            self.load(next)?;
+        }
+        Ok(self.pending.last().map(|e| self.snapshot.key_of(e)))
+    }
+
+    /// Takes the next entry.
+    pub fn next_entry(&mut self) -> Result<Option<(Bytes, Bytes)>> {
+        if self.peek_key()?.is_none() {
+            return Ok(None);
+        }
+        let Some(e) = self.pending.pop() else {
+            return Ok(None);
+        };
+        let map = &self.snapshot.map;
+        Ok(Some((
+            Bytes::mapped(map, e.key, e.key_len),
+            Bytes::mapped(map, e.value, e.value_len),
+        )))
+    }
+}
+
+/// Writes a snapshot as a stream of sorted entries: `snap-<gen>.tmp`, then `fdatasync`,
+/// `rename`, and a directory sync in [`SnapshotWriter::finish`].
+pub struct SnapshotWriter<'a> {
+    vfs: &'a dyn Vfs,
+    dir: PathBuf,
+    generation: u64,
+    tmp_path: PathBuf,
+    file: Arc<dyn VfsFile>,
+    /// Bytes written to the file so far.
+    written: u64,
+    out: Vec<u8>,
+    block: BlockBuilder,
+    index: Vec<u8>,
+    entries: u64,
+}
+
+/// Bytes buffered before each write to the file.
+const WRITE_BUFFER: usize = 1 << 20;
+
+impl<'a> SnapshotWriter<'a> {
+    /// Starts `dir/snap-<generation>.tmp`, replacing any leftover one.
+    pub fn create(vfs: &'a dyn Vfs, dir: &Path, generation: u64) -> Result<Self> {
+        let tmp_path = dir.join(format!("{}.tmp", snapshot_name(generation)));
+        let _ = vfs.remove_file(&tmp_path);
+        let file = vfs
+            .open(&tmp_path, OpenMode::CreateNew)
+            .map_err(|e| Error::io("create", &tmp_path, e))?;
+        let mut out = Vec::with_capacity(WRITE_BUFFER + TARGET_BLOCK_LEN);
+        out.extend_from_slice(&SnapHeader { generation }.encode());
+        Ok(SnapshotWriter {
+            vfs,
+            dir: dir.to_owned(),
+            generation,
+            tmp_path,
+            file,
+            written: 0,
+            out,
+            block: BlockBuilder::default(),
+            index: Vec::new(),
+            entries: 0,
+        })
+    }
+
+    /// Adds an entry; keys must come in strictly increasing order.
+    pub fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.block.add(key, value);
+        self.entries += 1;
+        if self.block.len() >= TARGET_BLOCK_LEN {
+            self.finish_block()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes produced so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.written + self.out.len() as u64
+    }
+
+    fn finish_block(&mut self) -> Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let offset = self.bytes_written();
+        let entries = self.block.entries();
+        let bytes = self.block.finish();
+        let len = bytes.len() as u32;
+        self.out.extend_from_slice(bytes);
+        self.block.reset();
+        IndexEntry {
+            offset,
+            len,
+            entries,
+        }
+        .encode_into(&mut self.index);
+        if self.out.len() >= WRITE_BUFFER {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.file
+            .write_all_at(&self.out, self.written)
+            .map_err(|e| Error::io("write", &self.tmp_path, e))?;
+        self.written += self.out.len() as u64;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Writes the index and footer, syncs, renames into place and syncs the directory. When this
+    /// returns, the snapshot is durable under its final name.
+    pub fn finish(mut self) -> Result<PathBuf> {
+        self.finish_block()?;
+        let index_offset = self.bytes_written();
+        let footer = SnapFooter {
+            index_offset,
+            block_count: (self.index.len() / INDEX_ENTRY_LEN) as u64,
+            entry_count: self.entries,
+            index_crc: crc32fast::hash(&self.index),
+        };
+        let index = std::mem::take(&mut self.index);
+        self.out.extend_from_slice(&index);
+        self.out.extend_from_slice(&footer.encode());
+        self.flush()?;
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("sync", &self.tmp_path, e))?;
+        let path = self.dir.join(snapshot_name(self.generation));
+        self.vfs
+            .rename(&self.tmp_path, &path)
+            .map_err(|e| Error::io("rename into place", &self.tmp_path, e))?;
+        self.vfs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io("sync the directory", &self.dir, e))?;
+        Ok(path)
+    }
+
+    /// Gives up: removes the temporary file.
+    pub fn abandon(self) {
+        let _ = self.vfs.remove_file(&self.tmp_path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::StdVfs;
+
+    fn write(dir: &Path, entries: &[(Vec<u8>, Vec<u8>)]) -> Arc<Snapshot> {
+        let mut w = SnapshotWriter::create(&StdVfs, dir, 1).expect("create");
+        for (k, v) in entries {
+            w.add(k, v).expect("add");
+        }
+        let path = w.finish().expect("finish");
+        Arc::new(Snapshot::open(&StdVfs, &path).expect("open"))
+    }
+
+    fn entries(n: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
+        (0..n)
+            .map(|i| {
+                (
+                    (i * 2).to_be_bytes().to_vec(),
+                    vec![i as u8; (i % 50) as usize],
+                )
+            })
+            .collect()
+    }
+
+    fn collect(
+        s: &Arc<Snapshot>,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+        forward: bool,
+    ) -> Vec<Vec<u8>> {
+        let mut c = s.cursor(lo, hi, forward).expect("cursor");
+        let mut out = Vec::new();
+        while let Some((k, _)) = c.next_entry().expect("next") {
+            let inside = match if forward { hi } else { lo } {
+                Bound::Included(b) if forward => &k[..] <= b,
+                Bound::Excluded(b) if forward => &k[..] < b,
+                Bound::Included(b) => &k[..] >= b,
+                Bound::Excluded(b) => &k[..] > b,
+                Bound::Unbounded => true,
+            };
+            if !inside {
+                break;
+            }
+            out.push(k.to_vec());
+        }
+        out
+    }
+
+    #[test]
+    fn gets_and_scans_across_many_blocks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let all = entries(3000);
+        let s = write(dir.path(), &all);
+        assert_eq!(s.len(), 3000);
+        assert!(s.block_count > 10);
+        s.verify(|_| {}).expect("verify");
+        for (k, v) in &all {
+            assert_eq!(s.get(k).expect("get").as_deref(), Some(v.as_slice()));
+            let mut absent = k.clone();
+            absent.push(0);
+            assert_eq!(s.get(&absent).expect("get"), None);
+        }
+        assert_eq!(s.get(b"").expect("get"), None);
+        let keys: Vec<Vec<u8>> = all.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(collect(&s, Bound::Unbounded, Bound::Unbounded, true), keys);
+        let mut rev = keys.clone();
+        rev.reverse();
+        assert_eq!(collect(&s, Bound::Unbounded, Bound::Unbounded, false), rev);
+
+        let (lo, hi) = (101u32.to_be_bytes(), 2000u32.to_be_bytes());
+        let expected: Vec<_> = keys
+            .iter()
+            .filter(|k| k.as_slice() > &lo[..] && k.as_slice() <= &hi[..])
+            .cloned()
+            .collect();
+        assert_eq!(
+            collect(&s, Bound::Excluded(&lo), Bound::Included(&hi), true),
+            expected
+        );
+        let mut expected_rev = expected.clone();
+        expected_rev.reverse();
+        assert_eq!(
+            collect(&s, Bound::Excluded(&lo), Bound::Included(&hi), false),
+            expected_rev
+        );
+    }
+
+    #[test]
+    fn an_empty_snapshot_is_valid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = write(dir.path(), &[]);
+        assert_eq!(s.len(), 0);
+        assert_eq!(s.get(b"x").expect("get"), None);
+        assert!(collect(&s, Bound::Unbounded, Bound::Unbounded, true).is_empty());
+        s.verify(|_| {}).expect("verify");
+    }
+
+    #[test]
+    fn a_damaged_block_is_corruption_at_its_offset_never_a_wrong_value() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let all = entries(500);
+        let path = write(dir.path(), &all).path().to_owned();
+        let mut bytes = std::fs::read(&path).expect("read");
+        let at = SNAP_HEADER_LEN + 4 + 8 + 2; // inside the first entry's value area
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, &bytes).expect("write");
+        let s = Snapshot::open(&StdVfs, &path).expect("open checks only header, footer, index");
+        let err = s.get(&all[0].0).expect_err("damaged block");
+        assert!(matches!(err, Error::Corruption { offset: 32, .. }), "{err}");
+        assert!(s.verify(|_| {}).is_err());
+    }
+
+    #[test]
+    fn a_truncated_snapshot_is_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(dir.path(), &entries(100)).path().to_owned();
+        let bytes = std::fs::read(&path).expect("read");
+        for keep in [bytes.len() - 1, bytes.len() / 2, 40, 10] {
+            std::fs::write(&path, &bytes[..keep]).expect("write");
+            let err = Snapshot::open(&StdVfs, &path).expect_err("truncated");
+            assert!(matches!(err, Error::Corruption { .. }), "{keep}: {err}");
+        }
+    }
+}

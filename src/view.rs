@@ -1,0 +1,182 @@
+//! The in-memory view readers see: the live memtable over the frozen memtable (during a
+//! compaction) over the memory-mapped snapshot. Point reads try them in that order; scans merge
+//! them, the upper layer winning for a key found in several.
+
+use std::cmp::Ordering;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use crate::bytes::Bytes;
+use crate::error::Result;
+use crate::memtable::Memtable;
+use crate::snapshot::Snapshot;
+
+/// Readers' view of the store, behind the handle's `RwLock`.
+#[derive(Debug, Default)]
+pub struct View {
+    /// Writes since the current generation began.
+    pub memtable: Memtable,
+    /// The previous generation's writes, while a compaction merges them into a new snapshot.
+    pub frozen: Option<Arc<Memtable>>,
+    /// The newest snapshot.
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// Number of live keys across all layers.
+    pub live_keys: u64,
+}
+
+impl View {
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        if let Some(entry) = self.memtable.get(key) {
+            return Ok(entry.clone());
+        }
+        self.base_get(key)
+    }
+
+    /// The value of `key` below the live memtable.
+    fn base_get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        if let Some(entry) = self.frozen.as_ref().and_then(|f| f.get(key)) {
+            return Ok(entry.clone());
+        }
+        match &self.snapshot {
+            Some(snapshot) => snapshot.get(key),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies one committed (or replayed) operation, keeping the live key count. A delete
+    /// leaves a tombstone only where a lower layer still holds the key.
+    pub fn apply(&mut self, key: Bytes, value: Option<Bytes>) -> Result<()> {
+        let in_memtable = self.memtable.get(&key).map(Option::is_some);
+        // The lower layers are consulted only when needed: for a delete (does it need a
+        // tombstone?) and for a put of a key the memtable does not know (is it new?).
+        let in_base = match (in_memtable, &value) {
+            (Some(_), Some(_)) => None,
+            _ => Some(self.base_get(&key)?.is_some()),
+        };
+        let existed = in_memtable.or(in_base).unwrap_or(false);
+        match value {
+            Some(value) => {
+                self.memtable.insert(key, Some(value));
+                if !existed {
+                    self.live_keys += 1;
+                }
+            }
+            None => {
+                if in_base == Some(true) {
+                    self.memtable.insert(key, None);
+                } else {
+                    self.memtable.remove(&key);
+                }
+                if existed {
+                    self.live_keys -= 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to about `limit` live entries within `lo..hi` from the near end (ascending if
+    /// `forward`), merged across the layers. Also returns the key up to which every layer was
+    /// read (`None` if the range is exhausted): the caller continues past it.
+    pub fn fetch(
+        &self,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+        forward: bool,
+        limit: usize,
+    ) -> Result<Chunk> {
+        // Up to `limit` entries (tombstones included) from each layer, upper layers first.
+        let mut layers: Vec<Vec<(Bytes, Option<Bytes>)>> = Vec::with_capacity(3);
+        let from_memtable = |m: &Memtable| -> Vec<(Bytes, Option<Bytes>)> {
+            let range = m.range(lo, hi).map(|(k, v)| (k.clone(), v.clone()));
+            if forward {
+                range.take(limit).collect()
+            } else {
+                range.rev().take(limit).collect()
+            }
+        };
+        layers.push(from_memtable(&self.memtable));
+        if let Some(frozen) = &self.frozen {
+            layers.push(from_memtable(frozen));
+        }
+        if let Some(snapshot) = &self.snapshot {
+            let far = if forward { hi } else { lo };
+            let mut cursor = snapshot.cursor(lo, hi, forward)?;
+            let mut entries = Vec::new();
+            while entries.len() < limit {
+                match cursor.next_entry()? {
+                    Some((k, v)) if within(&k, far, forward) => entries.push((k, Some(v))),
+                    _ => break,
+                }
+            }
+            layers.push(entries);
+        }
+
+        // Every layer that may hold more stopped at its last key: only keys up to the nearest of
+        // those stops are known to be complete.
+        let order = |a: &[u8], b: &[u8]| if forward { a.cmp(b) } else { b.cmp(a) };
+        let horizon = layers
+            .iter()
+            .filter(|l| l.len() >= limit)
+            .filter_map(|l| l.last().map(|(k, _)| k.clone()))
+            .min_by(|a, b| order(a, b));
+
+        // Merge: repeatedly take the nearest head; the uppermost layer wins a tie.
+        let mut next = vec![0usize; layers.len()];
+        let mut out = Vec::new();
+        loop {
+            let mut best: Option<(usize, &Bytes)> = None;
+            for (i, layer) in layers.iter().enumerate() {
+                let Some((key, _)) = layer.get(next[i]) else {
+                    continue;
+                };
+                if horizon
+                    .as_ref()
+                    .is_some_and(|h| order(key, h) == Ordering::Greater)
+                {
+                    continue;
+                }
+                if best.is_none_or(|(_, b)| order(key, b) == Ordering::Less) {
+                    best = Some((i, key));
+                }
+            }
+            let Some((winner, key)) = best else { break };
+            let key = key.clone();
+            for (i, layer) in layers.iter().enumerate() {
+                if layer.get(next[i]).is_some_and(|(k, _)| *k == key) {
+                    next[i] += 1;
+                }
+            }
+            if let Some(value) = &layers[winner]
+                .get(next[winner] - 1)
+                .and_then(|(_, v)| v.clone())
+            {
+                out.push((key, value.clone()));
+            }
+        }
+        Ok(Chunk {
+            entries: out,
+            horizon,
+        })
+    }
+}
+
+/// A run of merged entries from [`View::fetch`].
+pub struct Chunk {
+    /// Live entries, nearest first.
+    pub entries: Vec<(Bytes, Bytes)>,
+    /// Every key up to this one has been seen; `None` if the range is exhausted.
+    pub horizon: Option<Bytes>,
+}
+
+/// Whether `key` is inside the far `bound` of a scan going `forward` (or backward).
+fn within(key: &[u8], bound: Bound<&[u8]>, forward: bool) -> bool {
+    match bound {
+        Bound::Unbounded => true,
+        Bound::Included(b) if forward => key <= b,
+        Bound::Excluded(b) if forward => key < b,
+        Bound::Included(b) => key >= b,
+        Bound::Excluded(b) => key > b,
+    }
+}

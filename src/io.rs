@@ -245,14 +245,23 @@ pub(crate) mod faulty {
         pub enospc_after: Option<usize>,
         /// The next `fdatasync`s fail with EIO.
         pub fail_sync: bool,
+        /// `Some(n)`: once the journal holds `n` entries, every further write, sync, truncate,
+        /// rename, removal and directory sync fails with EIO and changes nothing, as if the
+        /// process had died there.
+        pub freeze_after: Option<usize>,
         /// Every write, sync, truncate, rename and directory sync, in order, e.g.
         /// `write wal-0000000000000000 40+71`, `sync wal-0000000000000000`, `sync_dir store`.
         pub journal: Vec<String>,
     }
 
     impl Faults {
-        fn note(&mut self, entry: String) {
+        /// Records an operation; fails it if the disk is frozen.
+        fn note(&mut self, entry: String) -> io::Result<()> {
+            if self.freeze_after.is_some_and(|n| self.journal.len() >= n) {
+                return Err(io::Error::other("injected crash: the disk is frozen"));
+            }
             self.journal.push(entry);
+            Ok(())
         }
     }
 
@@ -289,15 +298,15 @@ pub(crate) mod faulty {
             StdVfs.list(dir)
         }
         fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-            faults(&self.faults).note(format!("rename {} {}", name(from), name(to)));
+            faults(&self.faults).note(format!("rename {} {}", name(from), name(to)))?;
             StdVfs.rename(from, to)
         }
         fn remove_file(&self, path: &Path) -> io::Result<()> {
-            faults(&self.faults).note(format!("remove {}", name(path)));
+            faults(&self.faults).note(format!("remove {}", name(path)))?;
             StdVfs.remove_file(path)
         }
         fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-            faults(&self.faults).note(format!("sync_dir {}", name(dir)));
+            faults(&self.faults).note(format!("sync_dir {}", name(dir)))?;
             StdVfs.sync_dir(dir)
         }
     }
@@ -315,7 +324,7 @@ pub(crate) mod faulty {
         }
         fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
             let mut faults = faults(&self.faults);
-            faults.note(format!("write {} {offset}+{}", self.name, buf.len()));
+            faults.note(format!("write {} {offset}+{}", self.name, buf.len()))?;
             match faults.enospc_after {
                 Some(n) if n < buf.len() => {
                     self.inner.write_all_at(&buf[..n], offset)?;
@@ -328,12 +337,12 @@ pub(crate) mod faulty {
             self.inner.size()
         }
         fn set_len(&self, len: u64) -> io::Result<()> {
-            faults(&self.faults).note(format!("set_len {} {len}", self.name));
+            faults(&self.faults).note(format!("set_len {} {len}", self.name))?;
             self.inner.set_len(len)
         }
         fn sync_data(&self) -> io::Result<()> {
             let mut faults = faults(&self.faults);
-            faults.note(format!("sync {}", self.name));
+            faults.note(format!("sync {}", self.name))?;
             if faults.fail_sync {
                 return Err(io::Error::other("injected fdatasync failure (EIO)"));
             }

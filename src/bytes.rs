@@ -43,6 +43,19 @@ impl Bytes {
         })
     }
 
+    /// Wraps shared heap bytes without copying.
+    pub(crate) fn from_arc(bytes: Arc<[u8]>) -> Self {
+        Bytes(Repr::Heap(bytes))
+    }
+
+    /// The bytes as shared heap bytes (copied only if they point into a mapping).
+    pub(crate) fn into_arc(self) -> Arc<[u8]> {
+        match self.0 {
+            Repr::Heap(bytes) => bytes,
+            Repr::Mapped { .. } => Arc::from(self.as_slice()),
+        }
+    }
+
     /// The bytes as a slice.
     pub fn as_slice(&self) -> &[u8] {
         match &self.0 {

@@ -157,7 +157,7 @@ impl Inner {
         let mut out = SnapshotWriter::create(self.options.vfs.as_ref(), &self.dir, generation)?;
         let result = (|| -> Result<bool> {
             let mut old = base
-                .map(|s| s.cursor(Bound::Unbounded, Bound::Unbounded, true))
+                .map(|s| s.stream(self.options.vfs.as_ref()))
                 .transpose()?;
             let mut new = frozen.range(Bound::Unbounded, Bound::Unbounded).peekable();
             let mut done = 0u64;
@@ -177,23 +177,23 @@ impl Inner {
                     (None, None) => return Ok(true),
                     (None, Some(_)) => true,
                     (Some(_), None) => false,
-                    (Some(o), Some((n, _))) => n.as_slice() <= o.as_slice(),
+                    (Some(o), Some((n, _))) => n.as_ref() <= o.as_slice(),
                 };
                 if take_new {
                     let Some((key, value)) = new.next() else {
                         return Ok(true);
                     };
-                    if old_key.as_deref() == Some(key.as_slice()) {
+                    if old_key.as_deref() == Some(key.as_ref()) {
                         // The newer write replaces (or deletes) the snapshot's entry.
                         old.as_mut().map(|c| c.next_entry()).transpose()?;
                     }
                     if let Some(value) = value {
-                        out.add(key, value)?;
+                        out.add(&key, &value)?;
                     }
                 } else if let Some((key, value)) =
                     old.as_mut().map(|c| c.next_entry()).transpose()?.flatten()
                 {
-                    out.add(&key, &value)?;
+                    out.add(key, value)?;
                 }
             }
         })();

@@ -3,30 +3,39 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use crate::bytes::Bytes;
 
 /// Bytes of bookkeeping charged per entry on top of key and value, for `approximate_bytes`.
 const ENTRY_OVERHEAD: usize = 64;
 
-/// Ordered writes: `Some(value)` for a put, `None` for a tombstone.
+/// Ordered writes: `Some(value)` for a put, `None` for a tombstone. Keys and values are kept as
+/// bare `Arc<[u8]>` (16 bytes each in the tree), shared with the `Bytes` handed to readers.
 #[derive(Debug, Default)]
 pub struct Memtable {
-    map: BTreeMap<Bytes, Option<Bytes>>,
+    map: BTreeMap<Arc<[u8]>, Option<Arc<[u8]>>>,
     approximate_bytes: usize,
 }
 
 impl Memtable {
     /// The entry for `key`: `None` if this table knows nothing of it, `Some(None)` for a tombstone.
-    pub fn get(&self, key: &[u8]) -> Option<&Option<Bytes>> {
-        self.map.get(key)
+    pub fn get(&self, key: &[u8]) -> Option<Option<Bytes>> {
+        self.map
+            .get(key)
+            .map(|v| v.as_ref().map(|v| Bytes::from_arc(Arc::clone(v))))
+    }
+
+    /// Whether this table has `key`: `Some(true)` live, `Some(false)` a tombstone, `None` unknown.
+    pub fn knows(&self, key: &[u8]) -> Option<bool> {
+        self.map.get(key).map(Option::is_some)
     }
 
     /// Records `key = value` (or a tombstone) and returns the previous entry.
-    pub fn insert(&mut self, key: Bytes, value: Option<Bytes>) -> Option<Option<Bytes>> {
+    pub fn insert(&mut self, key: Bytes, value: Option<Bytes>) -> Option<Option<Arc<[u8]>>> {
         let key_len = key.len();
         let added = key_len + value.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD;
-        let previous = self.map.insert(key, value);
+        let previous = self.map.insert(key.into_arc(), value.map(Bytes::into_arc));
         if let Some(old) = &previous {
             // Replacing an entry: take the old one off before adding the new one.
             self.approximate_bytes -=
@@ -37,7 +46,7 @@ impl Memtable {
     }
 
     /// Forgets `key` entirely (used when no older value needs hiding).
-    pub fn remove(&mut self, key: &[u8]) -> Option<Option<Bytes>> {
+    pub fn remove(&mut self, key: &[u8]) -> Option<Option<Arc<[u8]>>> {
         let previous = self.map.remove_entry(key);
         previous.map(|(k, v)| {
             self.approximate_bytes -= k.len() + v.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD;
@@ -50,12 +59,16 @@ impl Memtable {
         &'a self,
         lo: Bound<&'a [u8]>,
         hi: Bound<&'a [u8]>,
-    ) -> impl DoubleEndedIterator<Item = (&'a Bytes, &'a Option<Bytes>)> + 'a {
+    ) -> impl DoubleEndedIterator<Item = (Bytes, Option<Bytes>)> + 'a {
         let valid = bounds_nonempty(lo, hi);
         valid
             .then(|| self.map.range::<[u8], _>((lo, hi)))
             .into_iter()
             .flatten()
+            .map(|(k, v)| {
+                let key = Bytes::from_arc(Arc::clone(k));
+                (key, v.as_ref().map(|v| Bytes::from_arc(Arc::clone(v))))
+            })
     }
 
     /// Number of entries, tombstones included.
@@ -94,7 +107,7 @@ mod tests {
         assert_eq!(m.approximate_bytes(), 3 + 1 + ENTRY_OVERHEAD);
         m.insert(Bytes::from("key"), None);
         assert_eq!(m.approximate_bytes(), 3 + ENTRY_OVERHEAD);
-        assert_eq!(m.remove(b"key"), Some(None));
+        assert!(matches!(m.remove(b"key"), Some(None)));
         assert_eq!(m.approximate_bytes(), 0);
     }
 

@@ -8,13 +8,15 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::format::{
-    self, BLOCK_COUNT_LEN, BLOCK_CRC_LEN, BlockBuilder, EntryPos, HeaderError, INDEX_ENTRY_LEN,
-    IndexEntry, SNAP_FOOTER_LEN, SNAP_HEADER_LEN, SnapFooter, SnapHeader, TARGET_BLOCK_LEN,
+    self, BLOCK_COUNT_LEN, BLOCK_CRC_LEN, BlockBuilder, EntryPos, FILTER_BLOCK_LEN, HeaderError,
+    INDEX_ENTRY_LEN, IndexEntry, SNAP_FOOTER_LEN, SNAP_HEADER_LEN, SnapFooter, SnapHeader,
+    TARGET_BLOCK_LEN,
 };
 use crate::io::{Mapping, OpenMode, Vfs, VfsFile};
 use crate::layout::snapshot_name;
@@ -28,6 +30,10 @@ pub struct Snapshot {
     index_offset: usize,
     block_count: usize,
     entry_count: u64,
+    /// Where the filter is, and its expected CRC.
+    filter: (usize, usize, u32),
+    /// The filter's CRC is checked on its first use: `Err(reason)` if it failed.
+    filter_checked: OnceLock<Result<(), &'static str>>,
     /// One bit per block: its CRC has been checked.
     verified: Box<[AtomicU64]>,
 }
@@ -76,12 +82,14 @@ impl Snapshot {
         let footer_at = bytes.len() - SNAP_FOOTER_LEN;
         let footer = SnapFooter::decode(&bytes[footer_at..])
             .map_err(|e| header_error(path, e, footer_at as u64))?;
+        let filter_len = u64::from(footer.filter_blocks) * FILTER_BLOCK_LEN as u64;
         let index_len = footer
             .block_count
             .checked_mul(INDEX_ENTRY_LEN as u64)
             .and_then(|n| n.checked_add(footer.index_offset))
+            .and_then(|n| n.checked_add(filter_len))
             .filter(|&end| end == footer_at as u64 && footer.index_offset >= SNAP_HEADER_LEN as u64)
-            .map(|end| end - footer.index_offset)
+            .map(|end| end - filter_len - footer.index_offset)
             .ok_or_else(|| {
                 Error::corruption(
                     path,
@@ -106,6 +114,12 @@ impl Snapshot {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             map,
+            filter: (
+                index_offset + index_len as usize,
+                filter_len as usize,
+                footer.filter_crc,
+            ),
+            filter_checked: OnceLock::new(),
             index_offset,
             block_count,
             entry_count: footer.entry_count,
@@ -208,7 +222,7 @@ impl Snapshot {
 
     /// The value of `key`, if the snapshot has it.
     pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        if self.block_count == 0 {
+        if self.block_count == 0 || !self.may_contain(key)? {
             return Ok(None);
         }
         let i = self.block_for(key)?;
@@ -225,6 +239,23 @@ impl Snapshot {
             }
         }
         Ok(None)
+    }
+
+    /// Whether the snapshot may hold `key`: `false` means surely not, without touching a block.
+    fn may_contain(&self, key: &[u8]) -> Result<bool> {
+        let (offset, len, crc) = self.filter;
+        let filter = &self.map.bytes()[offset..offset + len];
+        let checked = self.filter_checked.get_or_init(|| {
+            if crc32fast::hash(filter) == crc {
+                Ok(())
+            } else {
+                Err("snapshot filter checksum mismatch")
+            }
+        });
+        match checked {
+            Ok(()) => Ok(format::filter_may_contain(filter, format::filter_hash(key))),
+            Err(reason) => Err(Error::corruption(&self.path, offset as u64, *reason)),
+        }
     }
 
     /// A cursor over the entries within the bounds, ascending (`forward`) or descending.
@@ -328,6 +359,111 @@ impl Snapshot {
         progress(self.file_bytes());
         Ok(())
     }
+
+    /// Reads the entries in order with `pread` rather than through the map, checking every
+    /// block, so that a compaction streaming through a large snapshot does not make all of it
+    /// resident in this process.
+    pub fn stream(self: &Arc<Self>, vfs: &dyn Vfs) -> Result<Stream> {
+        let file = vfs
+            .open(&self.path, OpenMode::ReadWrite)
+            .map_err(|e| Error::io("open", &self.path, e))?;
+        Ok(Stream {
+            snapshot: Arc::clone(self),
+            file,
+            next_block: 0,
+            buf: Vec::new(),
+            buf_start: 0,
+            block: 0..0,
+            at: 0,
+        })
+    }
+}
+
+/// The entries of a snapshot in order, read with `pread` (see [`Snapshot::stream`]).
+pub struct Stream {
+    snapshot: Arc<Snapshot>,
+    file: Arc<dyn VfsFile>,
+    next_block: usize,
+    /// Bytes read ahead, starting at file offset `buf_start`.
+    buf: Vec<u8>,
+    buf_start: u64,
+    /// The current block's body within `buf`, and the next entry's position in it.
+    block: std::ops::Range<usize>,
+    at: usize,
+}
+
+/// How much a stream reads at once.
+const STREAM_CHUNK: usize = 1 << 20;
+
+impl Stream {
+    /// The next entry's position in `buf`, loading blocks as needed.
+    fn current(&mut self) -> Result<Option<EntryPos>> {
+        loop {
+            if self.at < self.block.end {
+                let body = &self.buf[self.block.start..self.block.end];
+                let e = format::entry_at(body, self.at - self.block.start).ok_or_else(|| {
+                    Error::corruption(
+                        &self.snapshot.path,
+                        self.buf_start + self.at as u64,
+                        "malformed entry",
+                    )
+                })?;
+                let base = self.block.start;
+                return Ok(Some(EntryPos {
+                    key: base + e.key,
+                    value: base + e.value,
+                    next: base + e.next,
+                    ..e
+                }));
+            }
+            if self.next_block >= self.snapshot.block_count {
+                return Ok(None);
+            }
+            let entry = self.snapshot.index_entry(self.next_block);
+            let (start, len) = (entry.offset, entry.len as usize);
+            let buf_end = self.buf_start + self.buf.len() as u64;
+            if start < self.buf_start || start + len as u64 > buf_end {
+                let fetch = len
+                    .max(STREAM_CHUNK)
+                    .min((self.snapshot.index_offset as u64 - start) as usize);
+                if fetch < len {
+                    return Err(Error::corruption(
+                        &self.snapshot.path,
+                        start,
+                        "block runs into the index",
+                    ));
+                }
+                self.buf.resize(fetch, 0);
+                self.file
+                    .read_exact_at(&mut self.buf, start)
+                    .map_err(|e| Error::io("read", &self.snapshot.path, e))?;
+                self.buf_start = start;
+            }
+            let from = (start - self.buf_start) as usize;
+            format::check_block(&self.buf[from..from + len], entry.entries)
+                .map_err(|reason| Error::corruption(&self.snapshot.path, start, reason))?;
+            self.block = from..from + len - BLOCK_CRC_LEN;
+            self.at = from + BLOCK_COUNT_LEN;
+            self.next_block += 1;
+        }
+    }
+
+    /// The next entry's key, without moving.
+    pub fn peek_key(&mut self) -> Result<Option<&[u8]>> {
+        Ok(self.current()?.map(|e| &self.buf[e.key..e.key + e.key_len]))
+    }
+
+    /// The next entry, then moves past it.
+    pub fn next_entry(&mut self) -> Result<Option<(&[u8], &[u8])>> {
+        let Some(e) = self.current()? else {
+            return Ok(None);
+        };
+        self.at = e.next;
+        Ok(Some((
+            &self.buf[e.key..e.key + e.key_len],
+            &self.buf[e.value..e.value + e.value_len],
+        )))
+    }
 }
 
 /// Walks a snapshot's entries in one direction, a block at a time.
@@ -407,6 +543,8 @@ pub struct SnapshotWriter<'a> {
     block: BlockBuilder,
     index: Vec<u8>,
     entries: u64,
+    /// Filter hashes of every key, for the filter written at the end.
+    hashes: Vec<u64>,
 }
 
 /// Bytes buffered before each write to the file.
@@ -433,12 +571,14 @@ impl<'a> SnapshotWriter<'a> {
             block: BlockBuilder::default(),
             index: Vec::new(),
             entries: 0,
+            hashes: Vec::new(),
         })
     }
 
     /// Adds an entry; keys must come in strictly increasing order.
     pub fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         self.block.add(key, value);
+        self.hashes.push(format::filter_hash(key));
         self.entries += 1;
         if self.block.len() >= TARGET_BLOCK_LEN {
             self.finish_block()?;
@@ -487,14 +627,18 @@ impl<'a> SnapshotWriter<'a> {
     pub fn finish(mut self) -> Result<PathBuf> {
         self.finish_block()?;
         let index_offset = self.bytes_written();
+        let filter = format::build_filter(&self.hashes);
         let footer = SnapFooter {
             index_offset,
             block_count: (self.index.len() / INDEX_ENTRY_LEN) as u64,
             entry_count: self.entries,
             index_crc: crc32fast::hash(&self.index),
+            filter_blocks: (filter.len() / FILTER_BLOCK_LEN) as u32,
+            filter_crc: crc32fast::hash(&filter),
         };
         let index = std::mem::take(&mut self.index);
         self.out.extend_from_slice(&index);
+        self.out.extend_from_slice(&filter);
         self.out.extend_from_slice(&footer.encode());
         self.flush()?;
         self.file

@@ -28,7 +28,7 @@ impl View {
     /// The value of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         if let Some(entry) = self.memtable.get(key) {
-            return Ok(entry.clone());
+            return Ok(entry);
         }
         self.base_get(key)
     }
@@ -36,7 +36,7 @@ impl View {
     /// The value of `key` below the live memtable.
     fn base_get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         if let Some(entry) = self.frozen.as_ref().and_then(|f| f.get(key)) {
-            return Ok(entry.clone());
+            return Ok(entry);
         }
         match &self.snapshot {
             Some(snapshot) => snapshot.get(key),
@@ -47,7 +47,7 @@ impl View {
     /// Applies one committed (or replayed) operation, keeping the live key count. A delete
     /// leaves a tombstone only where a lower layer still holds the key.
     pub fn apply(&mut self, key: Bytes, value: Option<Bytes>) -> Result<()> {
-        let in_memtable = self.memtable.get(&key).map(Option::is_some);
+        let in_memtable = self.memtable.knows(&key);
         // The lower layers are consulted only when needed: for a delete (does it need a
         // tombstone?) and for a put of a key the memtable does not know (is it new?).
         let in_base = match (in_memtable, &value) {
@@ -89,7 +89,7 @@ impl View {
         // Up to `limit` entries (tombstones included) from each layer, upper layers first.
         let mut layers: Vec<Vec<(Bytes, Option<Bytes>)>> = Vec::with_capacity(3);
         let from_memtable = |m: &Memtable| -> Vec<(Bytes, Option<Bytes>)> {
-            let range = m.range(lo, hi).map(|(k, v)| (k.clone(), v.clone()));
+            let range = m.range(lo, hi);
             if forward {
                 range.take(limit).collect()
             } else {

@@ -13,16 +13,23 @@
 //!   entry: key length u32, value length u32, key, value
 //! index, at `index offset`: one 16-byte entry per block
 //!   block offset u64, block length u32 (crc included), entry count u32
-//! footer (48 bytes, the end of the file)
+//! filter, right after the index: `filter blocks` × 64-byte blocked Bloom filter (see below)
+//! footer (56 bytes, the end of the file)
 //!   0  index offset    8
 //!   8  block count     8
 //!  16  entry count     8
 //!  24  index crc       4  CRC-32 of the whole index
-//!  28  reserved        4  zero
-//!  32  end magic       8  "SKVEND\r\n"
-//!  40  footer crc      4  CRC-32 of footer bytes 0..40
-//!  44  reserved        4  zero
+//!  28  filter blocks   4  number of 64-byte filter blocks (0: no filter)
+//!  32  filter crc      4  CRC-32 of the whole filter
+//!  36  reserved        4  zero
+//!  40  end magic       8  "SKVEND\r\n"
+//!  48  footer crc      4  CRC-32 of footer bytes 0..48
+//!  52  reserved        4  zero
 //! ```
+//!
+//! The filter: `h = fmix64(fnv1a64(key))`; the key's block is `(low 32 bits of h × blocks) >> 32`;
+//! with `a` = the high 32 bits of `h` and `d = rotl32(a, 15) | 1`, bits `(a + i·d) mod 512` for
+//! `i` in 0..6 are set, bit `b` being bit `b mod 8` of byte `b / 8` of the block.
 
 use super::{FORMAT_VERSION, HeaderError, read_u32, read_u64};
 
@@ -44,7 +51,9 @@ const F_INDEX_OFFSET_AT: usize = 0;
 const F_BLOCK_COUNT_AT: usize = F_INDEX_OFFSET_AT + 8;
 const F_ENTRY_COUNT_AT: usize = F_BLOCK_COUNT_AT + 8;
 const F_INDEX_CRC_AT: usize = F_ENTRY_COUNT_AT + 8;
-const F_RESERVED_AT: usize = F_INDEX_CRC_AT + 4;
+const F_FILTER_BLOCKS_AT: usize = F_INDEX_CRC_AT + 4;
+const F_FILTER_CRC_AT: usize = F_FILTER_BLOCKS_AT + 4;
+const F_RESERVED_AT: usize = F_FILTER_CRC_AT + 4;
 const F_MAGIC_AT: usize = F_RESERVED_AT + 4;
 const F_CRC_AT: usize = F_MAGIC_AT + 8;
 const F_RESERVED2_AT: usize = F_CRC_AT + 4;
@@ -119,6 +128,10 @@ pub struct SnapFooter {
     pub entry_count: u64,
     /// CRC-32 of the index.
     pub index_crc: u32,
+    /// Number of 64-byte filter blocks right after the index (0: no filter).
+    pub filter_blocks: u32,
+    /// CRC-32 of the filter.
+    pub filter_crc: u32,
 }
 
 impl SnapFooter {
@@ -128,7 +141,9 @@ impl SnapFooter {
         out[F_INDEX_OFFSET_AT..F_BLOCK_COUNT_AT].copy_from_slice(&self.index_offset.to_le_bytes());
         out[F_BLOCK_COUNT_AT..F_ENTRY_COUNT_AT].copy_from_slice(&self.block_count.to_le_bytes());
         out[F_ENTRY_COUNT_AT..F_INDEX_CRC_AT].copy_from_slice(&self.entry_count.to_le_bytes());
-        out[F_INDEX_CRC_AT..F_RESERVED_AT].copy_from_slice(&self.index_crc.to_le_bytes());
+        out[F_INDEX_CRC_AT..F_FILTER_BLOCKS_AT].copy_from_slice(&self.index_crc.to_le_bytes());
+        out[F_FILTER_BLOCKS_AT..F_FILTER_CRC_AT].copy_from_slice(&self.filter_blocks.to_le_bytes());
+        out[F_FILTER_CRC_AT..F_RESERVED_AT].copy_from_slice(&self.filter_crc.to_le_bytes());
         out[F_MAGIC_AT..F_CRC_AT].copy_from_slice(&SNAP_END_MAGIC);
         let crc = crc32fast::hash(&out[..F_CRC_AT]);
         out[F_CRC_AT..F_RESERVED2_AT].copy_from_slice(&crc.to_le_bytes());
@@ -161,8 +176,69 @@ impl SnapFooter {
             block_count: read_u64(bytes, F_BLOCK_COUNT_AT),
             entry_count: read_u64(bytes, F_ENTRY_COUNT_AT),
             index_crc: read_u32(bytes, F_INDEX_CRC_AT),
+            filter_blocks: read_u32(bytes, F_FILTER_BLOCKS_AT),
+            filter_crc: read_u32(bytes, F_FILTER_CRC_AT),
         })
     }
+}
+
+/// Bits of filter per key.
+pub const FILTER_BITS_PER_KEY: usize = 10;
+/// Bytes per filter block (one cache line).
+pub const FILTER_BLOCK_LEN: usize = 64;
+/// Bits set per key.
+const FILTER_PROBES: u32 = 6;
+
+/// The filter hash of a key: FNV-1a (64-bit) finished with MurmurHash3's `fmix64`.
+pub fn filter_hash(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The filter block of `hash` and the bits to test or set in it.
+fn filter_bits(hash: u64, blocks: usize) -> (usize, impl Iterator<Item = usize>) {
+    let block = ((hash & 0xffff_ffff) * blocks as u64) >> 32;
+    let a = (hash >> 32) as u32;
+    let d = a.rotate_left(15) | 1;
+    let bits = (0..FILTER_PROBES).map(move |i| (a.wrapping_add(i.wrapping_mul(d)) % 512) as usize);
+    (block as usize, bits)
+}
+
+/// Builds the filter for keys with these hashes.
+pub fn build_filter(hashes: &[u64]) -> Vec<u8> {
+    if hashes.is_empty() {
+        return Vec::new();
+    }
+    let blocks = (hashes.len() * FILTER_BITS_PER_KEY).div_ceil(FILTER_BLOCK_LEN * 8);
+    let mut filter = vec![0u8; blocks * FILTER_BLOCK_LEN];
+    for &hash in hashes {
+        let (block, bits) = filter_bits(hash, blocks);
+        let block = &mut filter[block * FILTER_BLOCK_LEN..(block + 1) * FILTER_BLOCK_LEN];
+        for bit in bits {
+            block[bit / 8] |= 1 << (bit % 8);
+        }
+    }
+    filter
+}
+
+/// Whether a key with this hash may be in the set the filter was built from (`false`: surely
+/// not). An empty filter says "maybe" to everything.
+pub fn filter_may_contain(filter: &[u8], hash: u64) -> bool {
+    let blocks = filter.len() / FILTER_BLOCK_LEN;
+    if blocks == 0 {
+        return true;
+    }
+    let (block, mut bits) = filter_bits(hash, blocks);
+    let block = &filter[block * FILTER_BLOCK_LEN..(block + 1) * FILTER_BLOCK_LEN];
+    bits.all(|bit| block[bit / 8] & (1 << (bit % 8)) != 0)
 }
 
 /// One index entry: where a block is.
@@ -329,12 +405,17 @@ mod tests {
         }
         .encode_into(&mut index);
         file.extend_from_slice(&index);
+        let filter = build_filter(&[filter_hash(b"a"), filter_hash(b"bc")]);
+        assert_eq!(filter.len(), FILTER_BLOCK_LEN);
+        file.extend_from_slice(&filter);
         file.extend_from_slice(
             &SnapFooter {
                 index_offset,
                 block_count: 1,
                 entry_count: 2,
                 index_crc: crc32fast::hash(&index),
+                filter_blocks: 1,
+                filter_crc: crc32fast::hash(&filter),
             }
             .encode(),
         );
@@ -357,13 +438,19 @@ mod tests {
             "2000000000000000",
             "1c000000",
             "02000000",
+            // filter: one 64-byte block
+            "00000000000000000000000004000000000002100002000001000000008000000000004000000000",
+            "002800010000000000000000000000000000000000200004",
+            // footer
             "3c00000000000000",
             "0100000000000000",
             "0200000000000000",
             "c7dc997a",
+            "01000000",
+            "0f26a528",
             "00000000",
             "534b56454e440d0a",
-            "392848e2",
+            "ba53320b",
             "00000000",
         );
         let hex: String = file.iter().map(|b| format!("{b:02x}")).collect();
@@ -372,6 +459,19 @@ mod tests {
         let footer = SnapFooter::decode(&file[file.len() - SNAP_FOOTER_LEN..]).expect("footer");
         assert_eq!(footer.entry_count, 2);
         assert_eq!(check_block(&bytes, 2), Ok(()));
+    }
+
+    #[test]
+    fn the_filter_has_no_false_negatives_and_few_false_positives() {
+        let keys: Vec<Vec<u8>> = (0..10_000u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let hashes: Vec<u64> = keys.iter().map(|k| filter_hash(k)).collect();
+        let filter = build_filter(&hashes);
+        assert!(hashes.iter().all(|&h| filter_may_contain(&filter, h)));
+        let false_positives = (10_000..110_000u32)
+            .filter(|i| filter_may_contain(&filter, filter_hash(&i.to_be_bytes())))
+            .count();
+        assert!(false_positives < 3_000, "{false_positives} in 100,000");
+        assert!(filter_may_contain(&[], 42), "no filter: maybe");
     }
 
     #[test]
@@ -394,6 +494,8 @@ mod tests {
             block_count: 0,
             entry_count: 0,
             index_crc: 0,
+            filter_blocks: 0,
+            filter_crc: 0,
         }
         .encode();
         assert!(matches!(

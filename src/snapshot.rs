@@ -8,15 +8,14 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::format::{
     self, BLOCK_COUNT_LEN, BLOCK_CRC_LEN, BlockBuilder, EntryPos, FILTER_BLOCK_LEN, HeaderError,
-    INDEX_ENTRY_LEN, IndexEntry, SNAP_FOOTER_LEN, SNAP_HEADER_LEN, SnapFooter, SnapHeader,
-    TARGET_BLOCK_LEN,
+    INDEX_ENTRY_LEN, IndexEntry, META_PAGE_LEN, SNAP_FOOTER_LEN, SNAP_HEADER_LEN, SnapFooter,
+    SnapHeader, TARGET_BLOCK_LEN,
 };
 use crate::io::{Mapping, OpenMode, Vfs, VfsFile};
 use crate::layout::snapshot_name;
@@ -27,14 +26,20 @@ pub struct Snapshot {
     path: PathBuf,
     generation: u64,
     map: Arc<dyn Mapping>,
-    index_offset: usize,
+    /// Where the meta region (index, index keys, filter) starts, and its length.
+    meta_offset: usize,
+    meta_len: usize,
+    /// Where the page crc array starts.
+    page_crcs_offset: usize,
     block_count: usize,
     entry_count: u64,
-    /// Where the filter is, and its expected CRC.
-    filter: (usize, usize, u32),
-    /// The filter's CRC is checked on its first use: `Err(reason)` if it failed.
-    filter_checked: OnceLock<Result<(), &'static str>>,
-    /// One bit per block: its CRC has been checked.
+    /// Offsets within the meta region.
+    keys_at: usize,
+    filter_at: usize,
+    filter_blocks: usize,
+    /// One bit per meta page: its CRC has been checked.
+    meta_verified: Box<[AtomicU64]>,
+    /// One bit per data block: its CRC has been checked.
     verified: Box<[AtomicU64]>,
 }
 
@@ -53,8 +58,23 @@ fn header_error(path: &Path, e: HeaderError, base: u64) -> Error {
     }
 }
 
+fn bitset(bits: usize) -> Box<[AtomicU64]> {
+    (0..bits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect()
+}
+
+/// Tests bit `i`; if it is clear, runs `check` and sets it on success.
+fn check_once(set: &[AtomicU64], i: usize, check: impl FnOnce() -> Result<()>) -> Result<()> {
+    let (word, bit) = (i / 64, 1u64 << (i % 64));
+    if set[word].load(Ordering::Relaxed) & bit == 0 {
+        check()?;
+        set[word].fetch_or(bit, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
 impl Snapshot {
-    /// Opens and checks the snapshot at `path` (header, footer, index).
+    /// Opens and checks the snapshot at `path`: its header, its footer and the small array of
+    /// page checksums. Nothing else is read until it is needed.
     pub fn open(vfs: &dyn Vfs, path: &Path) -> Result<Snapshot> {
         let file = vfs
             .open(path, OpenMode::ReadWrite)
@@ -82,45 +102,46 @@ impl Snapshot {
         let footer_at = bytes.len() - SNAP_FOOTER_LEN;
         let footer = SnapFooter::decode(&bytes[footer_at..])
             .map_err(|e| header_error(path, e, footer_at as u64))?;
-        let filter_len = u64::from(footer.filter_blocks) * FILTER_BLOCK_LEN as u64;
-        let index_len = footer
-            .block_count
-            .checked_mul(INDEX_ENTRY_LEN as u64)
-            .and_then(|n| n.checked_add(footer.index_offset))
-            .and_then(|n| n.checked_add(filter_len))
-            .filter(|&end| end == footer_at as u64 && footer.index_offset >= SNAP_HEADER_LEN as u64)
-            .map(|end| end - filter_len - footer.index_offset)
-            .ok_or_else(|| {
-                Error::corruption(
-                    path,
-                    footer_at as u64,
-                    "footer's index location does not fit the file",
-                )
-            })?;
-        let index_offset = footer.index_offset as usize;
-        let index = &bytes[index_offset..index_offset + index_len as usize];
-        if crc32fast::hash(index) != footer.index_crc {
+        let misplaced = || {
+            Error::corruption(
+                path,
+                footer_at as u64,
+                "footer's layout does not fit the file",
+            )
+        };
+        let meta_len = footer.meta_len().ok_or_else(misplaced)?;
+        let pages = meta_len.div_ceil(META_PAGE_LEN as u64);
+        let page_crcs_offset = footer
+            .meta_offset
+            .checked_add(meta_len)
+            .ok_or_else(misplaced)?;
+        if footer.meta_offset < SNAP_HEADER_LEN as u64
+            || page_crcs_offset.checked_add(pages * 4) != Some(footer_at as u64)
+        {
+            return Err(misplaced());
+        }
+        let page_crcs_offset = page_crcs_offset as usize;
+        if crc32fast::hash(&bytes[page_crcs_offset..footer_at]) != footer.page_crcs_crc {
             return Err(Error::corruption(
                 path,
-                index_offset as u64,
-                "snapshot index checksum mismatch",
+                page_crcs_offset as u64,
+                "snapshot page checksums damaged",
             ));
         }
         let block_count = footer.block_count as usize;
+        let keys_at = block_count * INDEX_ENTRY_LEN;
         Ok(Snapshot {
             path: path.to_owned(),
             generation: header.generation,
-            verified: (0..block_count.div_ceil(64))
-                .map(|_| AtomicU64::new(0))
-                .collect(),
+            meta_offset: footer.meta_offset as usize,
+            meta_len: meta_len as usize,
+            page_crcs_offset,
+            keys_at,
+            filter_at: keys_at + footer.index_keys_len as usize,
+            filter_blocks: footer.filter_blocks as usize,
+            meta_verified: bitset(pages as usize),
+            verified: bitset(block_count),
             map,
-            filter: (
-                index_offset + index_len as usize,
-                filter_len as usize,
-                footer.filter_crc,
-            ),
-            filter_checked: OnceLock::new(),
-            index_offset,
             block_count,
             entry_count: footer.entry_count,
         })
@@ -146,42 +167,82 @@ impl Snapshot {
         &self.path
     }
 
-    fn index_entry(&self, i: usize) -> IndexEntry {
-        IndexEntry::decode(&self.map.bytes()[self.index_offset..], i)
+    /// `len` bytes at offset `at` of the meta region, checking the CRC of each page they touch
+    /// the first time it is read.
+    fn meta(&self, at: usize, len: usize) -> Result<&[u8]> {
+        let bytes = self.map.bytes();
+        let end = at
+            .checked_add(len)
+            .filter(|&end| end <= self.meta_len)
+            .ok_or_else(|| {
+                Error::corruption(
+                    &self.path,
+                    (self.meta_offset + at) as u64,
+                    "index points outside the meta region",
+                )
+            })?;
+        if len > 0 {
+            for page in at / META_PAGE_LEN..=(end - 1) / META_PAGE_LEN {
+                check_once(&self.meta_verified, page, || {
+                    let start = self.meta_offset + page * META_PAGE_LEN;
+                    let stop = (start + META_PAGE_LEN).min(self.meta_offset + self.meta_len);
+                    let stored = format::read_u32(bytes, self.page_crcs_offset + page * 4);
+                    if crc32fast::hash(&bytes[start..stop]) == stored {
+                        Ok(())
+                    } else {
+                        Err(Error::corruption(
+                            &self.path,
+                            start as u64,
+                            "snapshot index or filter page damaged",
+                        ))
+                    }
+                })?;
+            }
+        }
+        Ok(&bytes[self.meta_offset + at..self.meta_offset + end])
+    }
+
+    fn index_entry(&self, i: usize) -> Result<IndexEntry> {
+        Ok(IndexEntry::decode(
+            self.meta(i * INDEX_ENTRY_LEN, INDEX_ENTRY_LEN)?,
+        ))
     }
 
     /// The body of block `i` (without its CRC), checking the CRC on first use.
     fn block(&self, i: usize) -> Result<&[u8]> {
-        let entry = self.index_entry(i);
+        let entry = self.index_entry(i)?;
         let start = usize::try_from(entry.offset).unwrap_or(usize::MAX);
         let end = start.saturating_add(entry.len as usize);
         if start < SNAP_HEADER_LEN
-            || end > self.index_offset
+            || end > self.meta_offset
             || end - start < BLOCK_COUNT_LEN + BLOCK_CRC_LEN
         {
             return Err(Error::corruption(
                 &self.path,
-                (self.index_offset + i * INDEX_ENTRY_LEN) as u64,
+                (self.meta_offset + i * INDEX_ENTRY_LEN) as u64,
                 "index entry points outside the data blocks",
             ));
         }
         let block = &self.map.bytes()[start..end];
-        let (word, bit) = (i / 64, 1u64 << (i % 64));
-        if self.verified[word].load(Ordering::Relaxed) & bit == 0 {
+        check_once(&self.verified, i, || {
             format::check_block(block, entry.entries)
-                .map_err(|reason| Error::corruption(&self.path, entry.offset, reason))?;
-            self.verified[word].fetch_or(bit, Ordering::Relaxed);
-        }
+                .map_err(|reason| Error::corruption(&self.path, entry.offset, reason))
+        })?;
         Ok(&block[..block.len() - BLOCK_CRC_LEN])
     }
 
-    /// The first key of block `i`.
+    /// The first key of block `i`, from the index.
     fn first_key(&self, i: usize) -> Result<&[u8]> {
-        let block = self.block(i)?;
-        let e = format::entry_at(block, BLOCK_COUNT_LEN).ok_or_else(|| {
-            Error::corruption(&self.path, self.index_entry(i).offset, "empty block")
-        })?;
-        Ok(&block[e.key..e.key + e.key_len])
+        let entry = self.index_entry(i)?;
+        let at = usize::try_from(entry.key_offset).unwrap_or(usize::MAX);
+        if at.saturating_add(entry.key_len as usize) > self.filter_at - self.keys_at {
+            return Err(Error::corruption(
+                &self.path,
+                (self.meta_offset + i * INDEX_ENTRY_LEN) as u64,
+                "index key points outside the index keys",
+            ));
+        }
+        self.meta(self.keys_at + at, entry.key_len as usize)
     }
 
     /// The last block whose first key is `<= key` (block 0 if none is).
@@ -201,8 +262,9 @@ impl Snapshot {
     /// Entry positions of block `i`, offset to the whole file.
     fn entries(&self, i: usize) -> Result<Vec<EntryPos>> {
         let block = self.block(i)?;
-        let base = self.index_entry(i).offset as usize;
-        let mut out = Vec::with_capacity(self.index_entry(i).entries as usize);
+        let entry = self.index_entry(i)?;
+        let base = entry.offset as usize;
+        let mut out = Vec::with_capacity(entry.entries as usize);
         let mut at = BLOCK_COUNT_LEN;
         while let Some(e) = format::entry_at(block, at) {
             at = e.next;
@@ -227,7 +289,7 @@ impl Snapshot {
         }
         let i = self.block_for(key)?;
         let block = self.block(i)?;
-        let base = self.index_entry(i).offset as usize;
+        let base = self.index_entry(i)?.offset as usize;
         let mut at = BLOCK_COUNT_LEN;
         while let Some(e) = format::entry_at(block, at) {
             match block[e.key..e.key + e.key_len].cmp(key) {
@@ -243,19 +305,17 @@ impl Snapshot {
 
     /// Whether the snapshot may hold `key`: `false` means surely not, without touching a block.
     fn may_contain(&self, key: &[u8]) -> Result<bool> {
-        let (offset, len, crc) = self.filter;
-        let filter = &self.map.bytes()[offset..offset + len];
-        let checked = self.filter_checked.get_or_init(|| {
-            if crc32fast::hash(filter) == crc {
-                Ok(())
-            } else {
-                Err("snapshot filter checksum mismatch")
-            }
-        });
-        match checked {
-            Ok(()) => Ok(format::filter_may_contain(filter, format::filter_hash(key))),
-            Err(reason) => Err(Error::corruption(&self.path, offset as u64, *reason)),
+        if self.filter_blocks == 0 {
+            return Ok(true);
         }
+        let hash = format::filter_hash(key);
+        let block = format::filter_block_of(hash, self.filter_blocks);
+        let bits = self.meta(self.filter_at + block * FILTER_BLOCK_LEN, FILTER_BLOCK_LEN)?;
+        Ok(format::filter_block_may_contain(
+            bits,
+            hash,
+            self.filter_blocks,
+        ))
     }
 
     /// A cursor over the entries within the bounds, ascending (`forward`) or descending.
@@ -295,31 +355,34 @@ impl Snapshot {
         Ok(cursor)
     }
 
-    /// Checks every byte: each block's CRC and structure, keys strictly increasing across the
-    /// whole file, and the footer's entry count. Calls `progress` with bytes checked so far.
+    /// Checks every byte: the meta region's pages, each block's CRC and structure, that the
+    /// index's first keys match the blocks, keys strictly increasing across the whole file, that
+    /// the filter admits every key, and the footer's entry count. Calls `progress` with bytes
+    /// checked so far.
     pub fn verify(&self, mut progress: impl FnMut(u64)) -> Result<()> {
+        self.meta(0, self.meta_len)?;
         let mut previous: Option<&[u8]> = None;
         let mut entries = 0u64;
+        let mut expected_offset = SNAP_HEADER_LEN as u64;
         for i in 0..self.block_count {
-            let entry = self.index_entry(i);
-            if i > 0 {
-                let prev = self.index_entry(i - 1);
-                if prev.offset + u64::from(prev.len) != entry.offset {
-                    return Err(Error::corruption(
-                        &self.path,
-                        entry.offset,
-                        "blocks are not contiguous",
-                    ));
-                }
-            } else if entry.offset != SNAP_HEADER_LEN as u64 {
+            let entry = self.index_entry(i)?;
+            if entry.offset != expected_offset {
                 return Err(Error::corruption(
                     &self.path,
                     entry.offset,
-                    "first block is misplaced",
+                    "blocks are not contiguous",
                 ));
             }
-            for e in self.entries(i)? {
+            expected_offset = entry.offset + u64::from(entry.len);
+            for (n, e) in self.entries(i)?.into_iter().enumerate() {
                 let key = self.key_of(&e);
+                if n == 0 && self.first_key(i)? != key {
+                    return Err(Error::corruption(
+                        &self.path,
+                        e.key as u64,
+                        "index key differs from the block's",
+                    ));
+                }
                 if previous.is_some_and(|p| p >= key) {
                     return Err(Error::corruption(
                         &self.path,
@@ -327,22 +390,22 @@ impl Snapshot {
                         "keys out of order",
                     ));
                 }
+                if !self.may_contain(key)? {
+                    return Err(Error::corruption(
+                        &self.path,
+                        (self.meta_offset + self.filter_at) as u64,
+                        "filter misses a key",
+                    ));
+                }
                 previous = Some(key);
                 entries += 1;
             }
-            progress(entry.offset + u64::from(entry.len));
+            progress(expected_offset);
         }
-        let data_end = match self.block_count {
-            0 => SNAP_HEADER_LEN as u64,
-            n => {
-                let last = self.index_entry(n - 1);
-                last.offset + u64::from(last.len)
-            }
-        };
-        if data_end != self.index_offset as u64 {
+        if expected_offset != self.meta_offset as u64 {
             return Err(Error::corruption(
                 &self.path,
-                data_end,
+                expected_offset,
                 "bytes between the last block and the index",
             ));
         }
@@ -419,13 +482,14 @@ impl Stream {
             if self.next_block >= self.snapshot.block_count {
                 return Ok(None);
             }
-            let entry = self.snapshot.index_entry(self.next_block);
+            let entry = self.snapshot.index_entry(self.next_block)?;
             let (start, len) = (entry.offset, entry.len as usize);
             let buf_end = self.buf_start + self.buf.len() as u64;
             if start < self.buf_start || start + len as u64 > buf_end {
+                let data_end = self.snapshot.meta_offset as u64;
                 let fetch = len
                     .max(STREAM_CHUNK)
-                    .min((self.snapshot.index_offset as u64 - start) as usize);
+                    .min(data_end.saturating_sub(start) as usize);
                 if fetch < len {
                     return Err(Error::corruption(
                         &self.snapshot.path,
@@ -542,6 +606,9 @@ pub struct SnapshotWriter<'a> {
     out: Vec<u8>,
     block: BlockBuilder,
     index: Vec<u8>,
+    index_keys: Vec<u8>,
+    /// Length of the current block's first key (the last one in `index_keys`).
+    first_key_len: usize,
     entries: u64,
     /// Filter hashes of every key, for the filter written at the end.
     hashes: Vec<u64>,
@@ -570,6 +637,8 @@ impl<'a> SnapshotWriter<'a> {
             out,
             block: BlockBuilder::default(),
             index: Vec::new(),
+            index_keys: Vec::new(),
+            first_key_len: 0,
             entries: 0,
             hashes: Vec::new(),
         })
@@ -577,6 +646,11 @@ impl<'a> SnapshotWriter<'a> {
 
     /// Adds an entry; keys must come in strictly increasing order.
     pub fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        if self.block.is_empty() {
+            // The block's first key goes into the index; its entry is written with the block.
+            self.index_keys.extend_from_slice(key);
+            self.first_key_len = key.len();
+        }
         self.block.add(key, value);
         self.hashes.push(format::filter_hash(key));
         self.entries += 1;
@@ -605,6 +679,8 @@ impl<'a> SnapshotWriter<'a> {
             offset,
             len,
             entries,
+            key_offset: (self.index_keys.len() - self.first_key_len) as u64,
+            key_len: self.first_key_len as u32,
         }
         .encode_into(&mut self.index);
         if self.out.len() >= WRITE_BUFFER {
@@ -626,19 +702,23 @@ impl<'a> SnapshotWriter<'a> {
     /// returns, the snapshot is durable under its final name.
     pub fn finish(mut self) -> Result<PathBuf> {
         self.finish_block()?;
-        let index_offset = self.bytes_written();
+        let meta_offset = self.bytes_written();
+        let block_count = (self.index.len() / INDEX_ENTRY_LEN) as u64;
         let filter = format::build_filter(&self.hashes);
+        let mut meta = std::mem::take(&mut self.index);
+        meta.extend_from_slice(&self.index_keys);
+        meta.extend_from_slice(&filter);
+        let crcs = format::page_crcs(&meta);
         let footer = SnapFooter {
-            index_offset,
-            block_count: (self.index.len() / INDEX_ENTRY_LEN) as u64,
+            meta_offset,
+            block_count,
             entry_count: self.entries,
-            index_crc: crc32fast::hash(&self.index),
+            index_keys_len: self.index_keys.len() as u64,
             filter_blocks: (filter.len() / FILTER_BLOCK_LEN) as u32,
-            filter_crc: crc32fast::hash(&filter),
+            page_crcs_crc: crc32fast::hash(&crcs),
         };
-        let index = std::mem::take(&mut self.index);
-        self.out.extend_from_slice(&index);
-        self.out.extend_from_slice(&filter);
+        self.out.extend_from_slice(&meta);
+        self.out.extend_from_slice(&crcs);
         self.out.extend_from_slice(&footer.encode());
         self.flush()?;
         self.file
@@ -771,6 +851,40 @@ mod tests {
         let err = s.get(&all[0].0).expect_err("damaged block");
         assert!(matches!(err, Error::Corruption { offset: 32, .. }), "{err}");
         assert!(s.verify(|_| {}).is_err());
+    }
+
+    #[test]
+    fn a_damaged_index_or_filter_page_is_corruption_never_a_wrong_answer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let all = entries(3000);
+        let snapshot = write(dir.path(), &all);
+        let (path, meta_offset, meta_len) = (
+            snapshot.path().to_owned(),
+            snapshot.meta_offset,
+            snapshot.meta_len,
+        );
+        drop(snapshot);
+        let clean = std::fs::read(&path).expect("read");
+        for at in [
+            meta_offset,
+            meta_offset + meta_len / 2,
+            meta_offset + meta_len - 1,
+        ] {
+            let mut bytes = clean.clone();
+            bytes[at] ^= 0x10;
+            std::fs::write(&path, &bytes).expect("write");
+            let s = Snapshot::open(&StdVfs, &path).expect("open reads no meta page");
+            let mut corruption = 0;
+            for (k, v) in &all {
+                match s.get(k) {
+                    Ok(found) => assert_eq!(found.as_deref(), Some(v.as_slice()), "wrong answer"),
+                    Err(Error::Corruption { .. }) => corruption += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert!(corruption > 0, "damage at {at} went unnoticed");
+            assert!(s.verify(|_| {}).is_err());
+        }
     }
 
     #[test]

@@ -31,10 +31,10 @@ pub enum Durability {
     Buffered,
 }
 
-/// Default for [`Options::compaction_min_wal_bytes`]: 32 MiB.
-pub const DEFAULT_COMPACTION_MIN_WAL_BYTES: u64 = 32 << 20;
+/// Default for [`Options::compaction_min_wal_bytes`]: 16 MiB.
+pub const DEFAULT_COMPACTION_MIN_WAL_BYTES: u64 = 16 << 20;
 /// Default for [`Options::compaction_ratio`].
-pub const DEFAULT_COMPACTION_RATIO: f64 = 0.5;
+pub const DEFAULT_COMPACTION_RATIO: f64 = 0.25;
 
 /// How to open a store. Start from [`Options::new`], finish with [`Options::open`].
 #[derive(Clone)]
@@ -67,7 +67,7 @@ impl Default for Options {
 
 impl Options {
     /// The defaults: [`Durability::Immediate`], create the store if it is missing, compact in the
-    /// background once the log outgrows both 32 MiB and half the snapshot.
+    /// background once the log outgrows both 16 MiB and a quarter of the snapshot.
     pub fn new() -> Self {
         Options {
             durability: Durability::Immediate,
@@ -93,17 +93,18 @@ impl Options {
     }
 
     /// Compaction starts once the log is larger than this many bytes *and* larger than
-    /// [`compaction_ratio`](Options::compaction_ratio) times the snapshot (default 32 MiB).
-    /// Memory use is bounded by about twice this (the log's in-memory view, plus the previous
-    /// one while it is being merged).
+    /// [`compaction_ratio`](Options::compaction_ratio) times the snapshot (default 16 MiB).
+    /// The heap held is about 1.5 bytes per log byte, up to twice over while a compaction
+    /// merges the previous generation.
     pub fn compaction_min_wal_bytes(mut self, bytes: u64) -> Self {
         self.compaction_min_wal_bytes = bytes;
         self
     }
 
     /// Compaction starts once the log is larger than this fraction of the snapshot (and than
-    /// [`compaction_min_wal_bytes`](Options::compaction_min_wal_bytes)). The default, 0.5, keeps
-    /// the files under 1.5× the live data between compactions.
+    /// [`compaction_min_wal_bytes`](Options::compaction_min_wal_bytes)). The default, 0.25, keeps
+    /// the files under 1.25× the live data between compactions; a higher ratio rewrites the
+    /// snapshot less often but holds more log in memory.
     pub fn compaction_ratio(mut self, ratio: f64) -> Self {
         self.compaction_ratio = ratio.max(0.0);
         self

@@ -247,10 +247,18 @@ impl Snapshot {
 
     /// The last block whose first key is `<= key` (block 0 if none is).
     fn block_for(&self, key: &[u8]) -> Result<usize> {
+        let prefix = format::key_prefix(key);
         let (mut lo, mut hi) = (0, self.block_count);
         while hi - lo > 1 {
             let mid = (lo + hi) / 2;
-            if self.first_key(mid)? <= key {
+            let entry = self.index_entry(mid)?;
+            // Most steps are decided by the 8-byte prefixes in the index entry itself.
+            let first_le_key = match entry.key_prefix.cmp(&prefix) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Greater => false,
+                std::cmp::Ordering::Equal => self.first_key(mid)? <= key,
+            };
+            if first_le_key {
                 lo = mid;
             } else {
                 hi = mid;
@@ -264,9 +272,10 @@ impl Snapshot {
         let block = self.block(i)?;
         let entry = self.index_entry(i)?;
         let base = entry.offset as usize;
+        let entries = &block[..format::entries_end(block).unwrap_or(0)];
         let mut out = Vec::with_capacity(entry.entries as usize);
         let mut at = BLOCK_COUNT_LEN;
-        while let Some(e) = format::entry_at(block, at) {
+        while let Some(e) = format::entry_at(entries, at) {
             at = e.next;
             out.push(EntryPos {
                 key: base + e.key,
@@ -290,14 +299,27 @@ impl Snapshot {
         let i = self.block_for(key)?;
         let block = self.block(i)?;
         let base = self.index_entry(i)?.offset as usize;
-        let mut at = BLOCK_COUNT_LEN;
-        while let Some(e) = format::entry_at(block, at) {
-            match block[e.key..e.key + e.key_len].cmp(key) {
-                std::cmp::Ordering::Less => at = e.next,
+        // `block` passed `check_block`: its offsets and entries are consistent.
+        let entries_end = format::entries_end(block).unwrap_or(0);
+        let entries = &block[..entries_end];
+        let count = (block.len() - entries_end) / 4;
+        let (mut lo, mut hi) = (0, count);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let Some(e) = format::entry_at(entries, format::entry_offset(block, entries_end, mid))
+            else {
+                return Err(Error::corruption(
+                    &self.path,
+                    base as u64,
+                    "malformed entry",
+                ));
+            };
+            match entries[e.key..e.key + e.key_len].cmp(key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
                 std::cmp::Ordering::Equal => {
                     return Ok(Some(Bytes::mapped(&self.map, base + e.value, e.value_len)));
                 }
-                std::cmp::Ordering::Greater => break,
             }
         }
         Ok(None)
@@ -506,7 +528,9 @@ impl Stream {
             let from = (start - self.buf_start) as usize;
             format::check_block(&self.buf[from..from + len], entry.entries)
                 .map_err(|reason| Error::corruption(&self.snapshot.path, start, reason))?;
-            self.block = from..from + len - BLOCK_CRC_LEN;
+            let body = &self.buf[from..from + len - BLOCK_CRC_LEN];
+            let entries_end = format::entries_end(body).unwrap_or(BLOCK_COUNT_LEN);
+            self.block = from..from + entries_end;
             self.at = from + BLOCK_COUNT_LEN;
             self.next_block += 1;
         }
@@ -681,6 +705,9 @@ impl<'a> SnapshotWriter<'a> {
             entries,
             key_offset: (self.index_keys.len() - self.first_key_len) as u64,
             key_len: self.first_key_len as u32,
+            key_prefix: format::key_prefix(
+                &self.index_keys[self.index_keys.len() - self.first_key_len..],
+            ),
         }
         .encode_into(&mut self.index);
         if self.out.len() >= WRITE_BUFFER {

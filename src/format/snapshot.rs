@@ -9,11 +9,12 @@
 //!  24  header crc      4  CRC-32 of bytes 0..24
 //!  28  reserved        4  zero
 //! data blocks, from offset 32, sorted by key, back to back
-//!   entry count u32, entries, block crc u32 (CRC-32 of count and entries)
-//!   entry: key length u32, value length u32, key, value
+//!   entry count u32, entries, entry offsets (u32 each, from the block's start), block crc u32
+//!   (CRC-32 of everything before it); entry: key length u32, value length u32, key, value
 //! meta region, at `meta offset`:
-//!   index: one 32-byte entry per block: block offset u64, first-key offset u64 (into the index
-//!          keys), block length u32 (crc included), entry count u32, first-key length u32, zero u32
+//!   index: one 40-byte entry per block: first 8 bytes of the first key (zero-padded), block
+//!          offset u64, first-key offset u64 (into the index keys), block length u32 (crc
+//!          included), entry count u32, first-key length u32, zero u32
 //!   index keys: each block's first key, back to back
 //!   filter: `filter blocks` x 64-byte blocked Bloom filter (see below)
 //! page crcs: CRC-32 of each 4096-byte page of the meta region (the last one may be shorter)
@@ -68,7 +69,7 @@ pub const SNAP_FOOTER_LEN: usize = F_RESERVED_AT + 4;
 pub const META_PAGE_LEN: usize = 4096;
 
 /// Bytes per index entry.
-pub const INDEX_ENTRY_LEN: usize = 32;
+pub const INDEX_ENTRY_LEN: usize = 40;
 /// Bytes of a block's entry count and of its trailing CRC.
 pub const BLOCK_COUNT_LEN: usize = 4;
 /// Bytes of a block's trailing CRC.
@@ -289,11 +290,23 @@ pub struct IndexEntry {
     pub key_offset: u64,
     /// Length of that key.
     pub key_len: u32,
+    /// The key's first 8 bytes, zero-padded, as a big-endian number: comparing prefixes orders
+    /// keys correctly whenever the prefixes differ.
+    pub key_prefix: u64,
+}
+
+/// The first 8 bytes of `key`, zero-padded, as a big-endian number.
+pub fn key_prefix(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(b)
 }
 
 impl IndexEntry {
-    /// Appends the entry's 32 bytes to `out`.
+    /// Appends the entry's 40 bytes to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.key_prefix.to_be_bytes());
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.key_offset.to_le_bytes());
         out.extend_from_slice(&self.len.to_le_bytes());
@@ -302,14 +315,17 @@ impl IndexEntry {
         out.extend_from_slice(&[0; 4]);
     }
 
-    /// Decodes an entry from its 32 bytes.
+    /// Decodes an entry from its 40 bytes.
     pub fn decode(bytes: &[u8]) -> Self {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&bytes[..8]);
         IndexEntry {
-            offset: read_u64(bytes, 0),
-            key_offset: read_u64(bytes, 8),
-            len: read_u32(bytes, 16),
-            entries: read_u32(bytes, 20),
-            key_len: read_u32(bytes, 24),
+            key_prefix: u64::from_be_bytes(prefix),
+            offset: read_u64(bytes, 8),
+            key_offset: read_u64(bytes, 16),
+            len: read_u32(bytes, 24),
+            entries: read_u32(bytes, 28),
+            key_len: read_u32(bytes, 32),
         }
     }
 }
@@ -318,6 +334,8 @@ impl IndexEntry {
 #[derive(Debug, Default)]
 pub struct BlockBuilder {
     buf: Vec<u8>,
+    /// Where each entry starts in the block body.
+    offsets: Vec<u32>,
     entries: u32,
 }
 
@@ -327,6 +345,7 @@ impl BlockBuilder {
         if self.buf.is_empty() {
             self.buf.extend_from_slice(&[0; BLOCK_COUNT_LEN]);
         }
+        self.offsets.push(self.buf.len() as u32);
         self.buf
             .extend_from_slice(&(key.len() as u32).to_le_bytes());
         self.buf
@@ -338,7 +357,7 @@ impl BlockBuilder {
 
     /// Bytes so far.
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + 4 * self.offsets.len()
     }
 
     /// Whether no entry was added.
@@ -355,6 +374,9 @@ impl BlockBuilder {
     /// again afterwards.
     pub fn finish(&mut self) -> &[u8] {
         self.buf[..BLOCK_COUNT_LEN].copy_from_slice(&self.entries.to_le_bytes());
+        for offset in &self.offsets {
+            self.buf.extend_from_slice(&offset.to_le_bytes());
+        }
         let crc = crc32fast::hash(&self.buf);
         self.buf.extend_from_slice(&crc.to_le_bytes());
         &self.buf
@@ -363,6 +385,7 @@ impl BlockBuilder {
     /// Empties the builder after `finish`.
     pub fn reset(&mut self) {
         self.buf.clear();
+        self.offsets.clear();
         self.entries = 0;
     }
 }
@@ -380,17 +403,37 @@ pub fn check_block(block: &[u8], expected_entries: u32) -> Result<(), &'static s
     if count != expected_entries || count == 0 {
         return Err("block entry count disagrees with the index");
     }
+    let Some(entries_end) = entries_end(body) else {
+        return Err("block too short for its entry offsets");
+    };
+    let entries = &body[..entries_end];
     let mut at = BLOCK_COUNT_LEN;
-    for _ in 0..count {
-        match entry_at(body, at) {
+    for i in 0..count as usize {
+        if entry_offset(body, entries_end, i) != at {
+            return Err("entry offset disagrees with the entries");
+        }
+        match entry_at(entries, at) {
             Some(e) => at = e.next,
             None => return Err("malformed entry in block"),
         }
     }
-    if at != body.len() {
+    if at != entries_end {
         return Err("trailing bytes in block");
     }
     Ok(())
+}
+
+/// Where the entries of a block body end and its offset array begins.
+pub fn entries_end(body: &[u8]) -> Option<usize> {
+    let count = read_u32(body, 0) as usize;
+    body.len()
+        .checked_sub(count.checked_mul(4)?)
+        .filter(|&end| end >= BLOCK_COUNT_LEN)
+}
+
+/// Where entry `i` starts in a block body whose entries end at `entries_end`.
+pub fn entry_offset(body: &[u8], entries_end: usize, i: usize) -> usize {
+    read_u32(body, entries_end + 4 * i) as usize
 }
 
 /// Where an entry's key and value lie within a block body.
@@ -448,6 +491,7 @@ mod tests {
             entries: 2,
             key_offset: 0,
             key_len: 1,
+            key_prefix: key_prefix(b"a"),
         }
         .encode_into(&mut meta);
         meta.extend_from_slice(b"a");
@@ -471,12 +515,16 @@ mod tests {
         let expected_hex = concat!(
             // header
             "534b56534e500d0a01000000000000000300000000000000c0d1879700000000",
-            // block: 2 entries, a=1, bc="", crc
-            "020000000100000001000000613102000000000000006263b9f1636c",
-            // meta: index entry (offset 32, key offset 0, len 28, 2 entries, key len 1), key "a"
+            // block: 2 entries, a=1, bc="", entry offsets 4 and 14, crc
+            "020000000100000001000000613102000000000000006263",
+            "040000000e000000",
+            "f9bda5d8",
+            // meta: index entry (prefix "a", offset 32, key offset 0, len 36, 2 entries, key
+            // len 1), then the index key "a"
+            "6100000000000000",
             "2000000000000000",
             "0000000000000000",
-            "1c000000",
+            "24000000",
             "02000000",
             "01000000",
             "00000000",
@@ -485,16 +533,16 @@ mod tests {
             "00000000000000000000000004000000000002100002000001000000008000000000004000000000",
             "002800010000000000000000000000000000000000200004",
             // page crc of the meta region
-            "c6ce59b0",
+            "c9539931",
             // footer
-            "3c00000000000000",
+            "4400000000000000",
             "0100000000000000",
             "0200000000000000",
             "0100000000000000",
             "01000000",
-            "1d804b49",
+            "10dfa6b5",
             "534b56454e440d0a",
-            "d4ac0743",
+            "b9124968",
             "00000000",
         );
         let hex: String = file.iter().map(|b| format!("{b:02x}")).collect();
@@ -502,7 +550,7 @@ mod tests {
         assert_eq!(SnapHeader::decode(&file), Ok(SnapHeader { generation: 3 }));
         let footer = SnapFooter::decode(&file[file.len() - SNAP_FOOTER_LEN..]).expect("footer");
         assert_eq!(footer.entry_count, 2);
-        assert_eq!(footer.meta_len(), Some(32 + 1 + 64));
+        assert_eq!(footer.meta_len(), Some(40 + 1 + 64));
         assert_eq!(check_block(&bytes, 2), Ok(()));
     }
 

@@ -14,8 +14,8 @@ use crate::bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::format::{
     self, BLOCK_COUNT_LEN, BLOCK_CRC_LEN, BlockBuilder, EntryPos, FILTER_BLOCK_LEN, HeaderError,
-    INDEX_ENTRY_LEN, IndexEntry, META_PAGE_LEN, SNAP_FOOTER_LEN, SNAP_HEADER_LEN, SnapFooter,
-    SnapHeader, TARGET_BLOCK_LEN,
+    INDEX_ENTRY_LEN, IndexEntry, META_PAGE_LEN, PREFIX_LEN, SNAP_FOOTER_LEN, SNAP_HEADER_LEN,
+    SnapFooter, SnapHeader, TARGET_BLOCK_LEN,
 };
 use crate::io::{Mapping, OpenMode, Vfs, VfsFile};
 use crate::layout::snapshot_name;
@@ -34,6 +34,7 @@ pub struct Snapshot {
     block_count: usize,
     entry_count: u64,
     /// Offsets within the meta region.
+    index_at: usize,
     keys_at: usize,
     filter_at: usize,
     filter_blocks: usize,
@@ -129,13 +130,15 @@ impl Snapshot {
             ));
         }
         let block_count = footer.block_count as usize;
-        let keys_at = block_count * INDEX_ENTRY_LEN;
+        let index_at = block_count * PREFIX_LEN;
+        let keys_at = index_at + block_count * INDEX_ENTRY_LEN;
         Ok(Snapshot {
             path: path.to_owned(),
             generation: header.generation,
             meta_offset: footer.meta_offset as usize,
             meta_len: meta_len as usize,
             page_crcs_offset,
+            index_at,
             keys_at,
             filter_at: keys_at + footer.index_keys_len as usize,
             filter_blocks: footer.filter_blocks as usize,
@@ -203,9 +206,15 @@ impl Snapshot {
     }
 
     fn index_entry(&self, i: usize) -> Result<IndexEntry> {
-        Ok(IndexEntry::decode(
-            self.meta(i * INDEX_ENTRY_LEN, INDEX_ENTRY_LEN)?,
-        ))
+        let at = self.index_at + i * INDEX_ENTRY_LEN;
+        Ok(IndexEntry::decode(self.meta(at, INDEX_ENTRY_LEN)?))
+    }
+
+    /// The 8-byte prefix of block `i`'s first key, as a number.
+    fn prefix(&self, i: usize) -> Result<u64> {
+        let mut b = [0u8; PREFIX_LEN];
+        b.copy_from_slice(self.meta(i * PREFIX_LEN, PREFIX_LEN)?);
+        Ok(u64::from_be_bytes(b))
     }
 
     /// The body of block `i` (without its CRC), checking the CRC on first use.
@@ -219,7 +228,7 @@ impl Snapshot {
         {
             return Err(Error::corruption(
                 &self.path,
-                (self.meta_offset + i * INDEX_ENTRY_LEN) as u64,
+                (self.meta_offset + self.index_at + i * INDEX_ENTRY_LEN) as u64,
                 "index entry points outside the data blocks",
             ));
         }
@@ -238,28 +247,35 @@ impl Snapshot {
         if at.saturating_add(entry.key_len as usize) > self.filter_at - self.keys_at {
             return Err(Error::corruption(
                 &self.path,
-                (self.meta_offset + i * INDEX_ENTRY_LEN) as u64,
+                (self.meta_offset + self.index_at + i * INDEX_ENTRY_LEN) as u64,
                 "index key points outside the index keys",
             ));
         }
         self.meta(self.keys_at + at, entry.key_len as usize)
     }
 
-    /// The last block whose first key is `<= key` (block 0 if none is).
+    /// The last block whose first key is `<= key` (block 0 if none is). The search runs over
+    /// the dense prefix array; full keys are compared only among blocks sharing the prefix.
     fn block_for(&self, key: &[u8]) -> Result<usize> {
         let prefix = format::key_prefix(key);
-        let (mut lo, mut hi) = (0, self.block_count);
-        while hi - lo > 1 {
-            let mid = (lo + hi) / 2;
-            let entry = self.index_entry(mid)?;
-            // Most steps are decided by the 8-byte prefixes in the index entry itself.
-            let first_le_key = match entry.key_prefix.cmp(&prefix) {
-                std::cmp::Ordering::Less => true,
-                std::cmp::Ordering::Greater => false,
-                std::cmp::Ordering::Equal => self.first_key(mid)? <= key,
-            };
-            if first_le_key {
-                lo = mid;
+        // Blocks [0, below) have a smaller prefix, [below, upto) the same one.
+        let below = self.partition(0, self.block_count, |i| Ok(self.prefix(i)? < prefix))?;
+        let upto = self.partition(below, self.block_count, |i| Ok(self.prefix(i)? == prefix))?;
+        let at_or_below = self.partition(below, upto, |i| Ok(self.first_key(i)? <= key))?;
+        Ok(at_or_below.saturating_sub(1))
+    }
+
+    /// The first `i` in `lo..hi` for which `pred` is false (`pred` true then false over the range).
+    fn partition(
+        &self,
+        mut lo: usize,
+        mut hi: usize,
+        pred: impl Fn(usize) -> Result<bool>,
+    ) -> Result<usize> {
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if pred(mid)? {
+                lo = mid + 1;
             } else {
                 hi = mid;
             }
@@ -631,6 +647,7 @@ pub struct SnapshotWriter<'a> {
     block: BlockBuilder,
     index: Vec<u8>,
     index_keys: Vec<u8>,
+    prefixes: Vec<u8>,
     /// Length of the current block's first key (the last one in `index_keys`).
     first_key_len: usize,
     entries: u64,
@@ -662,6 +679,7 @@ impl<'a> SnapshotWriter<'a> {
             block: BlockBuilder::default(),
             index: Vec::new(),
             index_keys: Vec::new(),
+            prefixes: Vec::new(),
             first_key_len: 0,
             entries: 0,
             hashes: Vec::new(),
@@ -705,11 +723,11 @@ impl<'a> SnapshotWriter<'a> {
             entries,
             key_offset: (self.index_keys.len() - self.first_key_len) as u64,
             key_len: self.first_key_len as u32,
-            key_prefix: format::key_prefix(
-                &self.index_keys[self.index_keys.len() - self.first_key_len..],
-            ),
         }
         .encode_into(&mut self.index);
+        let first_key = &self.index_keys[self.index_keys.len() - self.first_key_len..];
+        self.prefixes
+            .extend_from_slice(&format::key_prefix(first_key).to_be_bytes());
         if self.out.len() >= WRITE_BUFFER {
             self.flush()?;
         }
@@ -732,7 +750,8 @@ impl<'a> SnapshotWriter<'a> {
         let meta_offset = self.bytes_written();
         let block_count = (self.index.len() / INDEX_ENTRY_LEN) as u64;
         let filter = format::build_filter(&self.hashes);
-        let mut meta = std::mem::take(&mut self.index);
+        let mut meta = std::mem::take(&mut self.prefixes);
+        meta.extend_from_slice(&self.index);
         meta.extend_from_slice(&self.index_keys);
         meta.extend_from_slice(&filter);
         let crcs = format::page_crcs(&meta);
@@ -853,6 +872,41 @@ mod tests {
             collect(&s, Bound::Excluded(&lo), Bound::Included(&hi), false),
             expected_rev
         );
+    }
+
+    #[test]
+    fn keys_sharing_long_prefixes_across_blocks_are_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Every block's first key starts with the same 8 bytes, and some keys are shorter than 8.
+        let mut all: Vec<(Vec<u8>, Vec<u8>)> = (0..4000u32)
+            .map(|i| (format!("user/000/{i:08}").into_bytes(), vec![b'x'; 40]))
+            .collect();
+        all.extend([
+            (b"user".to_vec(), b"short".to_vec()),
+            (b"user/000".to_vec(), b"exact".to_vec()),
+        ]);
+        all.sort();
+        let s = write(dir.path(), &all);
+        assert!(s.block_count > 20);
+        s.verify(|_| {}).expect("verify");
+        for (k, v) in &all {
+            assert_eq!(
+                s.get(k).expect("get").as_deref(),
+                Some(v.as_slice()),
+                "{k:?}"
+            );
+        }
+        for absent in [
+            &b"use"[..],
+            b"user/",
+            b"user/000/",
+            b"user/000/00001000x",
+            b"user/001",
+            b"zzz",
+            b"",
+        ] {
+            assert_eq!(s.get(absent).expect("get"), None, "{absent:?}");
+        }
     }
 
     #[test]

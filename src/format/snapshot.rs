@@ -12,9 +12,9 @@
 //!   entry count u32, entries, entry offsets (u32 each, from the block's start), block crc u32
 //!   (CRC-32 of everything before it); entry: key length u32, value length u32, key, value
 //! meta region, at `meta offset`:
-//!   index: one 40-byte entry per block: first 8 bytes of the first key (zero-padded), block
-//!          offset u64, first-key offset u64 (into the index keys), block length u32 (crc
-//!          included), entry count u32, first-key length u32, zero u32
+//!   key prefixes: per block, the first 8 bytes of its first key, zero-padded
+//!   index: one 32-byte entry per block: block offset u64, first-key offset u64 (into the index
+//!          keys), block length u32 (crc included), entry count u32, first-key length u32, zero u32
 //!   index keys: each block's first key, back to back
 //!   filter: `filter blocks` x 64-byte blocked Bloom filter (see below)
 //! page crcs: CRC-32 of each 4096-byte page of the meta region (the last one may be shorter)
@@ -69,7 +69,9 @@ pub const SNAP_FOOTER_LEN: usize = F_RESERVED_AT + 4;
 pub const META_PAGE_LEN: usize = 4096;
 
 /// Bytes per index entry.
-pub const INDEX_ENTRY_LEN: usize = 40;
+pub const INDEX_ENTRY_LEN: usize = 32;
+/// Bytes per block in the key-prefix array.
+pub const PREFIX_LEN: usize = 8;
 /// Bytes of a block's entry count and of its trailing CRC.
 pub const BLOCK_COUNT_LEN: usize = 4;
 /// Bytes of a block's trailing CRC.
@@ -143,10 +145,10 @@ pub struct SnapFooter {
 }
 
 impl SnapFooter {
-    /// Bytes of the meta region: index entries, index keys, filter.
+    /// Bytes of the meta region: key prefixes, index entries, index keys, filter.
     pub fn meta_len(&self) -> Option<u64> {
         self.block_count
-            .checked_mul(INDEX_ENTRY_LEN as u64)?
+            .checked_mul((PREFIX_LEN + INDEX_ENTRY_LEN) as u64)?
             .checked_add(self.index_keys_len)?
             .checked_add(u64::from(self.filter_blocks) * FILTER_BLOCK_LEN as u64)
     }
@@ -290,23 +292,20 @@ pub struct IndexEntry {
     pub key_offset: u64,
     /// Length of that key.
     pub key_len: u32,
-    /// The key's first 8 bytes, zero-padded, as a big-endian number: comparing prefixes orders
-    /// keys correctly whenever the prefixes differ.
-    pub key_prefix: u64,
 }
 
-/// The first 8 bytes of `key`, zero-padded, as a big-endian number.
+/// The first 8 bytes of `key`, zero-padded, as a big-endian number: comparing two keys'
+/// prefixes orders the keys correctly whenever the prefixes differ.
 pub fn key_prefix(key: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let n = key.len().min(8);
+    let mut b = [0u8; PREFIX_LEN];
+    let n = key.len().min(PREFIX_LEN);
     b[..n].copy_from_slice(&key[..n]);
     u64::from_be_bytes(b)
 }
 
 impl IndexEntry {
-    /// Appends the entry's 40 bytes to `out`.
+    /// Appends the entry's 32 bytes to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.key_prefix.to_be_bytes());
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.key_offset.to_le_bytes());
         out.extend_from_slice(&self.len.to_le_bytes());
@@ -315,17 +314,14 @@ impl IndexEntry {
         out.extend_from_slice(&[0; 4]);
     }
 
-    /// Decodes an entry from its 40 bytes.
+    /// Decodes an entry from its 32 bytes.
     pub fn decode(bytes: &[u8]) -> Self {
-        let mut prefix = [0u8; 8];
-        prefix.copy_from_slice(&bytes[..8]);
         IndexEntry {
-            key_prefix: u64::from_be_bytes(prefix),
-            offset: read_u64(bytes, 8),
-            key_offset: read_u64(bytes, 16),
-            len: read_u32(bytes, 24),
-            entries: read_u32(bytes, 28),
-            key_len: read_u32(bytes, 32),
+            offset: read_u64(bytes, 0),
+            key_offset: read_u64(bytes, 8),
+            len: read_u32(bytes, 16),
+            entries: read_u32(bytes, 20),
+            key_len: read_u32(bytes, 24),
         }
     }
 }
@@ -484,14 +480,13 @@ mod tests {
         let bytes = block.finish().to_vec();
         file.extend_from_slice(&bytes);
         let meta_offset = file.len() as u64;
-        let mut meta = Vec::new();
+        let mut meta = key_prefix(b"a").to_be_bytes().to_vec();
         IndexEntry {
             offset: block_offset,
             len: bytes.len() as u32,
             entries: 2,
             key_offset: 0,
             key_len: 1,
-            key_prefix: key_prefix(b"a"),
         }
         .encode_into(&mut meta);
         meta.extend_from_slice(b"a");
@@ -519,8 +514,8 @@ mod tests {
             "020000000100000001000000613102000000000000006263",
             "040000000e000000",
             "f9bda5d8",
-            // meta: index entry (prefix "a", offset 32, key offset 0, len 36, 2 entries, key
-            // len 1), then the index key "a"
+            // meta: key prefix "a", index entry (offset 32, key offset 0, len 36, 2 entries,
+            // key len 1), then the index key "a"
             "6100000000000000",
             "2000000000000000",
             "0000000000000000",

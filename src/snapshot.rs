@@ -288,10 +288,10 @@ impl Snapshot {
         let block = self.block(i)?;
         let entry = self.index_entry(i)?;
         let base = entry.offset as usize;
-        let entries = &block[..format::entries_end(block).unwrap_or(0)];
         let mut out = Vec::with_capacity(entry.entries as usize);
-        let mut at = BLOCK_COUNT_LEN;
-        while let Some(e) = format::entry_at(entries, at) {
+        // `block` passed `check_block`: its entries parse back to back to its end.
+        let mut at = format::entries_start(block).unwrap_or(block.len());
+        while let Some(e) = format::entry_at(block, at) {
             at = e.next;
             out.push(EntryPos {
                 key: base + e.key,
@@ -316,21 +316,18 @@ impl Snapshot {
         let block = self.block(i)?;
         let base = self.index_entry(i)?.offset as usize;
         // `block` passed `check_block`: its offsets and entries are consistent.
-        let entries_end = format::entries_end(block).unwrap_or(0);
-        let entries = &block[..entries_end];
-        let count = (block.len() - entries_end) / 4;
+        let count = format::read_u32(block, 0) as usize;
         let (mut lo, mut hi) = (0, count);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            let Some(e) = format::entry_at(entries, format::entry_offset(block, entries_end, mid))
-            else {
+            let Some(e) = format::entry_at(block, format::entry_offset(block, mid)) else {
                 return Err(Error::corruption(
                     &self.path,
                     base as u64,
                     "malformed entry",
                 ));
             };
-            match entries[e.key..e.key + e.key_len].cmp(key) {
+            match block[e.key..e.key + e.key_len].cmp(key) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
                 std::cmp::Ordering::Equal => {
@@ -545,9 +542,9 @@ impl Stream {
             format::check_block(&self.buf[from..from + len], entry.entries)
                 .map_err(|reason| Error::corruption(&self.snapshot.path, start, reason))?;
             let body = &self.buf[from..from + len - BLOCK_CRC_LEN];
-            let entries_end = format::entries_end(body).unwrap_or(BLOCK_COUNT_LEN);
-            self.block = from..from + entries_end;
-            self.at = from + BLOCK_COUNT_LEN;
+            let start = format::entries_start(body).unwrap_or(body.len());
+            self.block = from..from + body.len();
+            self.at = from + start;
             self.next_block += 1;
         }
     }

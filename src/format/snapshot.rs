@@ -9,7 +9,7 @@
 //!  24  header crc      4  CRC-32 of bytes 0..24
 //!  28  reserved        4  zero
 //! data blocks, from offset 32, sorted by key, back to back
-//!   entry count u32, entries, entry offsets (u32 each, from the block's start), block crc u32
+//!   entry count u32, entry offsets (u32 each, from the block's start), entries, block crc u32
 //!   (CRC-32 of everything before it); entry: key length u32, value length u32, key, value
 //! meta region, at `meta offset`:
 //!   key prefixes: per block, the first 8 bytes of its first key, zero-padded
@@ -329,64 +329,66 @@ impl IndexEntry {
 /// Builds one data block.
 #[derive(Debug, Default)]
 pub struct BlockBuilder {
-    buf: Vec<u8>,
-    /// Where each entry starts in the block body.
+    /// The entries, back to back.
+    entries: Vec<u8>,
+    /// Where each entry starts within `entries`.
     offsets: Vec<u32>,
-    entries: u32,
+    /// The finished block.
+    out: Vec<u8>,
 }
 
 impl BlockBuilder {
     /// Adds an entry; keys must come in strictly increasing order.
     pub fn add(&mut self, key: &[u8], value: &[u8]) {
-        if self.buf.is_empty() {
-            self.buf.extend_from_slice(&[0; BLOCK_COUNT_LEN]);
-        }
-        self.offsets.push(self.buf.len() as u32);
-        self.buf
+        self.offsets.push(self.entries.len() as u32);
+        self.entries
             .extend_from_slice(&(key.len() as u32).to_le_bytes());
-        self.buf
+        self.entries
             .extend_from_slice(&(value.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(key);
-        self.buf.extend_from_slice(value);
-        self.entries += 1;
+        self.entries.extend_from_slice(key);
+        self.entries.extend_from_slice(value);
     }
 
-    /// Bytes so far.
+    /// Bytes the block will take.
     pub fn len(&self) -> usize {
-        self.buf.len() + 4 * self.offsets.len()
+        BLOCK_COUNT_LEN + 4 * self.offsets.len() + self.entries.len() + BLOCK_CRC_LEN
     }
 
     /// Whether no entry was added.
     pub fn is_empty(&self) -> bool {
-        self.entries == 0
+        self.offsets.is_empty()
     }
 
     /// Entries so far.
     pub fn entries(&self) -> u32 {
-        self.entries
+        self.offsets.len() as u32
     }
 
-    /// Finishes the block (count and CRC filled in) and returns its bytes; the builder is empty
-    /// again afterwards.
+    /// Finishes the block (count, offsets, entries, CRC) and returns its bytes; call `reset`
+    /// before adding to the next block.
     pub fn finish(&mut self) -> &[u8] {
-        self.buf[..BLOCK_COUNT_LEN].copy_from_slice(&self.entries.to_le_bytes());
+        let count = self.offsets.len();
+        let start = (BLOCK_COUNT_LEN + 4 * count) as u32;
+        self.out.clear();
+        self.out.extend_from_slice(&(count as u32).to_le_bytes());
         for offset in &self.offsets {
-            self.buf.extend_from_slice(&offset.to_le_bytes());
+            self.out.extend_from_slice(&(start + offset).to_le_bytes());
         }
-        let crc = crc32fast::hash(&self.buf);
-        self.buf.extend_from_slice(&crc.to_le_bytes());
-        &self.buf
+        self.out.extend_from_slice(&self.entries);
+        let crc = crc32fast::hash(&self.out);
+        self.out.extend_from_slice(&crc.to_le_bytes());
+        &self.out
     }
 
     /// Empties the builder after `finish`.
     pub fn reset(&mut self) {
-        self.buf.clear();
+        self.entries.clear();
         self.offsets.clear();
-        self.entries = 0;
     }
 }
 
-/// Checks a block's CRC and structure: `count` entries that fill it exactly.
+/// Checks a block's CRC and structure: `count` entries, at the offsets its offset array says,
+/// that fill it exactly.
 pub fn check_block(block: &[u8], expected_entries: u32) -> Result<(), &'static str> {
     if block.len() < BLOCK_COUNT_LEN + BLOCK_CRC_LEN {
         return Err("block too short");
@@ -399,37 +401,36 @@ pub fn check_block(block: &[u8], expected_entries: u32) -> Result<(), &'static s
     if count != expected_entries || count == 0 {
         return Err("block entry count disagrees with the index");
     }
-    let Some(entries_end) = entries_end(body) else {
+    let Some(mut at) = entries_start(body) else {
         return Err("block too short for its entry offsets");
     };
-    let entries = &body[..entries_end];
-    let mut at = BLOCK_COUNT_LEN;
     for i in 0..count as usize {
-        if entry_offset(body, entries_end, i) != at {
+        if entry_offset(body, i) != at {
             return Err("entry offset disagrees with the entries");
         }
-        match entry_at(entries, at) {
+        match entry_at(body, at) {
             Some(e) => at = e.next,
             None => return Err("malformed entry in block"),
         }
     }
-    if at != entries_end {
+    if at != body.len() {
         return Err("trailing bytes in block");
     }
     Ok(())
 }
 
-/// Where the entries of a block body end and its offset array begins.
-pub fn entries_end(body: &[u8]) -> Option<usize> {
+/// Where the entries of a block body start, after its count and offset array.
+pub fn entries_start(body: &[u8]) -> Option<usize> {
     let count = read_u32(body, 0) as usize;
-    body.len()
-        .checked_sub(count.checked_mul(4)?)
-        .filter(|&end| end >= BLOCK_COUNT_LEN)
+    count
+        .checked_mul(4)?
+        .checked_add(BLOCK_COUNT_LEN)
+        .filter(|&start| start <= body.len())
 }
 
-/// Where entry `i` starts in a block body whose entries end at `entries_end`.
-pub fn entry_offset(body: &[u8], entries_end: usize, i: usize) -> usize {
-    read_u32(body, entries_end + 4 * i) as usize
+/// Where entry `i` of a block body starts (from the offset array).
+pub fn entry_offset(body: &[u8], i: usize) -> usize {
+    read_u32(body, BLOCK_COUNT_LEN + 4 * i) as usize
 }
 
 /// Where an entry's key and value lie within a block body.
@@ -510,10 +511,12 @@ mod tests {
         let expected_hex = concat!(
             // header
             "534b56534e500d0a01000000000000000300000000000000c0d1879700000000",
-            // block: 2 entries, a=1, bc="", entry offsets 4 and 14, crc
-            "020000000100000001000000613102000000000000006263",
-            "040000000e000000",
-            "f9bda5d8",
+            // block: 2 entries, entry offsets 12 and 22, a=1, bc="", crc
+            "02000000",
+            "0c00000016000000",
+            "010000000100000061310200000000000000",
+            "6263",
+            "df9e78f3",
             // meta: key prefix "a", index entry (offset 32, key offset 0, len 36, 2 entries,
             // key len 1), then the index key "a"
             "6100000000000000",

@@ -154,7 +154,9 @@ impl Inner {
         generation: u64,
         mut progress: impl FnMut(u64),
     ) -> Result<Option<std::path::PathBuf>> {
-        let mut out = SnapshotWriter::create(self.options.vfs.as_ref(), &self.dir, generation)?;
+        let expected = base.map_or(0, |s| s.len()) + frozen.len() as u64;
+        let mut out =
+            SnapshotWriter::create(self.options.vfs.as_ref(), &self.dir, generation, expected)?;
         let result = (|| -> Result<bool> {
             let mut old = base
                 .map(|s| s.stream(self.options.vfs.as_ref()))

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::format::{
-    self, BLOCK_COUNT_LEN, BLOCK_CRC_LEN, BlockBuilder, EntryPos, FILTER_BLOCK_LEN, HeaderError,
-    INDEX_ENTRY_LEN, IndexEntry, META_PAGE_LEN, PREFIX_LEN, SNAP_FOOTER_LEN, SNAP_HEADER_LEN,
-    SnapFooter, SnapHeader, TARGET_BLOCK_LEN,
+    self, BLOCK_COUNT_LEN, BLOCK_CRC_LEN, BlockBuilder, EntryPos, FILTER_BLOCK_LEN, FilterBuilder,
+    HeaderError, INDEX_ENTRY_LEN, IndexEntry, META_PAGE_LEN, PREFIX_LEN, SNAP_FOOTER_LEN,
+    SNAP_HEADER_LEN, SnapFooter, SnapHeader, TARGET_BLOCK_LEN,
 };
 use crate::io::{Mapping, OpenMode, Vfs, VfsFile};
 use crate::layout::snapshot_name;
@@ -648,16 +648,21 @@ pub struct SnapshotWriter<'a> {
     /// Length of the current block's first key (the last one in `index_keys`).
     first_key_len: usize,
     entries: u64,
-    /// Filter hashes of every key, for the filter written at the end.
-    hashes: Vec<u64>,
+    filter: FilterBuilder,
 }
 
 /// Bytes buffered before each write to the file.
 const WRITE_BUFFER: usize = 1 << 20;
 
 impl<'a> SnapshotWriter<'a> {
-    /// Starts `dir/snap-<generation>.tmp`, replacing any leftover one.
-    pub fn create(vfs: &'a dyn Vfs, dir: &Path, generation: u64) -> Result<Self> {
+    /// Starts `dir/snap-<generation>.tmp`, replacing any leftover one, for at most
+    /// `expected_keys` entries (this sizes the filter).
+    pub fn create(
+        vfs: &'a dyn Vfs,
+        dir: &Path,
+        generation: u64,
+        expected_keys: u64,
+    ) -> Result<Self> {
         let tmp_path = dir.join(format!("{}.tmp", snapshot_name(generation)));
         let _ = vfs.remove_file(&tmp_path);
         let file = vfs
@@ -679,7 +684,7 @@ impl<'a> SnapshotWriter<'a> {
             prefixes: Vec::new(),
             first_key_len: 0,
             entries: 0,
-            hashes: Vec::new(),
+            filter: FilterBuilder::new(expected_keys),
         })
     }
 
@@ -691,7 +696,7 @@ impl<'a> SnapshotWriter<'a> {
             self.first_key_len = key.len();
         }
         self.block.add(key, value);
-        self.hashes.push(format::filter_hash(key));
+        self.filter.add(format::filter_hash(key));
         self.entries += 1;
         if self.block.len() >= TARGET_BLOCK_LEN {
             self.finish_block()?;
@@ -746,7 +751,7 @@ impl<'a> SnapshotWriter<'a> {
         self.finish_block()?;
         let meta_offset = self.bytes_written();
         let block_count = (self.index.len() / INDEX_ENTRY_LEN) as u64;
-        let filter = format::build_filter(&self.hashes);
+        let filter = std::mem::replace(&mut self.filter, FilterBuilder::new(0)).finish();
         let mut meta = std::mem::take(&mut self.prefixes);
         meta.extend_from_slice(&self.index);
         meta.extend_from_slice(&self.index_keys);
@@ -789,7 +794,7 @@ mod tests {
     use crate::io::StdVfs;
 
     fn write(dir: &Path, entries: &[(Vec<u8>, Vec<u8>)]) -> Arc<Snapshot> {
-        let mut w = SnapshotWriter::create(&StdVfs, dir, 1).expect("create");
+        let mut w = SnapshotWriter::create(&StdVfs, dir, 1, entries.len() as u64).expect("create");
         for (k, v) in entries {
             w.add(k, v).expect("add");
         }

@@ -122,37 +122,59 @@ impl View {
             .filter_map(|l| l.last().map(|(k, _)| k.clone()))
             .min_by(|a, b| order(a, b));
 
-        // Merge: repeatedly take the nearest head; the uppermost layer wins a tie.
-        let mut next = vec![0usize; layers.len()];
+        // Only keys up to the horizon are complete in every layer.
+        let beyond = |key: &Bytes| {
+            horizon
+                .as_ref()
+                .is_some_and(|h| order(key, h) == Ordering::Greater)
+        };
+        let mut layers: Vec<std::collections::VecDeque<_>> = layers
+            .into_iter()
+            .filter(|l| !l.is_empty())
+            .map(Into::into)
+            .collect();
         let mut out = Vec::new();
-        loop {
-            let mut best: Option<(usize, &Bytes)> = None;
-            for (i, layer) in layers.iter().enumerate() {
-                let Some((key, _)) = layer.get(next[i]) else {
-                    continue;
+        if layers.len() == 1 {
+            // The common case (e.g. a scan of a compacted store): nothing to merge.
+            out.extend(
+                layers[0]
+                    .drain(..)
+                    .take_while(|(k, _)| !beyond(k))
+                    .filter_map(|(k, v)| Some((k, v?))),
+            );
+        } else {
+            // Merge: repeatedly take the nearest head; the uppermost layer wins a tie, and the
+            // same key in lower layers is skipped.
+            loop {
+                let mut best: Option<usize> = None;
+                for (i, layer) in layers.iter().enumerate() {
+                    let Some((key, _)) = layer.front() else {
+                        continue;
+                    };
+                    if beyond(key) {
+                        continue;
+                    }
+                    let nearer = best.is_none_or(|b| {
+                        layers[b]
+                            .front()
+                            .is_some_and(|(bk, _)| order(key, bk) == Ordering::Less)
+                    });
+                    if nearer {
+                        best = Some(i);
+                    }
+                }
+                let Some(winner) = best else { break };
+                let Some((key, value)) = layers[winner].pop_front() else {
+                    break;
                 };
-                if horizon
-                    .as_ref()
-                    .is_some_and(|h| order(key, h) == Ordering::Greater)
-                {
-                    continue;
+                for layer in layers.iter_mut().skip(winner + 1) {
+                    if layer.front().is_some_and(|(k, _)| *k == key) {
+                        layer.pop_front();
+                    }
                 }
-                if best.is_none_or(|(_, b)| order(key, b) == Ordering::Less) {
-                    best = Some((i, key));
+                if let Some(value) = value {
+                    out.push((key, value));
                 }
-            }
-            let Some((winner, key)) = best else { break };
-            let key = key.clone();
-            for (i, layer) in layers.iter().enumerate() {
-                if layer.get(next[i]).is_some_and(|(k, _)| *k == key) {
-                    next[i] += 1;
-                }
-            }
-            if let Some(value) = &layers[winner]
-                .get(next[winner] - 1)
-                .and_then(|(_, v)| v.clone())
-            {
-                out.push((key, value.clone()));
             }
         }
         Ok(Chunk {

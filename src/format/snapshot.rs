@@ -238,21 +238,54 @@ fn filter_bits(hash: u64, blocks: usize) -> (usize, impl Iterator<Item = usize>)
     (block as usize, bits)
 }
 
-/// Builds the filter for keys with these hashes.
-pub fn build_filter(hashes: &[u64]) -> Vec<u8> {
-    if hashes.is_empty() {
-        return Vec::new();
+/// Builds a filter as keys stream by, sized up front for at most `expected` keys.
+#[derive(Debug)]
+pub struct FilterBuilder {
+    filter: Vec<u8>,
+    blocks: usize,
+    keys: u64,
+}
+
+impl FilterBuilder {
+    /// A filter for up to `expected` keys (more still work, with more false positives).
+    pub fn new(expected: u64) -> Self {
+        let bits = usize::try_from(expected)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(FILTER_BITS_PER_KEY);
+        let blocks = bits.div_ceil(FILTER_BLOCK_LEN * 8).max(1);
+        FilterBuilder {
+            filter: vec![0u8; blocks * FILTER_BLOCK_LEN],
+            blocks,
+            keys: 0,
+        }
     }
-    let blocks = (hashes.len() * FILTER_BITS_PER_KEY).div_ceil(FILTER_BLOCK_LEN * 8);
-    let mut filter = vec![0u8; blocks * FILTER_BLOCK_LEN];
-    for &hash in hashes {
-        let (block, bits) = filter_bits(hash, blocks);
-        let block = &mut filter[block * FILTER_BLOCK_LEN..(block + 1) * FILTER_BLOCK_LEN];
+
+    /// Adds a key by its hash.
+    pub fn add(&mut self, hash: u64) {
+        let (block, bits) = filter_bits(hash, self.blocks);
+        let block = &mut self.filter[block * FILTER_BLOCK_LEN..(block + 1) * FILTER_BLOCK_LEN];
         for bit in bits {
             block[bit / 8] |= 1 << (bit % 8);
         }
+        self.keys += 1;
     }
-    filter
+
+    /// The filter's bytes; empty if no key was added.
+    pub fn finish(self) -> Vec<u8> {
+        if self.keys == 0 {
+            Vec::new()
+        } else {
+            self.filter
+        }
+    }
+}
+
+/// Builds the filter for keys with these hashes.
+#[cfg(test)]
+pub fn build_filter(hashes: &[u64]) -> Vec<u8> {
+    let mut filter = FilterBuilder::new(hashes.len() as u64);
+    hashes.iter().for_each(|&h| filter.add(h));
+    filter.finish()
 }
 
 /// Which of a filter's `blocks` the key with this hash lives in.

@@ -200,6 +200,10 @@ impl VfsFile for StdFile {
         // one is unlinked, which keeps its pages alive for existing mappings). Only another
         // program tampering with the store's files could break this.
         let map = unsafe { memmap2::Mmap::map(&self.0)? };
+        // Point reads touch a page here and there: without this hint the kernel maps (and counts
+        // as resident) the 64 KiB around every touched page, which on a random workload soon
+        // means the whole file.
+        map.advise(memmap2::Advice::Random)?;
         Ok(Arc::new(StdMapping(map)))
     }
 }

@@ -35,7 +35,7 @@
 //!
 //! The filter: `h = fmix64(fnv1a64(key))`; the key's block is `(low 32 bits of h × blocks) >> 32`;
 //! with `a` = the high 32 bits of `h` and `d = rotl32(a, 15) | 1`, bits `(a + i·d) mod 512` for
-//! `i` in 0..6 are set, bit `b` being bit `b mod 8` of byte `b / 8` of the block.
+//! `i` in 0..8 are set, bit `b` being bit `b mod 8` of byte `b / 8` of the block.
 
 use super::{FORMAT_VERSION, HeaderError, read_u32, read_u64};
 
@@ -209,11 +209,11 @@ pub fn page_crcs(meta: &[u8]) -> Vec<u8> {
 }
 
 /// Bits of filter per key.
-pub const FILTER_BITS_PER_KEY: usize = 10;
+pub const FILTER_BITS_PER_KEY: usize = 14;
 /// Bytes per filter block (one cache line).
 pub const FILTER_BLOCK_LEN: usize = 64;
 /// Bits set per key.
-const FILTER_PROBES: u32 = 6;
+const FILTER_PROBES: u32 = 8;
 
 /// The filter hash of a key: FNV-1a (64-bit) finished with MurmurHash3's `fmix64`.
 pub fn filter_hash(key: &[u8]) -> u64 {
@@ -561,19 +561,19 @@ mod tests {
             "00000000",
             "61",
             // meta: the filter's one block
-            "00000000000000000000000004000000000002100002000001000000008000000000004000000000",
+            "10000000000008000000000004000000008002100002000001000000008000000000004000000040",
             "002800010000000000000000000000000000000000200004",
             // page crc of the meta region
-            "c9539931",
+            "9f042cfd",
             // footer
             "4400000000000000",
             "0100000000000000",
             "0200000000000000",
             "0100000000000000",
             "01000000",
-            "10dfa6b5",
+            "3d635339",
             "534b56454e440d0a",
-            "b9124968",
+            "6d9042cd",
             "00000000",
         );
         let hex: String = file.iter().map(|b| format!("{b:02x}")).collect();

@@ -37,14 +37,9 @@ struct Cut {
 const PROGRESS_EVERY: u64 = 4096;
 
 impl Inner {
-    /// Whether the log has outgrown the compaction trigger.
-    pub(crate) fn compaction_due(&self) -> bool {
-        let wal_bytes = lock(&self.writer).end();
-        let snapshot_bytes = self
-            .read_state()
-            .snapshot
-            .as_ref()
-            .map_or(0, |s| s.file_bytes());
+    /// Whether a log of `wal_bytes` over a snapshot of `snapshot_bytes` should be compacted:
+    /// `wal_bytes > max(min_wal_bytes, ratio × snapshot_bytes)`.
+    pub(crate) fn compaction_due(&self, wal_bytes: u64, snapshot_bytes: u64) -> bool {
         let threshold = (self.options.compaction_ratio * snapshot_bytes as f64) as u64;
         wal_bytes > self.options.compaction_min_wal_bytes.max(threshold)
     }
@@ -52,7 +47,13 @@ impl Inner {
     /// Compacts if the trigger still holds once this thread has the compaction to itself.
     pub(crate) fn compact_if_due(&self) -> Result<()> {
         let _one_at_a_time = lock(&self.compaction);
-        if self.compaction_due() {
+        let wal_bytes = lock(&self.writer).end();
+        let snapshot_bytes = self
+            .read_state()
+            .snapshot
+            .as_ref()
+            .map_or(0, |s| s.file_bytes());
+        if self.compaction_due(wal_bytes, snapshot_bytes) {
             self.compact_locked(|_, _| {})?;
         }
         Ok(())

@@ -542,10 +542,11 @@ impl Inner {
                 queue.leader_active = false;
                 self.queue_changed.notify_all();
                 drop(queue);
-                if result.is_ok() {
-                    self.wake_compactor_if_due();
-                }
-                return result;
+                return result.map(|compaction_due| {
+                    if compaction_due {
+                        self.wake_compactor();
+                    }
+                });
             }
             queue = self
                 .queue_changed
@@ -555,7 +556,8 @@ impl Inner {
     }
 
     /// Appends the group as one write (a record per batch), syncs, then publishes it to readers.
-    fn commit_group(&self, group: Vec<Batch>) -> Result<()> {
+    /// Returns whether the log has now outgrown the compaction trigger.
+    fn commit_group(&self, group: Vec<Batch>) -> Result<bool> {
         self.check_poison()?;
         let mut writer = lock(&self.writer);
         let appended = writer.append(|buf, first_seq| {
@@ -587,7 +589,8 @@ impl Inner {
                 }
             }
         }
-        Ok(())
+        let snapshot_bytes = state.snapshot.as_ref().map_or(0, |s| s.file_bytes());
+        Ok(self.compaction_due(writer.end(), snapshot_bytes))
     }
 
     /// `fdatasync`s the log; a failure poisons the handle, because after a failed `fdatasync` the
@@ -599,10 +602,8 @@ impl Inner {
         })
     }
 
-    fn wake_compactor_if_due(&self) {
-        if !self.compaction_due() {
-            return;
-        }
+    /// Wakes the background compaction thread (if it is already awake, it will look again).
+    fn wake_compactor(&self) {
         if let Some(wake) = lock(&self.wake_compactor).as_ref() {
             match wake.try_send(()) {
                 Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}

@@ -8,7 +8,8 @@
 //! - random `get` on one thread, against an in-memory `BTreeMap` of the same data;
 //! - a full ordered scan.
 //!
-//! Run: `cargo bench --bench scale` (`SCALE_KEYS=100000` for a quicker run).
+//! Run: `cargo bench --bench scale` (`SCALE_KEYS=100000` for a quicker run; `SCALE_REUSE=1` to
+//! measure the reads again on the store the previous run left).
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -97,8 +98,14 @@ fn main() {
         .unwrap_or(1_000_000);
     let raw_mb = (n as f64) * (KEY_LEN + VALUE_LEN) as f64 / 1e6;
 
-    let big = fresh("scale-big");
-    let load_time = load(&big, n);
+    // SCALE_REUSE=1 measures reads on the store a previous run left (for profiling them).
+    let reuse = std::env::var_os("SCALE_REUSE").is_some();
+    let big = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("scale-big");
+    let load_time = if reuse {
+        Duration::ZERO
+    } else {
+        load(&fresh("scale-big"), n)
+    };
     let peak = peak_rss_mb();
     let disk = dir_bytes(&big) as f64 / 1e6;
 
@@ -108,9 +115,6 @@ fn main() {
     let open_big = open_and_get(&big, 21);
 
     let db = Db::open(&big).expect("open");
-    let model: BTreeMap<Vec<u8>, Vec<u8>> = (0..n)
-        .map(|i| (key(i).to_vec(), value(i).to_vec()))
-        .collect();
     // Interleaved rounds, best of three each, so that both see the same machine.
     let lookups = 1_000_000u64;
     let (mut get_rate, mut btree_rate) = (0f64, 0f64);
@@ -121,7 +125,16 @@ fn main() {
             .wrapping_add(1442695040888963407);
         key((x >> 20) % n)
     };
-    for _ in 0..3 {
+    // SCALE_SKIP_GETS=1 leaves the scan alone in a profile.
+    let rounds = if std::env::var_os("SCALE_SKIP_GETS").is_some() {
+        0
+    } else {
+        3
+    };
+    let model: BTreeMap<Vec<u8>, Vec<u8>> = (0..n * (rounds > 0) as u64)
+        .map(|i| (key(i).to_vec(), value(i).to_vec()))
+        .collect();
+    for _ in 0..rounds {
         let start = Instant::now();
         for _ in 0..lookups {
             black_box(db.get(next()).expect("get"));

@@ -1,6 +1,6 @@
 //! The database handle: options, reads, and the commit path (group commit over the log).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::{Bound, RangeBounds};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -640,9 +640,9 @@ pub struct Iter {
     lo: Bound<Bytes>,
     hi: Bound<Bytes>,
     /// Fetched from the low end, ascending.
-    front: VecDeque<(Bytes, Bytes)>,
+    front: std::vec::IntoIter<(Bytes, Bytes)>,
     /// Fetched from the high end, descending.
-    back: VecDeque<(Bytes, Bytes)>,
+    back: std::vec::IntoIter<(Bytes, Bytes)>,
     /// Nothing is left between `lo` and `hi`.
     drained: bool,
     chunk: usize,
@@ -663,8 +663,8 @@ impl Iter {
             db,
             lo,
             hi,
-            front: VecDeque::new(),
-            back: VecDeque::new(),
+            front: Vec::new().into_iter(),
+            back: Vec::new().into_iter(),
             drained: false,
             chunk: FIRST_CHUNK,
         }
@@ -678,10 +678,11 @@ impl Iter {
             from_front,
             self.chunk,
         )?;
+        // Only called once that end's buffer is empty.
         if from_front {
-            self.front.extend(entries);
+            self.front = entries.into_iter();
         } else {
-            self.back.extend(entries);
+            self.back = entries.into_iter();
         }
         match horizon {
             None => self.drained = true,
@@ -705,31 +706,26 @@ impl Iterator for Iter {
     type Item = Result<(Bytes, Bytes)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        while self.front.is_empty() && !self.drained {
+        while self.front.len() == 0 && !self.drained {
             if let Err(e) = self.refill(true) {
                 self.drained = true;
                 return Some(Err(e));
             }
         }
-        self.front
-            .pop_front()
-            .or_else(|| self.back.pop_back())
-            .map(Ok)
+        // Once the middle is drained, what is left of the back chunk comes last.
+        self.front.next().or_else(|| self.back.next_back()).map(Ok)
     }
 }
 
 impl DoubleEndedIterator for Iter {
     fn next_back(&mut self) -> Option<Self::Item> {
-        while self.back.is_empty() && !self.drained {
+        while self.back.len() == 0 && !self.drained {
             if let Err(e) = self.refill(false) {
                 self.drained = true;
                 return Some(Err(e));
             }
         }
-        self.back
-            .pop_front()
-            .or_else(|| self.front.pop_back())
-            .map(Ok)
+        self.back.next().or_else(|| self.front.next_back()).map(Ok)
     }
 }
 

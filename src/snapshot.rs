@@ -364,6 +364,8 @@ impl Snapshot {
             snapshot: Arc::clone(self),
             forward,
             block: None,
+            at: 0,
+            end: 0,
             pending: Vec::new(),
         };
         if self.block_count == 0 {
@@ -377,16 +379,23 @@ impl Snapshot {
         };
         cursor.load(start)?;
         let near = if forward { lo } else { hi };
-        cursor.pending.retain(|e| {
-            let key = self.key_of(e);
-            match near {
-                Bound::Included(k) if forward => key >= k,
-                Bound::Excluded(k) if forward => key > k,
-                Bound::Included(k) => key <= k,
-                Bound::Excluded(k) => key < k,
-                Bound::Unbounded => true,
+        let before_start = |key: &[u8]| match near {
+            Bound::Included(k) if forward => key < k,
+            Bound::Excluded(k) if forward => key <= k,
+            Bound::Included(k) => key > k,
+            Bound::Excluded(k) => key >= k,
+            Bound::Unbounded => false,
+        };
+        while let Some(e) = cursor.current()? {
+            if !before_start(self.key_of(&e)) {
+                break;
             }
-        });
+            if forward {
+                cursor.at = e.next;
+            } else {
+                cursor.pending.pop();
+            }
+        }
         Ok(cursor)
     }
 
@@ -572,56 +581,74 @@ impl Stream {
 pub struct Cursor {
     snapshot: Arc<Snapshot>,
     forward: bool,
-    /// The block `pending` came from.
+    /// The block being walked.
     block: Option<usize>,
-    /// Entries of the current block not yet returned, the next one last.
+    /// Forward: the next entry's offset in the file, and where the block's entries end.
+    at: usize,
+    end: usize,
+    /// Backward: entries of the current block not yet returned, the next one last.
     pending: Vec<EntryPos>,
 }
 
 impl Cursor {
     fn load(&mut self, i: usize) -> Result<()> {
-        self.pending = self.snapshot.entries(i)?;
         if self.forward {
-            self.pending.reverse();
+            let body = self.snapshot.block(i)?;
+            let base = self.snapshot.index_entry(i)?.offset as usize;
+            self.at = base + format::entries_start(body).unwrap_or(body.len());
+            self.end = base + body.len();
+        } else {
+            self.pending = self.snapshot.entries(i)?;
         }
         self.block = Some(i);
         Ok(())
     }
 
-    /// The next entry's key, without moving.
-    pub fn peek_key(&mut self) -> Result<Option<&[u8]>> {
-        while self.pending.is_empty() {
+    fn exhausted_block(&self) -> bool {
+        if self.forward {
+            self.at >= self.end
+        } else {
+            self.pending.is_empty()
+        }
+    }
+
+    /// The next entry's position, moving to the next block as needed.
+    fn current(&mut self) -> Result<Option<EntryPos>> {
+        while self.exhausted_block() {
             let Some(block) = self.block else {
                 return Ok(None);
             };
             let next = if self.forward {
-                block + 1
+                Some(block + 1).filter(|&b| b < self.snapshot.block_count)
             } else {
-                match block.checked_sub(1) {
-                    Some(b) => b,
-                    None => {
-                        self.block = None;
-                        return Ok(None);
-                    }
-                }
+                block.checked_sub(1)
             };
-            if next >= self.snapshot.block_count {
-                self.block = None;
-                return Ok(None);
+            match next {
+                Some(b) => self.load(b)?,
+                None => {
+                    self.block = None;
+                    return Ok(None);
+                }
             }
-            self.load(next)?;
         }
-        Ok(self.pending.last().map(|e| self.snapshot.key_of(e)))
+        if !self.forward {
+            return Ok(self.pending.last().copied());
+        }
+        // The block passed `check_block`, so its entries parse up to `end`.
+        let bytes = &self.snapshot.map.bytes()[..self.end];
+        Ok(format::entry_at(bytes, self.at))
     }
 
     /// Takes the next entry.
     pub fn next_entry(&mut self) -> Result<Option<(Bytes, Bytes)>> {
-        if self.peek_key()?.is_none() {
-            return Ok(None);
-        }
-        let Some(e) = self.pending.pop() else {
+        let Some(e) = self.current()? else {
             return Ok(None);
         };
+        if self.forward {
+            self.at = e.next;
+        } else {
+            self.pending.pop();
+        }
         let map = &self.snapshot.map;
         Ok(Some((
             Bytes::mapped(map, e.key, e.key_len),

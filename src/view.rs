@@ -100,9 +100,24 @@ impl View {
         if let Some(frozen) = &self.frozen {
             layers.push(from_memtable(frozen));
         }
+        let far = if forward { hi } else { lo };
         if let Some(snapshot) = &self.snapshot {
-            let far = if forward { hi } else { lo };
             let mut cursor = snapshot.cursor(lo, hi, forward)?;
+            if layers.iter().all(Vec::is_empty) {
+                // Nothing in memory overlaps this stretch (e.g. a scan of a compacted store):
+                // the snapshot's entries are the answer, with nothing to merge.
+                let mut entries = Vec::with_capacity(limit);
+                while entries.len() < limit {
+                    match cursor.next_entry()? {
+                        Some((k, v)) if within(&k, far, forward) => entries.push((k, v)),
+                        _ => break,
+                    }
+                }
+                let horizon = (entries.len() >= limit)
+                    .then(|| entries.last().map(|(k, _)| k.clone()))
+                    .flatten();
+                return Ok(Chunk { entries, horizon });
+            }
             let mut entries = Vec::new();
             while entries.len() < limit {
                 match cursor.next_entry()? {

@@ -44,6 +44,18 @@ impl View {
         }
     }
 
+    /// Whether a layer below the live memtable holds `key`, without mapping snapshot data pages
+    /// (see [`Snapshot::contains`]).
+    fn base_contains(&self, key: &[u8]) -> Result<bool> {
+        if let Some(entry) = self.frozen.as_ref().and_then(|f| f.knows(key)) {
+            return Ok(entry);
+        }
+        match &self.snapshot {
+            Some(snapshot) => snapshot.contains(key),
+            None => Ok(false),
+        }
+    }
+
     /// Applies one committed (or replayed) operation, keeping the live key count. A delete
     /// leaves a tombstone only where a lower layer still holds the key.
     pub fn apply(&mut self, key: Bytes, value: Option<Bytes>) -> Result<()> {
@@ -52,7 +64,7 @@ impl View {
         // tombstone?) and for a put of a key the memtable does not know (is it new?).
         let in_base = match (in_memtable, &value) {
             (Some(_), Some(_)) => None,
-            _ => Some(self.base_get(&key)?.is_some()),
+            _ => Some(self.base_contains(&key)?),
         };
         let existed = in_memtable.or(in_base).unwrap_or(false);
         match value {

@@ -263,7 +263,14 @@ impl Snapshot {
         let prefix = format::key_prefix(key);
         // Blocks [0, below) have a smaller prefix, [below, upto) the same one.
         let below = self.partition(0, self.block_count, |i| Ok(self.prefix(i)? < prefix))?;
-        let upto = self.partition(below, self.block_count, |i| Ok(self.prefix(i)? == prefix))?;
+        // Usually no block shares the prefix: one look settles it without a second search.
+        let upto = if below == self.block_count || self.prefix(below)? != prefix {
+            below
+        } else {
+            self.partition(below + 1, self.block_count, |i| {
+                Ok(self.prefix(i)? == prefix)
+            })?
+        };
         let at_or_below = self.partition(below, upto, |i| Ok(self.first_key(i)? <= key))?;
         Ok(at_or_below.saturating_sub(1))
     }

@@ -356,11 +356,17 @@ impl Snapshot {
     /// Binary-searches a checked block body for `key`.
     fn search_block(block: &[u8], key: &[u8]) -> Option<EntryPos> {
         let count = format::read_u32(block, 0) as usize;
+        let prefix = format::key_prefix(key);
         let (mut lo, mut hi) = (0, count);
         while lo < hi {
             let mid = (lo + hi) / 2;
             let e = format::entry_at(block, format::entry_offset(block, mid))?;
-            match block[e.key..e.key + e.key_len].cmp(key) {
+            let entry_key = &block[e.key..e.key + e.key_len];
+            // Integer comparison of 8-byte prefixes first; whole keys only when they tie.
+            let order = format::key_prefix(entry_key)
+                .cmp(&prefix)
+                .then_with(|| entry_key.cmp(key));
+            match order {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
                 std::cmp::Ordering::Equal => return Some(e),

@@ -320,7 +320,6 @@ mod tests {
         }
         // Sync of the old log; the new log's tmp write, sync, rename, directory sync; the
         // snapshot's writes, sync, rename, directory sync; the removals and their directory sync.
-        eprintln!("{steps} crash points exercised");
         assert!(steps >= 12, "only {steps} crash points were exercised");
     }
 }

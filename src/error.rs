@@ -1,7 +1,9 @@
 //! The error type: each variant says what happened and what the caller can do about it.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use crate::format::{FORMAT_VERSION, HeaderError};
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -114,6 +116,25 @@ impl Error {
             file: file.into(),
             offset,
             reason: reason.into(),
+        }
+    }
+
+    /// The error for a file header or footer that failed to decode: `kind` names the file kind
+    /// ("log", "snapshot"), `base` is the offset of the decoded bytes within the file.
+    pub(crate) fn from_header(path: &Path, kind: &str, base: u64, e: HeaderError) -> Self {
+        match e {
+            HeaderError::NotOurs => Error::NotAStore {
+                path: path.to_owned(),
+                reason: format!("the file does not start with the sturdykv {kind} magic"),
+            },
+            HeaderError::FutureVersion(found) => Error::UnsupportedVersion {
+                file: path.to_owned(),
+                found,
+                supported: FORMAT_VERSION,
+            },
+            HeaderError::Corrupt { offset, reason } => {
+                Error::corruption(path, base + offset, reason)
+            }
         }
     }
 

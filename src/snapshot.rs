@@ -47,18 +47,7 @@ pub struct Snapshot {
 }
 
 fn header_error(path: &Path, e: HeaderError, base: u64) -> Error {
-    match e {
-        HeaderError::NotOurs => Error::NotAStore {
-            path: path.to_owned(),
-            reason: "the file does not start with the sturdykv snapshot magic".into(),
-        },
-        HeaderError::FutureVersion(found) => Error::UnsupportedVersion {
-            file: path.to_owned(),
-            found,
-            supported: format::FORMAT_VERSION,
-        },
-        HeaderError::Corrupt { offset, reason } => Error::corruption(path, base + offset, reason),
-    }
+    Error::from_header(path, "snapshot", base, e)
 }
 
 fn bitset(bits: usize) -> Box<[AtomicU64]> {

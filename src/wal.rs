@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    self, Frame, HeaderError, MIN_RECORD_LEN, RECORD_PREFIX_LEN, Record, WAL_HEADER_LEN, WalHeader,
+    self, Frame, MIN_RECORD_LEN, RECORD_PREFIX_LEN, Record, WAL_HEADER_LEN, WalHeader,
 };
 use crate::io::{OpenMode, Vfs, VfsFile, write_file_atomically};
 use crate::layout::{quarantine_name, wal_name};
@@ -88,18 +88,7 @@ pub fn read_header(file: &dyn VfsFile, path: &Path) -> Result<WalHeader> {
             "the log header is missing (empty or zeroed file)",
         ));
     }
-    WalHeader::decode(&bytes[..filled]).map_err(|e| match e {
-        HeaderError::NotOurs => Error::NotAStore {
-            path: path.to_owned(),
-            reason: "the file does not start with the sturdykv log magic".into(),
-        },
-        HeaderError::FutureVersion(found) => Error::UnsupportedVersion {
-            file: path.to_owned(),
-            found,
-            supported: format::FORMAT_VERSION,
-        },
-        HeaderError::Corrupt { offset, reason } => Error::corruption(path, offset, reason),
-    })
+    WalHeader::decode(&bytes[..filled]).map_err(|e| Error::from_header(path, "log", 0, e))
 }
 
 /// Creates `dir/wal-<generation>` atomically with just its header, and makes it durable.

@@ -275,6 +275,59 @@ mod tests {
         dump(&db)
     }
 
+    /// A merge that hits a full disk fails cleanly: writes and reads go on, the frozen generation
+    /// stays readable, and the next compaction finishes the job.
+    #[test]
+    fn a_compaction_that_fills_the_disk_fails_cleanly_and_is_retried() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vfs = FaultyVfs::default();
+        let faults = std::sync::Arc::clone(&vfs.faults);
+        let db = Options::new()
+            .background_compaction(false)
+            .vfs(std::sync::Arc::new(vfs))
+            .open(dir.path())
+            .expect("open");
+        let mut batch = Batch::new();
+        for i in 0..20_000u32 {
+            batch.put(
+                format!("k{i:06}"),
+                "a value long enough to fill a megabyte quickly",
+            );
+        }
+        db.write(batch).expect("write");
+        let expected = dump(&db);
+
+        // Log appends are small; the snapshot is written in 1 MiB pieces, which now fail.
+        lock(&faults).enospc_after = Some(256 << 10);
+        let err = db.compact().expect_err("the merge cannot write");
+        assert!(matches!(err, Error::StorageFull { .. }), "{err}");
+        assert!(
+            !dir.path().join("snap-0000000000000001.tmp").exists(),
+            "the partial snapshot is removed"
+        );
+        db.put("during", "the outage").expect("writes go on");
+        assert_eq!(
+            db.get("k000007").expect("get").as_deref(),
+            Some(&b"a value long enough to fill a megabyte quickly"[..])
+        );
+
+        lock(&faults).enospc_after = None;
+        db.compact().expect("the retry finishes the merge");
+        let stats = db.stats().expect("stats");
+        assert_eq!(
+            (stats.generation, stats.compactions, stats.snapshot_keys),
+            (1, 1, 20_000)
+        );
+        drop(db);
+        let db = Options::new()
+            .background_compaction(false)
+            .open(dir.path())
+            .expect("reopen");
+        let mut after = expected;
+        after.insert(b"during".to_vec(), b"the outage".to_vec());
+        assert_eq!(dump(&db), after);
+    }
+
     /// Kills the compaction (the disk freezes) after each of its file operations in turn, then
     /// reopens: every acknowledged write is there, whatever step the crash interrupted.
     #[test]

@@ -296,3 +296,230 @@ fn check_names_the_file_and_offset_of_damage() {
         "{err}"
     );
 }
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn filled_store(dir: &Path) -> std::path::PathBuf {
+    let db = dir.join("store");
+    for (k, v) in [
+        ("a", "1"),
+        ("b", "2"),
+        ("c", "3"),
+        ("d", "4"),
+        ("user/1", "ada"),
+        ("user/2", "bob"),
+    ] {
+        assert_eq!(status(&kvctl(&db, &["put", k, v])), 0);
+    }
+    db
+}
+
+#[test]
+fn scan_bounds_order_and_shapes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = filled_store(dir.path());
+    assert_eq!(
+        stdout(&kvctl(&db, &["scan", "--from", "b", "--to", "d"])),
+        "b\t2\nc\t3\n"
+    );
+    assert_eq!(
+        stdout(&kvctl(
+            &db,
+            &["scan", "--from", "b", "--to", "d", "--reverse"]
+        )),
+        "c\t3\nb\t2\n"
+    );
+    assert_eq!(
+        stdout(&kvctl(&db, &["scan", "--prefix", "user/", "--keys-only"])),
+        "user/1\nuser/2\n"
+    );
+    assert_eq!(
+        stdout(&kvctl(
+            &db,
+            &["scan", "--prefix", "user/", "--reverse", "--limit", "1"]
+        )),
+        "user/2\tbob\n"
+    );
+    assert_eq!(stdout(&kvctl(&db, &["scan", "--count"])), "6\n");
+    assert_eq!(
+        stdout(&kvctl(
+            &db,
+            &["scan", "--prefix", "user/", "--from", "user/2", "--count"]
+        )),
+        "1\n"
+    );
+    assert_eq!(
+        stdout(&kvctl(&db, &["scan", "--count", "--json"])),
+        "{\"count\":6}\n"
+    );
+    assert_eq!(
+        stdout(&kvctl(&db, &["scan", "--prefix", "user/", "--json"])),
+        "{\"key\":\"user/1\",\"value\":\"ada\"}\n{\"key\":\"user/2\",\"value\":\"bob\"}\n"
+    );
+}
+
+#[test]
+fn json_output_is_lossless_for_binary_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    assert_eq!(status(&kvctl(&db, &["--hex", "put", "00ff", "c328"])), 0);
+    let out = kvctl(&db, &["--hex", "--json", "get", "00ff"]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    let parsed: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+    assert_eq!(parsed["key_base64"], "AP8=");
+    assert_eq!(parsed["value_base64"], "wyg=");
+    let out = kvctl(&db, &["--json", "stat"]);
+    let stat: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+    assert_eq!(stat["keys"], 1);
+}
+
+#[test]
+fn hex_and_base64_input_and_their_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    assert_eq!(status(&kvctl(&db, &["--hex", "put", "6869", "00"])), 0);
+    assert_eq!(kvctl(&db, &["get", "hi"]).stdout, b"\x00");
+    assert_eq!(status(&kvctl(&db, &["--base64", "put", "aGk=", "AQI="])), 0);
+    assert_eq!(kvctl(&db, &["get", "hi"]).stdout, b"\x01\x02");
+    assert_eq!(kvctl(&db, &["--base64", "get", "aGk="]).stdout, b"\x01\x02");
+
+    let out = kvctl(&db, &["--hex", "put", "zz", "00"]);
+    assert_eq!(status(&out), 2, "bad hex is a usage error");
+    assert!(stderr(&out).contains("not valid hex"), "{}", stderr(&out));
+    let out = kvctl(&db, &["--base64", "put", "aGk=", "!!"]);
+    assert_eq!(status(&out), 2);
+    assert!(
+        stderr(&out).contains("value is not valid base64"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        kvctl(&db, &["get", "hi"]).stdout,
+        b"\x01\x02",
+        "the store is unchanged"
+    );
+    assert_eq!(
+        status(&kvctl(&db, &["--hex", "--base64", "get", "00"])),
+        2,
+        "the two conflict"
+    );
+}
+
+#[test]
+fn a_truncated_or_foreign_load_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = filled_store(dir.path());
+    let dump = kvctl(&source, &["dump"]);
+    assert_eq!(status(&dump), 0);
+    let text = stdout(&dump);
+    assert!(
+        text.starts_with("sturdykv-dump 1\n") && text.ends_with("end 6\n"),
+        "{text}"
+    );
+
+    let target = dir.path().join("target");
+    let truncated = &text.as_bytes()[..text.len() - "end 6\n".len()];
+    for input in [
+        truncated,
+        b"#!/bin/sh\necho hi\n".as_slice(),
+        b"".as_slice(),
+    ] {
+        let out = kvctl_with_stdin(&target, &["load"], Some(input));
+        assert_eq!(status(&out), 7, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("nothing was written"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(stdout(&kvctl(&target, &["scan", "--count"])), "0\n");
+    }
+    let out = kvctl_with_stdin(&target, &["load"], Some(text.as_bytes()));
+    assert_eq!(
+        (status(&out), stdout(&out)),
+        (0, "loaded 6 entries\n".to_string())
+    );
+    assert_eq!(
+        stdout(&kvctl(&target, &["scan"])),
+        stdout(&kvctl(&source, &["scan"]))
+    );
+}
+
+#[test]
+fn completions_are_generated() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["completions", "bash"])
+        .env_remove("KVCTL_DB")
+        .output()
+        .expect("run");
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("_kvctl()"),
+        "no --db needed for completions"
+    );
+}
+
+#[test]
+fn the_shell_runs_a_script_from_stdin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    let script =
+        b"# a comment\nput greeting \"hello world\"\nget greeting\nput a 1\nscan --keys-only\n\
+                   get missing\nfrobnicate\nput novalue\nhelp\nexit\nput after exit\n";
+    let out = kvctl_with_stdin(&db, &[], Some(script));
+    let text = stdout(&out);
+    assert!(text.starts_with("hello world\na\ngreeting\n"), "{text}");
+    assert!(text.contains("Commands"), "help is printed: {text}");
+    let err = stderr(&out);
+    assert!(err.contains("key missing not found"), "{err}");
+    assert!(err.contains("frobnicate"), "{err}");
+    assert!(err.contains("needs a VALUE"), "{err}");
+    assert_eq!(status(&out), 2, "a script's status is its last failure");
+    assert_eq!(
+        status(&kvctl(&db, &["get", "after"])),
+        1,
+        "nothing runs after exit"
+    );
+}
+
+mod dump_load_round_trip {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+        /// `dump | load` into an empty store reproduces any binary content exactly.
+        #[test]
+        fn reproduces_binary_stores(entries in proptest::collection::btree_map(
+            proptest::collection::vec(any::<u8>(), 0..24),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            0..40,
+        )) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let source = dir.path().join("source");
+            let db = sturdykv::Db::open(&source).expect("open");
+            let mut batch = sturdykv::Batch::new();
+            for (k, v) in &entries {
+                batch.put(k, v);
+            }
+            db.write(batch).expect("write");
+            drop(db);
+
+            let dump = kvctl(&source, &["dump"]);
+            prop_assert_eq!(status(&dump), 0);
+            let target = dir.path().join("target");
+            let load = kvctl_with_stdin(&target, &["load"], Some(&dump.stdout));
+            prop_assert_eq!(status(&load), 0, "{}", stderr(&load));
+
+            let db = sturdykv::Db::open(&target).expect("open");
+            let loaded: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = db
+                .range::<&[u8], _>(..)
+                .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect::<Result<_, _>>()
+                .expect("scan");
+            prop_assert_eq!(loaded, entries);
+        }
+    }
+}

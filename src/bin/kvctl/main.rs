@@ -1,0 +1,582 @@
+//! `kvctl`: inspect, script and repair a sturdykv store from the shell. A thin client of the
+//! public API: one function per subcommand, no engine logic here.
+
+mod codec;
+mod dump;
+mod shell;
+
+use std::ffi::OsString;
+use std::io::{self, IsTerminal, Read, Write};
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Map, Value, json};
+use sturdykv::{Bytes, Db, Error, Options};
+
+use codec::{Input, escape, json_bytes};
+
+/// Exit statuses, documented in `--help`.
+const EXIT_NOT_FOUND: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_FAILURE: u8 = 3;
+const EXIT_CORRUPT: u8 = 4;
+const EXIT_NOT_A_STORE: u8 = 5;
+const EXIT_LOCKED: u8 = 6;
+const EXIT_BAD_INPUT: u8 = 7;
+
+const AFTER_HELP: &str = "\
+With no command on a terminal, kvctl starts an interactive shell (with no command and stdin not
+a terminal, it runs the commands read from stdin, one per line).
+
+Exit status: 0 success, 1 key not found, 2 usage error (also a KEY that is not valid hex or
+base64), 3 I/O or other failure, 4 corruption detected, 5 not a sturdykv store (or a newer
+format), 6 store locked by another process, 7 invalid input data (`load`).
+
+Examples:
+  kvctl --db demo.db put greeting hello
+  kvctl --db demo.db get greeting
+  head -c 1000 /dev/urandom | kvctl --db demo.db put blob
+  KVCTL_DB=demo.db kvctl scan --prefix user/ --limit 10 --json
+  kvctl --db demo.db dump > backup.txt && kvctl --db copy.db load < backup.txt";
+
+/// Inspect, script and repair a sturdykv store.
+#[derive(Parser, Debug)]
+#[command(name = "kvctl", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    /// The store directory (or set KVCTL_DB).
+    #[arg(long, env = "KVCTL_DB", value_name = "DIR", global = true)]
+    db: Option<PathBuf>,
+    /// Print data as JSON, one object per line. Keys and values that are not UTF-8 appear as
+    /// `key_base64` / `value_base64`.
+    #[arg(long, global = true)]
+    json: bool,
+    /// KEY, VALUE, --prefix, --from and --to arguments are hexadecimal.
+    #[arg(long, global = true, conflicts_with = "base64")]
+    hex: bool,
+    /// KEY, VALUE, --prefix, --from and --to arguments are base64.
+    #[arg(long, global = true)]
+    base64: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Set KEY to VALUE (read VALUE from stdin, byte for byte, if it is absent or `-`; not in the
+    /// shell).
+    #[command(
+        after_help = "Examples:\n  kvctl --db demo.db put greeting hello\n  kvctl --db demo.db put photo < photo.jpg\n  kvctl --db demo.db --hex put 00ff 0a0b"
+    )]
+    Put {
+        /// The key.
+        key: OsString,
+        /// The value; absent or `-` reads stdin.
+        value: Option<OsString>,
+    },
+    /// Print the value of KEY: its exact bytes when stdout is not a terminal, escaped otherwise.
+    #[command(
+        after_help = "Exit status 1 if the key is absent.\n\nExamples:\n  kvctl --db demo.db get greeting\n  kvctl --db demo.db get photo > photo.jpg\n  kvctl --db demo.db --json get greeting"
+    )]
+    Get {
+        /// The key.
+        key: OsString,
+    },
+    /// Remove KEY.
+    #[command(
+        after_help = "Exit status 1 if the key was absent.\n\nExample:\n  kvctl --db demo.db delete greeting"
+    )]
+    Delete {
+        /// The key.
+        key: OsString,
+    },
+    /// List entries in key order, one `KEY<TAB>VALUE` line each, with non-printable bytes, tab,
+    /// newline and backslash escaped (`\t`, `\n`, `\\`, `\xNN`).
+    #[command(
+        after_help = "Examples:\n  kvctl --db demo.db scan --prefix user/ --limit 10\n  kvctl --db demo.db scan --from a --to m --reverse --keys-only\n  kvctl --db demo.db scan --prefix user/ --count"
+    )]
+    Scan {
+        /// Only keys starting with this prefix.
+        #[arg(long)]
+        prefix: Option<OsString>,
+        /// Only keys at or after this one.
+        #[arg(long)]
+        from: Option<OsString>,
+        /// Only keys before this one.
+        #[arg(long)]
+        to: Option<OsString>,
+        /// At most this many entries.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Descending key order.
+        #[arg(long)]
+        reverse: bool,
+        /// Print keys only.
+        #[arg(long)]
+        keys_only: bool,
+        /// Print only how many entries match.
+        #[arg(long)]
+        count: bool,
+    },
+    /// Print figures about the store.
+    #[command(after_help = "Example:\n  kvctl --db demo.db stat --json")]
+    Stat,
+    /// Fold the log into a new snapshot now (a progress bar on a terminal).
+    #[command(after_help = "Example:\n  kvctl --db demo.db compact")]
+    Compact,
+    /// Read back and verify every byte of the snapshot and the log. Exit status 4 on corruption,
+    /// naming the file and the byte offset.
+    #[command(after_help = "Example:\n  kvctl --db demo.db check")]
+    Check,
+    /// Write every entry to stdout in the dump format: a `sturdykv-dump 1` line, one
+    /// `<base64 key><TAB><base64 value>` line per entry in key order, and `end <count>`.
+    #[command(after_help = "Example:\n  kvctl --db demo.db dump > backup.txt")]
+    Dump,
+    /// Read a dump from stdin and put every entry. The whole input is checked first: a dump that
+    /// is truncated or malformed writes nothing (exit status 7). If writing fails part way (e.g.
+    /// a full disk), running the same load again completes it.
+    #[command(after_help = "Example:\n  kvctl --db copy.db load < backup.txt")]
+    Load,
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  kvctl completions bash > /etc/bash_completion.d/kvctl")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Start the interactive shell (the default on a terminal).
+    Shell,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    ExitCode::from(report(run(cli)))
+}
+
+/// Prints a failure on one line and turns the outcome into an exit status.
+fn report(outcome: Result<u8, Failure>) -> u8 {
+    match outcome {
+        Ok(code) => code,
+        Err(Failure::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => 0,
+        Err(failure) => {
+            eprintln!("kvctl: {failure}");
+            failure.exit_code()
+        }
+    }
+}
+
+/// What can stop a command.
+pub enum Failure {
+    /// The store said no.
+    Store(Error),
+    /// Our own stdin or stdout failed.
+    Io(io::Error),
+    /// An argument could not be used (bad hex, no store given, ...).
+    Usage(String),
+    /// Input data (a dump) is invalid.
+    Input(String),
+}
+
+impl Failure {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Store(Error::Corruption { .. }) => EXIT_CORRUPT,
+            Failure::Store(Error::NotAStore { .. } | Error::UnsupportedVersion { .. }) => {
+                EXIT_NOT_A_STORE
+            }
+            Failure::Store(Error::Locked { .. }) => EXIT_LOCKED,
+            Failure::Usage(_) => EXIT_USAGE,
+            Failure::Input(_) => EXIT_BAD_INPUT,
+            Failure::Store(_) | Failure::Io(_) => EXIT_FAILURE,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Store(e) => write!(f, "{e}"),
+            Failure::Io(e) => write!(f, "{e}"),
+            Failure::Usage(why) | Failure::Input(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Store(e)
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Failure::Io(e)
+    }
+}
+
+/// What every command needs.
+pub struct Ctx {
+    db: Db,
+    json: bool,
+    input: Input,
+    /// Inside the shell: values are always printed escaped, one per line.
+    shell: bool,
+}
+
+impl Ctx {
+    fn arg(&self, what: &str, arg: &OsString) -> Result<Vec<u8>, Failure> {
+        self.input.decode(what, arg).map_err(Failure::Usage)
+    }
+}
+
+fn run(cli: Cli) -> Result<u8, Failure> {
+    if let Some(Command::Completions { shell }) = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "kvctl", &mut io::stdout());
+        return Ok(0);
+    }
+    let Some(path) = cli.db else {
+        return Err(Failure::Usage(
+            "no store given: pass --db DIR or set KVCTL_DB".into(),
+        ));
+    };
+    // Only writes may create a store: reading a mistyped path must not leave a directory behind.
+    let creates = matches!(
+        cli.command,
+        None | Some(Command::Put { .. } | Command::Load | Command::Shell)
+    );
+    let db = Options::new().create_if_missing(creates).open(&path)?;
+    let input = match (cli.hex, cli.base64) {
+        (true, _) => Input::Hex,
+        (_, true) => Input::Base64,
+        _ => Input::Raw,
+    };
+    let ctx = Ctx {
+        db,
+        json: cli.json,
+        input,
+        shell: false,
+    };
+    match cli.command {
+        None | Some(Command::Shell) => shell::run(&ctx),
+        Some(command) => execute(&ctx, command, &mut io::stdout().lock()),
+    }
+}
+
+/// Runs one command, printing to `out` (stdout, or the shell's).
+fn execute(ctx: &Ctx, command: Command, out: &mut dyn Write) -> Result<u8, Failure> {
+    match command {
+        Command::Put { key, value } => put(ctx, &key, value),
+        Command::Get { key } => get(ctx, &key, out),
+        Command::Delete { key } => delete(ctx, &key),
+        Command::Scan {
+            prefix,
+            from,
+            to,
+            limit,
+            reverse,
+            keys_only,
+            count,
+        } => {
+            let filter = ScanFilter {
+                prefix: prefix.map(|p| ctx.arg("prefix", &p)).transpose()?,
+                from: from.map(|k| ctx.arg("--from key", &k)).transpose()?,
+                to: to.map(|k| ctx.arg("--to key", &k)).transpose()?,
+            };
+            scan(ctx, &filter, limit, reverse, keys_only, count, out)
+        }
+        Command::Stat => stat(ctx, out),
+        Command::Compact => compact(ctx, out),
+        Command::Check => check(ctx, out),
+        Command::Dump => dump::dump(&ctx.db, out).map(|_| 0),
+        Command::Load => load(ctx, out),
+        Command::Completions { .. } | Command::Shell => {
+            Err(Failure::Usage("not available inside the shell".into()))
+        }
+    }
+}
+
+fn put(ctx: &Ctx, key: &OsString, value: Option<OsString>) -> Result<u8, Failure> {
+    let key = ctx.arg("key", key)?;
+    let value = match value {
+        Some(v) if v != "-" => ctx.arg("value", &v)?,
+        _ if ctx.shell => {
+            return Err(Failure::Usage(
+                "in the shell, put needs a VALUE argument".into(),
+            ));
+        }
+        _ => {
+            let mut buf = Vec::new();
+            io::stdin().lock().read_to_end(&mut buf)?;
+            buf
+        }
+    };
+    ctx.db.put(key, value)?;
+    Ok(0)
+}
+
+fn get(ctx: &Ctx, key: &OsString, out: &mut dyn Write) -> Result<u8, Failure> {
+    let key = ctx.arg("key", key)?;
+    let Some(value) = ctx.db.get(&key)? else {
+        eprintln!("kvctl: key {} not found", escape(&key));
+        return Ok(EXIT_NOT_FOUND);
+    };
+    if ctx.json {
+        print_json(out, entry_json(&key, Some(&value)))?;
+    } else if ctx.shell || io::stdout().is_terminal() {
+        writeln!(out, "{}", escape(&value))?;
+    } else {
+        out.write_all(&value)?;
+    }
+    out.flush()?;
+    Ok(0)
+}
+
+fn delete(ctx: &Ctx, key: &OsString) -> Result<u8, Failure> {
+    let key = ctx.arg("key", key)?;
+    if !ctx.db.contains_key(&key)? {
+        eprintln!("kvctl: key {} not found", escape(&key));
+        return Ok(EXIT_NOT_FOUND);
+    }
+    ctx.db.delete(&key)?;
+    Ok(0)
+}
+
+/// Which keys a scan covers.
+struct ScanFilter {
+    prefix: Option<Vec<u8>>,
+    from: Option<Vec<u8>>,
+    to: Option<Vec<u8>>,
+}
+
+impl ScanFilter {
+    fn admits(&self, key: &[u8]) -> bool {
+        self.from.as_deref().is_none_or(|from| key >= from)
+            && self.to.as_deref().is_none_or(|to| key < to)
+    }
+}
+
+fn scan(
+    ctx: &Ctx,
+    filter: &ScanFilter,
+    limit: Option<usize>,
+    reverse: bool,
+    keys_only: bool,
+    count_only: bool,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
+    let bound = |k: &Option<Vec<u8>>, make: fn(Vec<u8>) -> Bound<Vec<u8>>| {
+        k.clone().map_or(Bound::Unbounded, make)
+    };
+    let entries = match &filter.prefix {
+        Some(p) => ctx.db.prefix(p),
+        None => ctx.db.range::<Vec<u8>, _>((
+            bound(&filter.from, Bound::Included),
+            bound(&filter.to, Bound::Excluded),
+        )),
+    };
+    let entries: Box<dyn Iterator<Item = sturdykv::Result<(Bytes, Bytes)>>> = if reverse {
+        Box::new(entries.rev())
+    } else {
+        Box::new(entries)
+    };
+    let mut out = io::BufWriter::new(out);
+    let mut count = 0u64;
+    for entry in entries {
+        let (key, value) = entry?;
+        if !filter.admits(&key) {
+            continue;
+        }
+        if limit.is_some_and(|l| count as usize >= l) {
+            break;
+        }
+        count += 1;
+        if count_only {
+            continue;
+        }
+        match (ctx.json, keys_only) {
+            (true, _) => print_json(&mut out, entry_json(&key, (!keys_only).then_some(&value)))?,
+            (false, true) => writeln!(out, "{}", escape(&key))?,
+            (false, false) => writeln!(out, "{}\t{}", escape(&key), escape(&value))?,
+        }
+    }
+    if count_only {
+        if ctx.json {
+            print_json(&mut out, json!({ "count": count }))?;
+        } else {
+            writeln!(out, "{count}")?;
+        }
+    }
+    out.flush()?;
+    Ok(0)
+}
+
+fn entry_json(key: &[u8], value: Option<&[u8]>) -> Value {
+    let mut object = Map::new();
+    json_bytes(&mut object, "key", key);
+    if let Some(value) = value {
+        json_bytes(&mut object, "value", value);
+    }
+    Value::Object(object)
+}
+
+fn print_json(out: &mut dyn Write, value: Value) -> io::Result<()> {
+    writeln!(out, "{value}")
+}
+
+fn stat(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
+    let s = ctx.db.stats()?;
+    let quarantine: Vec<String> = s
+        .recovery
+        .quarantine_files
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    if ctx.json {
+        print_json(
+            out,
+            json!({
+                "path": ctx.db.path().display().to_string(),
+                "generation": s.generation,
+                "keys": s.keys,
+                "snapshot_bytes": s.snapshot_bytes,
+                "snapshot_keys": s.snapshot_keys,
+                "wal_bytes": s.wal_bytes,
+                "memtable_bytes": s.memtable_bytes,
+                "next_sequence": s.next_sequence,
+                "compactions": s.compactions,
+                "replayed_records": s.recovery.replayed_records,
+                "truncated_bytes": s.recovery.truncated_bytes,
+                "quarantine_files": quarantine,
+            }),
+        )?;
+        return Ok(0);
+    }
+    writeln!(out, "path              {}", ctx.db.path().display())?;
+    writeln!(out, "generation        {}", s.generation)?;
+    writeln!(out, "keys              {}", s.keys)?;
+    writeln!(out, "snapshot bytes    {}", s.snapshot_bytes)?;
+    writeln!(out, "snapshot keys     {}", s.snapshot_keys)?;
+    writeln!(out, "wal bytes         {}", s.wal_bytes)?;
+    writeln!(out, "memtable bytes    {}", s.memtable_bytes)?;
+    writeln!(out, "next sequence     {}", s.next_sequence)?;
+    writeln!(out, "compactions       {}", s.compactions)?;
+    writeln!(out, "replayed records  {}", s.recovery.replayed_records)?;
+    writeln!(out, "truncated bytes   {}", s.recovery.truncated_bytes)?;
+    writeln!(out, "quarantine files  {}", quarantine.len())?;
+    for file in quarantine {
+        writeln!(out, "  {file}")?;
+    }
+    Ok(0)
+}
+
+/// A progress bar on stderr when it is a terminal, nothing otherwise.
+fn progress_bar(what: &str) -> ProgressBar {
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    let style = ProgressStyle::with_template("{msg} [{bar:40}] {percent}% ({eta} left)")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn compact(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
+    let bar = progress_bar("compacting");
+    ctx.db.compact_with_progress(|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    let s = ctx.db.stats()?;
+    if ctx.json {
+        print_json(
+            out,
+            json!({ "generation": s.generation, "keys": s.keys, "snapshot_bytes": s.snapshot_bytes }),
+        )?;
+    } else {
+        writeln!(
+            out,
+            "compacted into generation {}: {} keys, snapshot {} bytes",
+            s.generation, s.keys, s.snapshot_bytes
+        )?;
+    }
+    Ok(0)
+}
+
+fn check(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
+    let bar = progress_bar("checking");
+    let report = ctx.db.verify(|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    let quarantine: Vec<String> = report
+        .quarantine_files
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    if ctx.json {
+        print_json(
+            out,
+            json!({
+                "ok": true,
+                "snapshot": report.snapshot.as_ref().map(|p| p.display().to_string()),
+                "snapshot_entries": report.snapshot_entries,
+                "snapshot_bytes": report.snapshot_bytes,
+                "wal": report.wal.display().to_string(),
+                "wal_records": report.wal_records,
+                "wal_bytes": report.wal_bytes,
+                "quarantine_files": quarantine,
+            }),
+        )?;
+        return Ok(0);
+    }
+    if let Some(snapshot) = &report.snapshot {
+        writeln!(
+            out,
+            "ok  {}: {} entries, {} bytes",
+            snapshot.display(),
+            report.snapshot_entries,
+            report.snapshot_bytes
+        )?;
+    }
+    writeln!(
+        out,
+        "ok  {}: {} records, {} bytes",
+        report.wal.display(),
+        report.wal_records,
+        report.wal_bytes
+    )?;
+    for file in quarantine {
+        writeln!(
+            out,
+            "note {file}: log bytes set aside by an earlier recovery; inspect, then delete it"
+        )?;
+    }
+    Ok(0)
+}
+
+fn load(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
+    let bar = progress_bar("loading");
+    let count = dump::load(&ctx.db, io::stdin().lock(), |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    if ctx.json {
+        print_json(out, json!({ "loaded": count }))?;
+    } else {
+        writeln!(out, "loaded {count} entries")?;
+    }
+    Ok(0)
+}

@@ -15,6 +15,8 @@ use std::sync::Arc;
 /// How to open a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpenMode {
+    /// Read only; the file must exist.
+    Read,
     /// Read and write; the file must exist.
     ReadWrite,
     /// Read and write, creating the file if it is missing.
@@ -111,6 +113,7 @@ impl Vfs for StdVfs {
         let mut options = OpenOptions::new();
         options.read(true);
         match mode {
+            OpenMode::Read => {}
             OpenMode::ReadWrite => {
                 options.write(true);
             }

@@ -69,7 +69,7 @@ impl Snapshot {
     /// page checksums. Nothing else is read until it is needed.
     pub fn open(vfs: &dyn Vfs, path: &Path) -> Result<Snapshot> {
         let file = vfs
-            .open(path, OpenMode::ReadWrite)
+            .open(path, OpenMode::Read)
             .map_err(|e| Error::io("open", path, e))?;
         let size = file
             .size()
@@ -498,7 +498,7 @@ impl Snapshot {
     /// resident in this process.
     pub fn stream(self: &Arc<Self>, vfs: &dyn Vfs) -> Result<Stream> {
         let file = vfs
-            .open(&self.path, OpenMode::ReadWrite)
+            .open(&self.path, OpenMode::Read)
             .map_err(|e| Error::io("open", &self.path, e))?;
         Ok(Stream {
             snapshot: Arc::clone(self),

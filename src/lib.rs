@@ -29,6 +29,8 @@
 mod batch;
 mod bytes;
 mod compaction;
+#[cfg(test)]
+mod crash_tests;
 mod db;
 mod error;
 mod format;
@@ -37,6 +39,8 @@ mod layout;
 mod limits;
 mod memtable;
 mod recovery;
+#[cfg(test)]
+mod sim;
 mod snapshot;
 mod view;
 mod wal;

@@ -1,0 +1,486 @@
+//! A simulated disk for crash testing: it keeps what the "page cache" holds apart from what the
+//! "disk" holds, so that a test can cut the power at any moment and see only what was synced,
+//! plus any subset, prefix or torn part of what was not.
+//!
+//! Per file: the live bytes, the durable bytes, and the writes and size changes since the last
+//! `sync_data`. Per directory: the live entries, the durable entries, and the creates, renames
+//! and removals since the last `sync_dir`. [`SimVfs::crash`] builds the post-power-loss image
+//! from one seed. [`SimVfs::freeze_after`] makes every mutating operation from the N-th on fail
+//! (the moment the power goes), so the engine is interrupted exactly there.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::io::{EntryKind, Mapping, OpenMode, Vfs, VfsFile};
+
+/// How unsynced operations survive a power cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashModel {
+    /// The first k pending operations of each file (and of the directory) persist.
+    Prefix,
+    /// Any subset of them persists.
+    Subset,
+    /// A prefix persists, and the next write is torn at a 512-byte boundary, the rest of it
+    /// reading as zeros or garbage.
+    Torn,
+}
+
+#[derive(Clone, Debug)]
+enum FileOp {
+    Write { offset: u64, data: Vec<u8> },
+    SetLen(u64),
+}
+
+#[derive(Clone, Debug, Default)]
+struct Inode {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    pending: Vec<FileOp>,
+    locked: bool,
+}
+
+#[derive(Clone, Debug)]
+enum DirOp {
+    Link { path: PathBuf, ino: u64 },
+    Unlink { path: PathBuf },
+}
+
+#[derive(Clone, Debug, Default)]
+struct State {
+    inodes: HashMap<u64, Inode>,
+    live: BTreeMap<PathBuf, u64>,
+    durable: BTreeMap<PathBuf, u64>,
+    pending: Vec<DirOp>,
+    dirs: BTreeSet<PathBuf>,
+    next_ino: u64,
+    /// Mutating operations so far, and the count at which the power goes.
+    ops: u64,
+    freeze_at: Option<u64>,
+    /// Test switches: syncs that report success but persist nothing.
+    fsync_lies: bool,
+    dir_sync_lies: bool,
+}
+
+impl State {
+    /// Counts a mutating operation; fails it once the power is gone.
+    fn mutate(&mut self) -> io::Result<()> {
+        if self.freeze_at.is_some_and(|at| self.ops >= at) {
+            return Err(io::Error::other("simulated power loss"));
+        }
+        self.ops += 1;
+        Ok(())
+    }
+}
+
+/// The simulated file system. Clones share the same disk.
+#[derive(Clone, Debug, Default)]
+pub struct SimVfs {
+    state: Arc<Mutex<State>>,
+}
+
+fn apply(bytes: &mut Vec<u8>, op: &FileOp) {
+    match op {
+        FileOp::Write { offset, data } => {
+            let end = *offset as usize + data.len();
+            if bytes.len() < end {
+                bytes.resize(end, 0);
+            }
+            bytes[*offset as usize..end].copy_from_slice(data);
+        }
+        FileOp::SetLen(len) => bytes.resize(*len as usize, 0),
+    }
+}
+
+/// A small deterministic generator (SplitMix64), so that one `u64` seed fixes a crash image.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+impl SimVfs {
+    /// An empty disk.
+    pub fn new() -> Self {
+        SimVfs::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Mutating operations performed so far.
+    pub fn ops(&self) -> u64 {
+        self.lock().ops
+    }
+
+    /// From the `n`-th mutating operation on (counting from 0 at the disk's creation), every
+    /// write, sync, truncate, create, rename and removal fails: the power is gone.
+    pub fn freeze_after(&self, n: u64) {
+        self.lock().freeze_at = Some(n);
+    }
+
+    /// From now on `sync_data` reports success but persists nothing (a lying disk).
+    pub fn lie_about_fsync(&self) {
+        self.lock().fsync_lies = true;
+    }
+
+    /// From now on `sync_dir` reports success but persists nothing.
+    pub fn lie_about_dir_sync(&self) {
+        self.lock().dir_sync_lies = true;
+    }
+
+    /// The disk as it would be found after a power cut now: what was synced, plus what
+    /// `model` lets survive of the rest, chosen by `seed`. Locks and open files are gone.
+    pub fn crash(&self, seed: u64, model: CrashModel) -> SimVfs {
+        let state = self.lock();
+        let mut rng = Rng::new(seed);
+        let keep = |n: usize, rng: &mut Rng| -> Vec<bool> {
+            match model {
+                CrashModel::Subset => (0..n).map(|_| rng.below(2) == 0).collect(),
+                CrashModel::Prefix | CrashModel::Torn => {
+                    let k = rng.below(n as u64 + 1) as usize;
+                    (0..n).map(|i| i < k).collect()
+                }
+            }
+        };
+        let mut inodes = HashMap::new();
+        for (&ino, inode) in &state.inodes {
+            let mut bytes = inode.durable.clone();
+            let kept = keep(inode.pending.len(), &mut rng);
+            let mut torn_next = model == CrashModel::Torn;
+            for (op, kept) in inode.pending.iter().zip(kept) {
+                if kept {
+                    apply(&mut bytes, op);
+                } else if torn_next {
+                    torn_next = false;
+                    if let FileOp::Write { offset, data } = op {
+                        // The first lost write is torn: some 512-byte sectors made it, the
+                        // rest reads as zeros or garbage.
+                        let sectors = data.len().div_ceil(512).max(1) as u64;
+                        let cut = (rng.below(sectors) * 512) as usize;
+                        let mut torn = data[..cut.min(data.len())].to_vec();
+                        let garbage = rng.below(2) == 0;
+                        torn.extend(
+                            (cut..data.len())
+                                .map(|_| if garbage { rng.next_u64() as u8 } else { 0 }),
+                        );
+                        apply(
+                            &mut bytes,
+                            &FileOp::Write {
+                                offset: *offset,
+                                data: torn,
+                            },
+                        );
+                    }
+                }
+            }
+            inodes.insert(
+                ino,
+                Inode {
+                    live: bytes.clone(),
+                    durable: bytes,
+                    pending: Vec::new(),
+                    locked: false,
+                },
+            );
+        }
+        let mut names = state.durable.clone();
+        let kept = keep(state.pending.len(), &mut rng);
+        for (op, kept) in state.pending.iter().zip(kept) {
+            if !kept {
+                continue;
+            }
+            match op {
+                DirOp::Link { path, ino } => {
+                    names.insert(path.clone(), *ino);
+                }
+                DirOp::Unlink { path } => {
+                    names.remove(path);
+                }
+            }
+        }
+        let reachable: BTreeSet<u64> = names.values().copied().collect();
+        inodes.retain(|ino, _| reachable.contains(ino));
+        SimVfs {
+            state: Arc::new(Mutex::new(State {
+                inodes,
+                live: names.clone(),
+                durable: names,
+                pending: Vec::new(),
+                dirs: state.dirs.clone(),
+                next_ino: state.next_ino,
+                ops: 0,
+                freeze_at: None,
+                fsync_lies: false,
+                dir_sync_lies: false,
+            })),
+        }
+    }
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{} not found", path.display()),
+    )
+}
+
+impl Vfs for SimVfs {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn VfsFile>> {
+        let mut state = self.lock();
+        let existing = state.live.get(path).copied();
+        let ino = match (existing, mode) {
+            (Some(_), OpenMode::CreateNew) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    path.display().to_string(),
+                ));
+            }
+            (Some(ino), _) => ino,
+            (None, OpenMode::Read | OpenMode::ReadWrite) => return Err(not_found(path)),
+            (None, OpenMode::ReadWriteCreate | OpenMode::CreateNew) => {
+                state.mutate()?;
+                let ino = state.next_ino;
+                state.next_ino += 1;
+                state.inodes.insert(ino, Inode::default());
+                state.live.insert(path.to_owned(), ino);
+                state.pending.push(DirOp::Link {
+                    path: path.to_owned(),
+                    ino,
+                });
+                ino
+            }
+        };
+        Ok(Arc::new(SimFile {
+            vfs: self.clone(),
+            ino,
+            holds_lock: Mutex::new(false),
+        }))
+    }
+
+    fn entry_kind(&self, path: &Path) -> io::Result<Option<EntryKind>> {
+        let state = self.lock();
+        Ok(if state.dirs.contains(path) {
+            Some(EntryKind::Dir)
+        } else if state.live.contains_key(path) {
+            Some(EntryKind::File)
+        } else {
+            None
+        })
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        // Directories are durable at once: the engine syncs a new store's parent anyway, and
+        // the interesting losses are of files and renames.
+        let mut state = self.lock();
+        state.mutate()?;
+        for ancestor in path.ancestors() {
+            state.dirs.insert(ancestor.to_owned());
+        }
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<OsString>> {
+        let state = self.lock();
+        Ok(state
+            .live
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().map(OsString::from))
+            .collect())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        state.mutate()?;
+        let ino = state.live.remove(from).ok_or_else(|| not_found(from))?;
+        state.live.insert(to.to_owned(), ino);
+        // Atomic, but durable only after a directory sync: both halves in one step.
+        state.pending.push(DirOp::Unlink {
+            path: from.to_owned(),
+        });
+        state.pending.push(DirOp::Link {
+            path: to.to_owned(),
+            ino,
+        });
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        state.mutate()?;
+        state.live.remove(path).ok_or_else(|| not_found(path))?;
+        state.pending.push(DirOp::Unlink {
+            path: path.to_owned(),
+        });
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        state.mutate()?;
+        if state.dir_sync_lies {
+            return Ok(());
+        }
+        let (done, rest): (Vec<DirOp>, Vec<DirOp>) = std::mem::take(&mut state.pending)
+            .into_iter()
+            .partition(|op| match op {
+                DirOp::Link { path, .. } | DirOp::Unlink { path } => path.parent() == Some(dir),
+            });
+        for op in done {
+            match op {
+                DirOp::Link { path, ino } => {
+                    state.durable.insert(path, ino);
+                }
+                DirOp::Unlink { path } => {
+                    state.durable.remove(&path);
+                }
+            }
+        }
+        state.pending = rest;
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct SimFile {
+    vfs: SimVfs,
+    ino: u64,
+    holds_lock: Mutex<bool>,
+}
+
+impl SimFile {
+    fn with<T>(&self, f: impl FnOnce(&mut State, u64) -> io::Result<T>) -> io::Result<T> {
+        let mut state = self.vfs.lock();
+        f(&mut state, self.ino)
+    }
+}
+
+impl Drop for SimFile {
+    fn drop(&mut self) {
+        if *self.holds_lock.lock().unwrap_or_else(|e| e.into_inner()) {
+            let ino = self.ino;
+            if let Some(inode) = self.vfs.lock().inodes.get_mut(&ino) {
+                inode.locked = false;
+            }
+        }
+    }
+}
+
+impl VfsFile for SimFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.with(|state, ino| {
+            let live = &state.inodes[&ino].live;
+            let start = (offset as usize).min(live.len());
+            let n = buf.len().min(live.len() - start);
+            buf[..n].copy_from_slice(&live[start..start + n]);
+            Ok(n)
+        })
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.with(|state, ino| {
+            state.mutate()?;
+            let op = FileOp::Write {
+                offset,
+                data: buf.to_vec(),
+            };
+            let inode = state
+                .inodes
+                .get_mut(&ino)
+                .ok_or_else(|| io::Error::other("stale file"))?;
+            apply(&mut inode.live, &op);
+            inode.pending.push(op);
+            Ok(())
+        })
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        self.with(|state, ino| Ok(state.inodes[&ino].live.len() as u64))
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.with(|state, ino| {
+            state.mutate()?;
+            let inode = state
+                .inodes
+                .get_mut(&ino)
+                .ok_or_else(|| io::Error::other("stale file"))?;
+            apply(&mut inode.live, &FileOp::SetLen(len));
+            inode.pending.push(FileOp::SetLen(len));
+            Ok(())
+        })
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.with(|state, ino| {
+            state.mutate()?;
+            if state.fsync_lies {
+                return Ok(());
+            }
+            let inode = state
+                .inodes
+                .get_mut(&ino)
+                .ok_or_else(|| io::Error::other("stale file"))?;
+            inode.durable = inode.live.clone();
+            inode.pending.clear();
+            Ok(())
+        })
+    }
+
+    fn try_lock_exclusive(&self) -> io::Result<bool> {
+        let mut holds = self.holds_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if *holds {
+            return Ok(true);
+        }
+        self.with(|state, ino| {
+            let inode = state
+                .inodes
+                .get_mut(&ino)
+                .ok_or_else(|| io::Error::other("stale file"))?;
+            if inode.locked {
+                return Ok(false);
+            }
+            inode.locked = true;
+            *holds = true;
+            Ok(true)
+        })
+    }
+
+    fn map(&self) -> io::Result<Arc<dyn Mapping>> {
+        // Mapped files (snapshots) are immutable, so a copy is as good as a mapping.
+        self.with(|state, ino| {
+            Ok(Arc::new(SimMapping(state.inodes[&ino].live.clone())) as Arc<dyn Mapping>)
+        })
+    }
+}
+
+#[derive(Debug)]
+struct SimMapping(Vec<u8>);
+
+impl Mapping for SimMapping {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}

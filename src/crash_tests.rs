@@ -173,6 +173,77 @@ fn check_seed(seed: u64, lie: Option<Lie>) -> Result<u64, String> {
     Ok(images)
 }
 
+/// Checks one crash image against a run; `what` names it in a failure.
+fn check_image(image: &SimVfs, outcome: &Run, what: &str) -> Result<(), String> {
+    let db = open(image).map_err(|e| format!("{what}: the store did not reopen: {e}"))?;
+    let recovered = dump(&db);
+    let allowed = &outcome.states[outcome.acked..=outcome.acked + usize::from(outcome.in_flight)];
+    if !allowed.contains(&recovered) {
+        return Err(format!(
+            "{what}: recovered state is not the state after the acknowledged batches"
+        ));
+    }
+    Ok(())
+}
+
+/// Small workloads whose every crash point and every subset of unsynced operations is tried:
+/// plain writes, and writes around a full compaction and a reopen.
+fn canonical_workloads() -> Vec<Vec<Op>> {
+    let put =
+        |k: &str, v: &str| Op::Write(vec![(k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()))]);
+    let del = |k: &str| Op::Write(vec![(k.as_bytes().to_vec(), None)]);
+    let batch = Op::Write(vec![
+        (b"b".to_vec(), Some(b"2".to_vec())),
+        (b"c".to_vec(), Some(b"3".to_vec())),
+        (b"a".to_vec(), None),
+    ]);
+    vec![
+        vec![put("a", "1"), batch.clone(), del("b")],
+        vec![
+            put("a", "1"),
+            put("b", "2"),
+            Op::Compact,
+            put("c", "3"),
+            del("a"),
+        ],
+        vec![
+            put("a", "1"),
+            Op::Compact,
+            batch,
+            Op::Reopen,
+            Op::Compact,
+            put("d", "4"),
+        ],
+    ]
+}
+
+#[test]
+fn every_crash_point_and_every_subset_of_unsynced_operations() {
+    let (mut points, mut images) = (0u64, 0u64);
+    for (w, ops) in canonical_workloads().iter().enumerate() {
+        let dry = SimVfs::new();
+        run(&dry, ops);
+        for cut in 0..=dry.ops() {
+            let vfs = SimVfs::new();
+            vfs.freeze_after(cut);
+            let outcome = run(&vfs, ops);
+            points += 1;
+            let pending = vfs.pending();
+            // All subsets when few operations are pending, else the first 4,096 of them.
+            let masks = if pending <= 12 { 1u64 << pending } else { 4096 };
+            for mask in 0..masks {
+                let what =
+                    format!("workload {w}, power cut at operation {cut}, kept-mask {mask:#b}");
+                check_image(&vfs.crash_keeping(mask), &outcome, &what)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                images += 1;
+            }
+        }
+    }
+    eprintln!("{points} crash points, {images} images");
+    assert!(points > 50, "only {points} crash points");
+}
+
 /// Ways to make the simulated disk lie, to show that the campaign notices.
 #[derive(Clone, Copy, Debug)]
 enum Lie {

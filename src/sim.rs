@@ -150,12 +150,36 @@ impl SimVfs {
         self.lock().dir_sync_lies = true;
     }
 
+    /// Operations written but not yet synced (file writes and size changes, directory changes).
+    pub fn pending(&self) -> usize {
+        let state = self.lock();
+        state
+            .inodes
+            .values()
+            .map(|i| i.pending.len())
+            .sum::<usize>()
+            + state.pending.len()
+    }
+
+    /// The disk after a power cut that keeps exactly the pending operations whose bit is set in
+    /// `mask` (numbered as files by inode number, then the directory changes; see
+    /// [`SimVfs::pending`]). For an exhaustive pass over small workloads.
+    pub fn crash_keeping(&self, mask: u64) -> SimVfs {
+        let mut bit = 0u32;
+        let mut next = || {
+            let keep = mask >> bit & 1 == 1;
+            bit += 1;
+            keep
+        };
+        self.image(|n| (0..n).map(|_| next()).collect(), None)
+    }
+
     /// The disk as it would be found after a power cut now: what was synced, plus what
     /// `model` lets survive of the rest, chosen by `seed`. Locks and open files are gone.
     pub fn crash(&self, seed: u64, model: CrashModel) -> SimVfs {
-        let state = self.lock();
-        let mut rng = Rng::new(seed);
-        let keep = |n: usize, rng: &mut Rng| -> Vec<bool> {
+        let rng = std::cell::RefCell::new(Rng::new(seed));
+        let keep = |n: usize| -> Vec<bool> {
+            let mut rng = rng.borrow_mut();
             match model {
                 CrashModel::Subset => (0..n).map(|_| rng.below(2) == 0).collect(),
                 CrashModel::Prefix | CrashModel::Torn => {
@@ -164,49 +188,59 @@ impl SimVfs {
                 }
             }
         };
+        let torn = (model == CrashModel::Torn).then_some(&rng);
+        self.image(keep, torn)
+    }
+
+    /// Builds a crash image: `keep(n)` says which of a file's (or the directory's) `n` pending
+    /// operations persist; with `torn`, the first lost write of each file is torn using it.
+    fn image(
+        &self,
+        mut keep: impl FnMut(usize) -> Vec<bool>,
+        torn: Option<&std::cell::RefCell<Rng>>,
+    ) -> SimVfs {
+        let state = self.lock();
         let mut inodes = HashMap::new();
-        for (&ino, inode) in &state.inodes {
+        let mut order: Vec<&u64> = state.inodes.keys().collect();
+        order.sort();
+        for &ino in order {
+            let inode = &state.inodes[&ino];
             let mut bytes = inode.durable.clone();
-            let kept = keep(inode.pending.len(), &mut rng);
-            let mut torn_next = model == CrashModel::Torn;
+            let kept = keep(inode.pending.len());
+            let mut torn_next = torn;
             for (op, kept) in inode.pending.iter().zip(kept) {
                 if kept {
                     apply(&mut bytes, op);
-                } else if torn_next {
-                    torn_next = false;
-                    if let FileOp::Write { offset, data } = op {
-                        // The first lost write is torn: some 512-byte sectors made it, the
-                        // rest reads as zeros or garbage.
-                        let sectors = data.len().div_ceil(512).max(1) as u64;
-                        let cut = (rng.below(sectors) * 512) as usize;
-                        let mut torn = data[..cut.min(data.len())].to_vec();
-                        let garbage = rng.below(2) == 0;
-                        torn.extend(
-                            (cut..data.len())
-                                .map(|_| if garbage { rng.next_u64() as u8 } else { 0 }),
-                        );
-                        apply(
-                            &mut bytes,
-                            &FileOp::Write {
-                                offset: *offset,
-                                data: torn,
-                            },
-                        );
-                    }
+                } else if let Some(rng) = torn_next.take()
+                    && let FileOp::Write { offset, data } = op
+                {
+                    // The first lost write is torn: some 512-byte sectors made it, the rest
+                    // reads as zeros or garbage.
+                    let mut rng = rng.borrow_mut();
+                    let sectors = data.len().div_ceil(512).max(1) as u64;
+                    let cut = (rng.below(sectors) * 512) as usize;
+                    let mut part = data[..cut.min(data.len())].to_vec();
+                    let garbage = rng.below(2) == 0;
+                    part.extend(
+                        (cut..data.len()).map(|_| if garbage { rng.next_u64() as u8 } else { 0 }),
+                    );
+                    let op = FileOp::Write {
+                        offset: *offset,
+                        data: part,
+                    };
+                    apply(&mut bytes, &op);
                 }
             }
-            inodes.insert(
-                ino,
-                Inode {
-                    live: bytes.clone(),
-                    durable: bytes,
-                    pending: Vec::new(),
-                    locked: false,
-                },
-            );
+            let inode = Inode {
+                live: bytes.clone(),
+                durable: bytes,
+                pending: Vec::new(),
+                locked: false,
+            };
+            inodes.insert(ino, inode);
         }
         let mut names = state.durable.clone();
-        let kept = keep(state.pending.len(), &mut rng);
+        let kept = keep(state.pending.len());
         for (op, kept) in state.pending.iter().zip(kept) {
             if !kept {
                 continue;

@@ -18,7 +18,7 @@ use crate::db::{Inner, lock};
 use crate::error::{Error, Result};
 use crate::format::{WAL_HEADER_LEN, WalHeader};
 use crate::io::OpenMode;
-use crate::layout::{StoreFile, classify};
+use crate::layout::{StoreFile, classify, wal_name};
 use crate::memtable::Memtable;
 use crate::snapshot::{Snapshot, SnapshotWriter};
 use crate::wal::{self, LogWriter};
@@ -123,10 +123,32 @@ impl Inner {
             first_seq: writer.next_seq(),
         };
         let vfs = self.options.vfs.as_ref();
-        let path = wal::create(vfs, &self.dir, header)?;
-        let file = vfs
-            .open(&path, OpenMode::ReadWrite)
-            .map_err(|e| Error::io("open", &path, e))?;
+        let path = self.dir.join(wal_name(generation));
+        let created = wal::create(vfs, &self.dir, header).and_then(|_| {
+            vfs.open(&path, OpenMode::ReadWrite)
+                .map_err(|e| Error::io("open", &path, e))
+        });
+        let file = match created {
+            Ok(file) => file,
+            Err(e) => {
+                // The new log may exist even though the cut failed. Appends go on into the old
+                // log, so a stale new one would later claim an earlier sequence number and stop
+                // the store from opening: take it away for certain, or stop appending.
+                let _ = vfs.remove_file(&self.dir.join(format!("{}.tmp", wal_name(generation))));
+                let removed = match vfs.remove_file(&path) {
+                    Err(gone) if gone.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    other => other,
+                }
+                .and_then(|()| vfs.sync_dir(&self.dir));
+                if let Err(undo) = removed {
+                    self.set_poison(format!(
+                        "a failed compaction ({e}) left {} behind and removing it failed: {undo}",
+                        path.display()
+                    ));
+                }
+                return Err(e);
+            }
+        };
         let new_writer = LogWriter::new(
             path,
             file,

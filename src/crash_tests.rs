@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::sim::{CrashModel, Rng, SimVfs};
+use crate::sim::{CrashModel, Fault, Rng, SimVfs};
 use crate::{Batch, Db, Options};
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -242,6 +242,138 @@ fn every_crash_point_and_every_subset_of_unsynced_operations() {
     }
     eprintln!("{points} crash points, {images} images");
     assert!(points > 50, "only {points} crash points");
+}
+
+/// What a run on a faulty disk acknowledged: the model of the acknowledged batches, and the
+/// model with the one batch whose fate is unknown (its sync failed) if nothing came after it.
+struct FaultRun {
+    acked: Model,
+    uncertain: Option<Model>,
+    acks: usize,
+}
+
+/// Runs `ops` like an application would on a disk that fails: an error does not stop it, but a
+/// handle that says it is poisoned is reopened. Panics if anything is acknowledged by a handle
+/// after one of its syncs failed (it must refuse until reopened).
+fn run_with_faults(vfs: &SimVfs, ops: &[Op], what: &str) -> FaultRun {
+    let mut out = FaultRun {
+        acked: Model::new(),
+        uncertain: None,
+        acks: 0,
+    };
+    let Ok(mut db) = open(vfs) else { return out };
+    let mut poisoned = false;
+    for op in ops {
+        match op {
+            Op::Write(writes) => {
+                let mut batch = Batch::new();
+                let mut next = out.acked.clone();
+                for (k, v) in writes {
+                    match v {
+                        Some(v) => {
+                            batch.put(k, v);
+                            next.insert(k.clone(), v.clone());
+                        }
+                        None => {
+                            batch.delete(k);
+                            next.remove(k);
+                        }
+                    }
+                }
+                match db.write(batch) {
+                    Ok(()) => {
+                        assert!(
+                            !poisoned,
+                            "{what}: a write was acknowledged after a failed sync"
+                        );
+                        out.acked = next;
+                        out.uncertain = None;
+                        out.acks += 1;
+                    }
+                    // A poisoned handle refuses before writing anything.
+                    Err(_) if poisoned => {}
+                    Err(_) => {
+                        // A clean failure leaves nothing behind; one that poisoned the handle
+                        // (a failed sync, or a partial write it could not undo) leaves the
+                        // batch's fate unknown.
+                        if matches!(db.flush(), Err(crate::Error::Poisoned { .. })) {
+                            out.uncertain = Some(next);
+                            poisoned = true;
+                        }
+                    }
+                }
+            }
+            Op::Compact => {
+                if db.compact().is_err() && matches!(db.flush(), Err(crate::Error::Poisoned { .. }))
+                {
+                    poisoned = true;
+                }
+            }
+            Op::Reopen => {
+                drop(db);
+                match open(vfs) {
+                    Ok(reopened) => {
+                        // Reopening settles an uncertain batch one way or the other; later
+                        // acknowledgements build on what it found.
+                        let state = dump(&reopened);
+                        if out.uncertain.as_ref() == Some(&state) {
+                            out.acked = state;
+                        } else {
+                            assert_eq!(state, out.acked, "{what}: reopen lost or invented a batch");
+                        }
+                        out.uncertain = None;
+                        db = reopened;
+                        poisoned = false;
+                    }
+                    Err(_) => return out,
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_fault_at_every_operation_never_loses_or_invents_a_batch() {
+    let mut cases = 0u64;
+    for (w, ops) in canonical_workloads().iter().enumerate() {
+        let dry = SimVfs::new();
+        run(&dry, ops);
+        for at in 0..dry.ops() {
+            for fault in [Fault::Eio, Fault::NoSpace, Fault::LostSync] {
+                for persistent in [false, true] {
+                    let what = format!(
+                        "workload {w}, {fault:?} at operation {at} (persistent: {persistent})"
+                    );
+                    let vfs = SimVfs::new();
+                    vfs.inject(at, fault, persistent);
+                    let outcome = run_with_faults(&vfs, ops, &what);
+                    vfs.clear_faults();
+                    let allowed: Vec<&Model> = std::iter::once(&outcome.acked)
+                        .chain(&outcome.uncertain)
+                        .collect();
+                    // Once the disk works again the store reopens with every acknowledged batch,
+                    // and so does the disk after a power cut.
+                    for (image, name) in [
+                        (vfs.clone(), "reopen"),
+                        (vfs.crash(at, CrashModel::Subset), "power cut"),
+                    ] {
+                        let db = open(&image)
+                            .unwrap_or_else(|e| panic!("{what}, {name}: did not reopen: {e}"));
+                        let state = dump(&db);
+                        assert!(
+                            allowed.contains(&&state),
+                            "{what}, {name}: state {state:?} is not the {} acknowledged batches",
+                            outcome.acks
+                        );
+                    }
+                    cases += 1;
+                }
+            }
+        }
+    }
+    eprintln!("{cases} fault-injection cases");
+    assert!(cases > 100);
 }
 
 /// Ways to make the simulated disk lie, to show that the campaign notices.

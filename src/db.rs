@@ -760,6 +760,8 @@ mod tests {
                     "sync_dir {}",
                     dir.path().file_name().expect("name").to_string_lossy()
                 ),
+                // Recovery makes what it is about to read durable (here: nothing yet).
+                "sync_dir new-store".to_string(),
                 format!("write {tmp} 0+40"),
                 format!("sync {tmp}"),
                 format!("rename {tmp} {WAL}"),

@@ -144,6 +144,16 @@ pub fn open(vfs: &dyn Vfs, dir: &Path, create_if_missing: bool) -> Result<Recove
         Err(e) => return Err(Error::io("lock (flock) the lock file", &lock_path, e)),
     }
 
+    // What we are about to read may be only in the page cache: a process that died after a
+    // failed fdatasync can leave unsynced records behind. Make the directory and the logs
+    // durable first, so that replay never shows a write that a power cut could still take away.
+    vfs.sync_dir(dir)
+        .map_err(|e| Error::io("sync the directory", dir, e))?;
+    for (path, file, _) in &logs {
+        file.sync_data()
+            .map_err(|e| Error::io("sync", path.as_path(), e))?;
+    }
+
     let mut report = RecoveryReport {
         quarantine_files: listing.quarantine.iter().map(|n| dir.join(n)).collect(),
         ..RecoveryReport::default()

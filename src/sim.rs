@@ -16,6 +16,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::io::{EntryKind, Mapping, OpenMode, Vfs, VfsFile};
 
+/// A fault to inject at one mutating operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The operation fails with EIO and changes nothing.
+    Eio,
+    /// The operation fails with ENOSPC; a write may have stored a prefix of its bytes first.
+    NoSpace,
+    /// If the operation is an `fdatasync`, it fails and, as Linux may, drops the file's unsynced
+    /// data (its page cache reverts to what is on disk); a later `fdatasync` then "succeeds"
+    /// with nothing to write. Other operations succeed.
+    LostSync,
+}
+
 /// How unsynced operations survive a power cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrashModel {
@@ -62,16 +75,46 @@ struct State {
     /// Test switches: syncs that report success but persist nothing.
     fsync_lies: bool,
     dir_sync_lies: bool,
+    /// A fault at one operation number, and whether it persists for every later operation.
+    fault: Option<(u64, Fault, bool)>,
+}
+
+/// What a mutating operation should do, given the fault plan.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Proceed,
+    Fail(Fault),
 }
 
 impl State {
     /// Counts a mutating operation; fails it once the power is gone.
     fn mutate(&mut self) -> io::Result<()> {
+        match self.plan()? {
+            Outcome::Proceed | Outcome::Fail(Fault::LostSync) => Ok(()),
+            Outcome::Fail(fault) => Err(fault_error(fault)),
+        }
+    }
+
+    /// Counts a mutating operation and says whether an injected fault hits it.
+    fn plan(&mut self) -> io::Result<Outcome> {
         if self.freeze_at.is_some_and(|at| self.ops >= at) {
             return Err(io::Error::other("simulated power loss"));
         }
+        let n = self.ops;
         self.ops += 1;
-        Ok(())
+        Ok(match self.fault {
+            Some((at, fault, persistent)) if n == at || (persistent && n > at) => {
+                Outcome::Fail(fault)
+            }
+            _ => Outcome::Proceed,
+        })
+    }
+}
+
+fn fault_error(fault: Fault) -> io::Error {
+    match fault {
+        Fault::NoSpace => io::Error::from(io::ErrorKind::StorageFull),
+        Fault::Eio | Fault::LostSync => io::Error::other("injected EIO"),
     }
 }
 
@@ -138,6 +181,17 @@ impl SimVfs {
     /// write, sync, truncate, create, rename and removal fails: the power is gone.
     pub fn freeze_after(&self, n: u64) {
         self.lock().freeze_at = Some(n);
+    }
+
+    /// Makes mutating operation number `at` fail with `fault` (and every later one too if
+    /// `persistent`).
+    pub fn inject(&self, at: u64, fault: Fault, persistent: bool) {
+        self.lock().fault = Some((at, fault, persistent));
+    }
+
+    /// Stops injecting faults (the disk "recovers").
+    pub fn clear_faults(&self) {
+        self.lock().fault = None;
     }
 
     /// From now on `sync_data` reports success but persists nothing (a lying disk).
@@ -268,6 +322,7 @@ impl SimVfs {
                 freeze_at: None,
                 fsync_lies: false,
                 dir_sync_lies: false,
+                fault: None,
             })),
         }
     }
@@ -435,18 +490,25 @@ impl VfsFile for SimFile {
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.with(|state, ino| {
-            state.mutate()?;
-            let op = FileOp::Write {
-                offset,
-                data: buf.to_vec(),
-            };
+            let mut data = buf.to_vec();
+            let mut result = Ok(());
+            match state.plan()? {
+                Outcome::Proceed | Outcome::Fail(Fault::LostSync) => {}
+                Outcome::Fail(Fault::Eio) => return Err(fault_error(Fault::Eio)),
+                Outcome::Fail(Fault::NoSpace) => {
+                    // A full disk may take part of the write before refusing the rest.
+                    data.truncate(buf.len() / 2);
+                    result = Err(fault_error(Fault::NoSpace));
+                }
+            }
+            let op = FileOp::Write { offset, data };
             let inode = state
                 .inodes
                 .get_mut(&ino)
                 .ok_or_else(|| io::Error::other("stale file"))?;
             apply(&mut inode.live, &op);
             inode.pending.push(op);
-            Ok(())
+            result
         })
     }
 
@@ -469,17 +531,28 @@ impl VfsFile for SimFile {
 
     fn sync_data(&self) -> io::Result<()> {
         self.with(|state, ino| {
-            state.mutate()?;
-            if state.fsync_lies {
-                return Ok(());
-            }
+            let outcome = state.plan()?;
+            let lies = state.fsync_lies;
             let inode = state
                 .inodes
                 .get_mut(&ino)
                 .ok_or_else(|| io::Error::other("stale file"))?;
-            inode.durable = inode.live.clone();
-            inode.pending.clear();
-            Ok(())
+            match outcome {
+                Outcome::Fail(Fault::LostSync) => {
+                    // Linux may drop dirty pages after a writeback error: the unsynced data is
+                    // gone from the cache too, and the next fdatasync has nothing to report.
+                    inode.live = inode.durable.clone();
+                    inode.pending.clear();
+                    Err(fault_error(Fault::LostSync))
+                }
+                Outcome::Fail(fault) => Err(fault_error(fault)),
+                Outcome::Proceed if lies => Ok(()),
+                Outcome::Proceed => {
+                    inode.durable = inode.live.clone();
+                    inode.pending.clear();
+                    Ok(())
+                }
+            }
         })
     }
 

@@ -189,6 +189,29 @@ impl SimVfs {
         self.lock().fault = Some((at, fault, persistent));
     }
 
+    /// The files in the disk's namespace, with their sizes.
+    pub fn files(&self) -> Vec<(PathBuf, usize)> {
+        let state = self.lock();
+        state
+            .live
+            .iter()
+            .map(|(p, ino)| (p.clone(), state.inodes[ino].live.len()))
+            .collect()
+    }
+
+    /// Changes the bytes of `path`, on the platters and in the cache alike (bit rot, a bad
+    /// sector).
+    pub fn damage(&self, path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+        let mut state = self.lock();
+        if let Some(&ino) = state.live.get(path)
+            && let Some(inode) = state.inodes.get_mut(&ino)
+        {
+            f(&mut inode.durable);
+            inode.live = inode.durable.clone();
+            inode.pending.clear();
+        }
+    }
+
     /// Stops injecting faults (the disk "recovers").
     pub fn clear_faults(&self) {
         self.lock().fault = None;

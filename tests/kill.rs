@@ -19,7 +19,7 @@ fn value(cycle: u32, thread: u32, i: u64, part: &str) -> Vec<u8> {
 }
 
 fn key(cycle: u32, thread: u32, i: u64, part: &str) -> String {
-    format!("c{cycle:03}/t{thread}/{i:08}/{part}")
+    format!("c{cycle:05}/t{thread}/{i:08}/{part}")
 }
 
 /// The child: write batches until killed, printing `ack <thread> <i>` after each returns `Ok`.
@@ -56,7 +56,12 @@ fn sigkill_mid_write_loses_no_acknowledged_batch() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("store");
     let mut total_acked = 0usize;
-    for cycle in 0..10u32 {
+    // KILL_CYCLES=1000 for a long run; the default keeps `cargo test` quick.
+    let cycles: u32 = std::env::var("KILL_CYCLES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(10);
+    for cycle in 0..cycles {
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
             .args([
                 "--exact",
@@ -82,7 +87,9 @@ fn sigkill_mid_write_loses_no_acknowledged_batch() {
                 .collect::<Vec<_>>()
         });
         // Kill at a different moment each cycle: some during start-up, most mid-write.
-        std::thread::sleep(Duration::from_millis(20 + u64::from(cycle * 37 % 200)));
+        std::thread::sleep(Duration::from_millis(
+            20 + u64::from(cycle.wrapping_mul(37) % 200),
+        ));
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
         let acked = reader.join().expect("reader");
@@ -101,7 +108,7 @@ fn sigkill_mid_write_loses_no_acknowledged_batch() {
         }
         // Atomicity: every batch in the store, acknowledged or not, is whole.
         for t in 0..THREADS {
-            let prefix = format!("c{cycle:03}/t{t}/");
+            let prefix = format!("c{cycle:05}/t{t}/");
             let parts: Vec<_> = db.prefix(&prefix).map(|kv| kv.expect("scan").0).collect();
             assert_eq!(
                 parts.len() % 3,
@@ -117,6 +124,6 @@ fn sigkill_mid_write_loses_no_acknowledged_batch() {
             }
         }
     }
-    eprintln!("{total_acked} acknowledged batches checked over 10 kills");
+    eprintln!("{total_acked} acknowledged batches checked over {cycles} kills");
     assert!(total_acked > 0, "the children never got to write anything");
 }

@@ -117,7 +117,7 @@ impl Options {
         self
     }
 
-    #[cfg(test)]
+    /// Runs on another file system (the simulated disk in tests and fuzzing).
     pub(crate) fn vfs(mut self, vfs: Arc<dyn Vfs>) -> Self {
         self.vfs = vfs;
         self

@@ -34,12 +34,12 @@ mod crash_tests;
 mod db;
 mod error;
 mod format;
+mod fuzz_support;
 mod io;
 mod layout;
 mod limits;
 mod memtable;
 mod recovery;
-#[cfg(test)]
 mod sim;
 mod snapshot;
 mod view;
@@ -62,5 +62,18 @@ pub mod fuzzing {
     /// that decodes re-encodes to exactly the same bytes. Panics on any violation.
     pub fn log_records(data: &[u8]) {
         crate::format::check_decode_roundtrip(data);
+    }
+
+    /// Opens `data` as a snapshot file on the simulated disk and reads it every way there is:
+    /// whatever the bytes, the reader returns values or errors and never panics.
+    pub fn snapshot(data: &[u8]) {
+        crate::fuzz_support::snapshot(data);
+    }
+
+    /// Interprets `data` as a sequence of operations (puts, deletes, batches, compactions,
+    /// reopens, power cuts) on the simulated disk and checks the store against a model after
+    /// every step. Panics on any divergence.
+    pub fn operations(data: &[u8]) {
+        crate::fuzz_support::operations(data);
     }
 }

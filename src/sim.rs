@@ -8,6 +8,10 @@
 //! from one seed. [`SimVfs::freeze_after`] makes every mutating operation from the N-th on fail
 //! (the moment the power goes), so the engine is interrupted exactly there.
 
+// Fault injection, exhaustive crashes and damage are used only by the crash tests; normal builds
+// carry the disk for the fuzz targets (and, later, `kvctl crash-test --simulate`).
+#![cfg_attr(not(test), allow(dead_code))]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::io;

@@ -50,6 +50,25 @@ fn workload(rng: &mut Rng) -> Vec<Op> {
         .collect()
 }
 
+/// The batch for `writes`, and the model after applying it to `base`.
+fn batch_over(writes: &[(Vec<u8>, Option<Vec<u8>>)], base: &Model) -> (Batch, Model) {
+    let mut batch = Batch::new();
+    let mut next = base.clone();
+    for (k, v) in writes {
+        match v {
+            Some(v) => {
+                batch.put(k, v);
+                next.insert(k.clone(), v.clone());
+            }
+            None => {
+                batch.delete(k);
+                next.remove(k);
+            }
+        }
+    }
+    (batch, next)
+}
+
 fn open(vfs: &SimVfs) -> crate::Result<Db> {
     Options::new()
         .vfs(Arc::new(vfs.clone()))
@@ -83,20 +102,7 @@ fn run(vfs: &SimVfs, ops: &[Op]) -> Run {
     for op in ops {
         match op {
             Op::Write(writes) => {
-                let mut batch = Batch::new();
-                let mut next = out.states[out.acked].clone();
-                for (k, v) in writes {
-                    match v {
-                        Some(v) => {
-                            batch.put(k, v);
-                            next.insert(k.clone(), v.clone());
-                        }
-                        None => {
-                            batch.delete(k);
-                            next.remove(k);
-                        }
-                    }
-                }
+                let (batch, next) = batch_over(writes, &out.states[out.acked]);
                 out.states.push(next);
                 if db.write(batch).is_err() {
                     out.in_flight = true;
@@ -266,20 +272,7 @@ fn run_with_faults(vfs: &SimVfs, ops: &[Op], what: &str) -> FaultRun {
     for op in ops {
         match op {
             Op::Write(writes) => {
-                let mut batch = Batch::new();
-                let mut next = out.acked.clone();
-                for (k, v) in writes {
-                    match v {
-                        Some(v) => {
-                            batch.put(k, v);
-                            next.insert(k.clone(), v.clone());
-                        }
-                        None => {
-                            batch.delete(k);
-                            next.remove(k);
-                        }
-                    }
-                }
+                let (batch, next) = batch_over(writes, &out.acked);
                 match db.write(batch) {
                     Ok(()) => {
                         assert!(

@@ -430,14 +430,14 @@ fn print_json(out: &mut dyn Write, value: Value) -> io::Result<()> {
     writeln!(out, "{value}")
 }
 
+/// Paths as text, for output.
+fn displayed(paths: &[PathBuf]) -> Vec<String> {
+    paths.iter().map(|p| p.display().to_string()).collect()
+}
+
 fn stat(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
     let s = ctx.db.stats()?;
-    let quarantine: Vec<String> = s
-        .recovery
-        .quarantine_files
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
+    let quarantine = displayed(&s.recovery.quarantine_files);
     if ctx.json {
         print_json(
             out,
@@ -520,11 +520,7 @@ fn check(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
         bar.set_position(done);
     })?;
     bar.finish_and_clear();
-    let quarantine: Vec<String> = report
-        .quarantine_files
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
+    let quarantine = displayed(&report.quarantine_files);
     if ctx.json {
         print_json(
             out,

@@ -28,6 +28,7 @@
 
 mod batch;
 mod bytes;
+mod campaign;
 mod compaction;
 #[cfg(test)]
 mod crash_tests;
@@ -54,6 +55,18 @@ pub use db::{
 pub use error::{Error, Result};
 pub use limits::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use recovery::RecoveryReport;
+
+/// The simulated power-loss campaign behind `kvctl crash-test --simulate`; not part of the
+/// supported API.
+#[doc(hidden)]
+pub mod harness {
+    /// Runs the campaign for one seed: a random workload, the power cut at a random operation,
+    /// one crash image per crash model. Returns the number of images checked, or a description
+    /// of the first violation.
+    pub fn simulate(seed: u64) -> Result<u64, String> {
+        crate::campaign::check_seed(seed, |_| {})
+    }
+}
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the supported API.
 #[doc(hidden)]

@@ -523,3 +523,56 @@ mod dump_load_round_trip {
         }
     }
 }
+
+#[test]
+fn crash_test_kills_writers_and_checks_every_acknowledged_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("crashtest");
+    let out = kvctl(&db, &["crash-test", "--cycles", "5", "--json"]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+    assert_eq!(report["cycles"], 5);
+    assert_eq!(report["violations"], 0);
+    assert!(
+        report["acknowledged_batches"].as_u64().expect("count") > 0,
+        "{report}"
+    );
+    assert!(
+        report["note"]
+            .as_str()
+            .expect("note")
+            .contains("process death")
+    );
+    // The store it leaves behind is a valid store.
+    assert_eq!(status(&kvctl(&db, &["check"])), 0);
+}
+
+#[test]
+fn crash_test_simulates_power_loss_without_a_directory() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["crash-test", "--simulate", "--cycles", "10"])
+        .env_remove("KVCTL_DB")
+        .output()
+        .expect("run");
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("10 workloads") && stdout(&out).contains("30 crash images"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn crash_test_refuses_a_directory_that_holds_something() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("precious.txt"), b"keep me").expect("write");
+    let out = kvctl(dir.path(), &["crash-test", "--cycles", "1"]);
+    assert_eq!(status(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("new or empty directory"),
+        "{}",
+        stderr(&out)
+    );
+    let names: Vec<_> = std::fs::read_dir(dir.path()).expect("list").collect();
+    assert_eq!(names.len(), 1, "nothing was written");
+}

@@ -560,6 +560,19 @@ impl Inner {
     fn commit_group(&self, group: Vec<Batch>) -> Result<bool> {
         self.check_poison()?;
         let mut writer = lock(&self.writer);
+        // Whether each key exists below the memtable can take a disk read: find out now, under
+        // the view's read lock, rather than while readers wait for the publish below. The
+        // answers hold until then: the writer lock keeps the generation from being cut, and an
+        // installed snapshot answers exactly as the frozen memtable and snapshot it replaces.
+        // A damaged snapshot block fails the group here, before anything is written.
+        let in_base: Vec<bool> = {
+            let state = self.read_state();
+            group
+                .iter()
+                .flat_map(Batch::op_refs)
+                .map(|op| state.base_contains(op.key()))
+                .collect::<Result<_>>()?
+        };
         let appended = writer.append(|buf, first_seq| {
             for (seq, batch) in (first_seq..).zip(&group) {
                 encode_record(buf, seq, batch.op_refs(), batch.encoded_len());
@@ -579,9 +592,10 @@ impl Inner {
             .fetch_add(group.len() as u64, Ordering::Relaxed);
         // Publish while still holding the writer, so readers see commits in log order.
         let mut state = self.write_state();
+        let mut in_base = in_base.into_iter();
         for batch in group {
             for (key, value) in batch.into_ops() {
-                if let Err(e) = state.apply(key, value) {
+                if let Err(e) = state.apply_knowing(key, value, in_base.next()) {
                     // The batch is in the log, but the view could not take it (a damaged snapshot
                     // block): this handle's view no longer matches the files.
                     self.set_poison(format!("the in-memory view could not apply a commit: {e}"));

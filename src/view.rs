@@ -46,7 +46,7 @@ impl View {
 
     /// Whether a layer below the live memtable holds `key`, without mapping snapshot data pages
     /// (see [`Snapshot::contains`]).
-    fn base_contains(&self, key: &[u8]) -> Result<bool> {
+    pub fn base_contains(&self, key: &[u8]) -> Result<bool> {
         if let Some(entry) = self.frozen.as_ref().and_then(|f| f.knows(key)) {
             return Ok(entry);
         }
@@ -59,12 +59,26 @@ impl View {
     /// Applies one committed (or replayed) operation, keeping the live key count. A delete
     /// leaves a tombstone only where a lower layer still holds the key.
     pub fn apply(&mut self, key: Bytes, value: Option<Bytes>) -> Result<()> {
+        self.apply_knowing(key, value, None)
+    }
+
+    /// [`View::apply`], given (if the caller looked it up already) whether a lower layer holds
+    /// the key, so that no disk read happens here.
+    pub fn apply_knowing(
+        &mut self,
+        key: Bytes,
+        value: Option<Bytes>,
+        known_in_base: Option<bool>,
+    ) -> Result<()> {
         let in_memtable = self.memtable.knows(&key);
-        // The lower layers are consulted only when needed: for a delete (does it need a
-        // tombstone?) and for a put of a key the memtable does not know (is it new?).
+        // The lower layers matter only for a delete (does it need a tombstone?) and for a put
+        // of a key the memtable does not know (is it new?).
         let in_base = match (in_memtable, &value) {
             (Some(_), Some(_)) => None,
-            _ => Some(self.base_contains(&key)?),
+            _ => Some(match known_in_base {
+                Some(known) => known,
+                None => self.base_contains(&key)?,
+            }),
         };
         let existed = in_memtable.or(in_base).unwrap_or(false);
         match value {

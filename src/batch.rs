@@ -91,11 +91,6 @@ impl Batch {
             None => OpRef::Delete(key),
         })
     }
-
-    /// The operations, for applying to the in-memory view.
-    pub(crate) fn into_ops(self) -> Vec<(Bytes, Option<Bytes>)> {
-        self.ops
-    }
 }
 
 pub(crate) fn check_key(key: &[u8]) -> Result<()> {

@@ -2,13 +2,18 @@
 //! memory held stay bounded.
 //!
 //! The protocol (DESIGN.md, "Compaction"), each step crash-safe by the recovery rule:
-//! 1. **Cut**, holding the writer: sync `wal-g`, create `wal-(g+1)` durably, switch appends to it,
-//!    and freeze the memtable of generation `g`. Writers wait only for this.
+//! 1. **Cut**, holding the writer and `LOCK`: catch up on the whole log, sync `wal-g`, create
+//!    `wal-(g+1)` durably (every process's appends go there from now on), and freeze the
+//!    memtable of generation `g`. Writers wait only for this.
 //! 2. **Merge**, holding no lock readers or writers need: stream `snap-g` and the frozen memtable
 //!    into `snap-(g+1).tmp`, sync, rename, sync the directory.
-//! 3. **Install**: readers switch to the new snapshot (a pointer swap under the view's lock).
-//! 4. **Clean up**: delete `wal-g`, `snap-g` and anything older, sync the directory. Readers that
-//!    still hold values from `snap-g` keep its mapping alive.
+//! 3. **Install**: readers switch to the new snapshot (a pointer swap under the view's lock), and
+//!    the shared hint tells other processes, which reload from it.
+//! 4. **Clean up**, holding `LOCK`: delete `wal-g`, `snap-g` and anything older, sync the
+//!    directory. Readers that still hold values from `snap-g` keep its mapping alive, and other
+//!    processes still reading `wal-g` keep it open.
+//!
+//! One compaction runs at a time across processes (`LOCK.compaction`).
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -16,9 +21,11 @@ use std::sync::atomic::Ordering;
 
 use crate::db::{Inner, lock};
 use crate::error::{Error, Result};
+use crate::follow::Position;
 use crate::format::{WAL_HEADER_LEN, WalHeader};
 use crate::io::OpenMode;
 use crate::layout::{StoreFile, classify, wal_name};
+use crate::locking::SNAPSHOT_GENERATION;
 use crate::memtable::Memtable;
 use crate::snapshot::{Snapshot, SnapshotWriter};
 use crate::wal::{self, LogWriter};
@@ -44,10 +51,15 @@ impl Inner {
         wal_bytes > self.options.compaction_min_wal_bytes.max(threshold)
     }
 
-    /// Compacts if the trigger still holds once this thread has the compaction to itself.
+    /// Compacts if the trigger still holds once this thread has the compaction to itself, and no
+    /// other process is compacting.
     pub(crate) fn compact_if_due(&self) -> Result<()> {
         let _one_at_a_time = lock(&self.compaction);
-        let wal_bytes = lock(&self.writer).end();
+        let Some(_across_processes) = self.compaction_lock.acquire(false)? else {
+            return Ok(());
+        };
+        self.refresh()?;
+        let wal_bytes = lock(&self.position).offset;
         let snapshot_bytes = self
             .read_state()
             .snapshot
@@ -59,9 +71,15 @@ impl Inner {
         Ok(())
     }
 
-    /// Compacts now (waiting for a running compaction to finish first).
+    /// Compacts now (waiting for a running compaction, here or in another process, to finish
+    /// first).
     pub(crate) fn compact(&self, progress: impl FnMut(u64, u64)) -> Result<()> {
         let _one_at_a_time = lock(&self.compaction);
+        let Some(_across_processes) = self.compaction_lock.acquire(true)? else {
+            return Err(Error::ReadOnly {
+                path: self.dir.clone(),
+            });
+        };
         self.compact_locked(progress)
     }
 
@@ -87,36 +105,28 @@ impl Inner {
             state.snapshot = Some(snapshot);
             state.frozen = None;
         }
+        self.store_lock.raise_hint(SNAPSHOT_GENERATION, generation);
         self.compactions.fetch_add(1, Ordering::Relaxed);
         self.remove_older_than(generation)?;
         progress(total, total);
         Ok(())
     }
 
-    /// Step 1: starts generation `g + 1` and freezes generation `g`'s memtable. Returns what to
-    /// merge and the new generation, or `None` if there is nothing to compact. If an earlier
-    /// compaction failed after its cut, returns its frozen memtable again instead of cutting.
+    /// Step 1: starts generation `g + 1` and freezes everything before it. Returns what to merge
+    /// and the new generation, or `None` if there is nothing to compact.
     fn cut(&self) -> Result<Option<Cut>> {
         let mut writer = lock(&self.writer);
-        {
-            let state = self.read_state();
-            if let Some(frozen) = &state.frozen {
-                return Ok(Some(Cut {
-                    frozen: Arc::clone(frozen),
-                    base: state.snapshot.clone(),
-                    generation: writer.generation(),
-                }));
-            }
-        }
-        if writer.end() == WAL_HEADER_LEN as u64 {
+        let guard = self.store_lock.exclusive()?;
+        self.follow_the_log(&mut writer, &guard)?;
+        self.settle(&writer)?;
+        let unfinished = self.read_state().frozen.is_some();
+        if writer.end() == WAL_HEADER_LEN as u64 && !unfinished {
             return Ok(None); // the snapshot already holds everything
         }
         // With Buffered durability the old log's tail may still be in the page cache only; it
         // must be durable before any record of the new log can be, or a crash could leave a gap
         // in the sequence between the two.
-        writer
-            .sync()
-            .inspect_err(|e| self.set_poison(e.to_string()))?;
+        self.sync_file(writer.path(), writer.file())?;
         let generation = writer.generation() + 1;
         let header = WalHeader {
             generation,
@@ -149,18 +159,26 @@ impl Inner {
                 return Err(e);
             }
         };
-        let new_writer = LogWriter::new(
-            path,
-            file,
+        *writer = LogWriter::new(
+            path.clone(),
+            Arc::clone(&file),
             generation,
             WAL_HEADER_LEN as u64,
             header.first_seq,
             WAL_HEADER_LEN as u64,
         );
+        let mut position = lock(&self.position);
         let mut state = self.write_state();
-        let frozen = Arc::new(std::mem::take(&mut state.memtable));
+        let memtable = std::mem::take(&mut state.memtable);
+        // A compaction that failed after its cut left its frozen memtable behind: fold it in,
+        // since the generations cut since then are in the live memtable.
+        let frozen = Arc::new(match state.frozen.take() {
+            Some(older) => older.overlaid_with(memtable),
+            None => memtable,
+        });
         state.frozen = Some(Arc::clone(&frozen));
-        *writer = new_writer;
+        *position = Position::start_of(generation, path, file, header.first_seq);
+        drop(guard);
         Ok(Some(Cut {
             frozen,
             base: state.snapshot.clone(),
@@ -235,8 +253,10 @@ impl Inner {
         }
     }
 
-    /// Step 4: deletes logs and snapshots of generations before `generation`.
+    /// Step 4: deletes logs and snapshots of generations before `generation`. Under `LOCK`, so
+    /// that a process opening the store never finds a file gone between listing and opening it.
     fn remove_older_than(&self, generation: u64) -> Result<()> {
+        let _guard = self.store_lock.exclusive()?;
         let vfs = self.options.vfs.as_ref();
         let names = vfs
             .list(&self.dir)
@@ -334,11 +354,12 @@ mod tests {
         );
 
         lock(&faults).enospc_after = None;
-        db.compact().expect("the retry finishes the merge");
+        db.compact()
+            .expect("the retry cuts again and folds both generations in");
         let stats = db.stats().expect("stats");
         assert_eq!(
             (stats.generation, stats.compactions, stats.snapshot_keys),
-            (1, 1, 20_000)
+            (2, 1, 20_001)
         );
         drop(db);
         let db = Options::new()

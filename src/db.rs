@@ -1,9 +1,7 @@
 //! The database handle: options, reads, and the commit path (group commit over the log).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::{Bound, RangeBounds};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -12,9 +10,12 @@ use std::thread::JoinHandle;
 
 use crate::batch::{Batch, check_key, check_value};
 use crate::bytes::Bytes;
+use crate::commit::Queue;
 use crate::error::{Error, Result};
-use crate::format::{WAL_HEADER_LEN, encode_record};
-use crate::io::{StdVfs, Vfs, VfsFile};
+use crate::follow::Position;
+use crate::format::WAL_HEADER_LEN;
+use crate::io::{StdVfs, Vfs};
+use crate::locking::{Access, COMMITTED_SEQ, CompactionLock, SNAPSHOT_GENERATION, StoreLock};
 use crate::recovery::{self, RecoveryReport};
 use crate::view::{Chunk, View};
 use crate::wal::LogWriter;
@@ -44,6 +45,8 @@ pub struct Options {
     pub(crate) compaction_min_wal_bytes: u64,
     pub(crate) compaction_ratio: f64,
     pub(crate) background_compaction: bool,
+    exclusive: bool,
+    read_only: bool,
     pub(crate) vfs: Arc<dyn Vfs>,
 }
 
@@ -55,6 +58,8 @@ impl fmt::Debug for Options {
             .field("compaction_min_wal_bytes", &self.compaction_min_wal_bytes)
             .field("compaction_ratio", &self.compaction_ratio)
             .field("background_compaction", &self.background_compaction)
+            .field("exclusive", &self.exclusive)
+            .field("read_only", &self.read_only)
             .finish_non_exhaustive()
     }
 }
@@ -75,6 +80,8 @@ impl Options {
             compaction_min_wal_bytes: DEFAULT_COMPACTION_MIN_WAL_BYTES,
             compaction_ratio: DEFAULT_COMPACTION_RATIO,
             background_compaction: true,
+            exclusive: false,
+            read_only: false,
             vfs: Arc::new(StdVfs),
         }
     }
@@ -117,6 +124,25 @@ impl Options {
         self
     }
 
+    /// With `true`, this handle keeps the store to itself: it holds `LOCK` from open to close, and
+    /// any other open (in this or another process) fails with [`Error::Locked`] naming the lock
+    /// file, as this one does if the store is open elsewhere. Needed on file systems where
+    /// processes cannot share a store (NFS, SMB, no `flock`), where a default open fails with
+    /// [`Error::LockingUnsupported`]. Saves the (cheap) check for other processes' commits.
+    /// Default `false`: any number of processes may open the store and read and write it.
+    pub fn exclusive(mut self, exclusive: bool) -> Self {
+        self.exclusive = exclusive;
+        self
+    }
+
+    /// With `true`, the handle never writes to the store's files (no repair, no compaction, no
+    /// new files): writes fail with [`Error::ReadOnly`], and the store must exist. It still sees
+    /// every commit other processes make. Default `false`.
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
     /// Runs on another file system (the simulated disk in tests and fuzzing).
     pub(crate) fn vfs(mut self, vfs: Arc<dyn Vfs>) -> Self {
         self.vfs = vfs;
@@ -126,10 +152,20 @@ impl Options {
     /// Opens the store in directory `path`, recovering from any crash.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Db> {
         let dir = path.as_ref().to_owned();
-        let recovered = recovery::open(self.vfs.as_ref(), &dir, self.create_if_missing)?;
+        let access = match (self.read_only, self.exclusive) {
+            (true, _) => Access::ReadOnly,
+            (false, true) => Access::Exclusive,
+            (false, false) => Access::Shared,
+        };
+        let recovered = recovery::open(self.vfs.as_ref(), &dir, self.create_if_missing, access)?;
+        let seen_seq = recovered.store_lock.hint(COMMITTED_SEQ);
+        let seen_snapshot = recovered.store_lock.hint(SNAPSHOT_GENERATION);
         let inner = Arc::new(Inner {
             dir,
             state: RwLock::new(recovered.view),
+            position: Mutex::new(recovered.position),
+            seen_seq: AtomicU64::new(seen_seq),
+            seen_snapshot: AtomicU64::new(seen_snapshot),
             queue: Mutex::new(Queue::default()),
             queue_changed: Condvar::new(),
             writer: Mutex::new(recovered.writer),
@@ -141,12 +177,11 @@ impl Options {
             cancel: AtomicBool::new(false),
             wake_compactor: Mutex::new(None),
             report: recovered.report,
+            store_lock: recovered.store_lock,
+            compaction_lock: recovered.compaction_lock,
             options: self,
-            _lock: recovered.lock,
         });
-        let compactor = inner
-            .options
-            .background_compaction
+        let compactor = (inner.options.background_compaction && access != Access::ReadOnly)
             .then(|| spawn_compactor(&inner))
             .transpose()?;
         Ok(Db {
@@ -217,7 +252,7 @@ pub struct VerifyReport {
 /// (as [`Durability`] defines it), and then at once to every clone.
 #[derive(Clone)]
 pub struct Db {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     /// Shared by the user's clones only (not by the compaction thread): when the last one goes,
     /// the compaction thread is stopped and joined, so the store is closed when `drop` returns.
     _owner: Arc<Owner>,
@@ -242,27 +277,36 @@ impl Drop for Owner {
 pub(crate) struct Inner {
     pub(crate) dir: PathBuf,
     pub(crate) options: Options,
-    /// What readers see: only writes that have been appended and synced.
+    /// What readers see: only committed (durable) writes, in log order.
     pub(crate) state: RwLock<View>,
-    /// Writers waiting to be committed by the current group leader.
-    queue: Mutex<Queue>,
-    queue_changed: Condvar,
-    /// The log, held by the group leader while it appends and syncs.
+    /// How far `state` has applied the log. Lock order: `writer`, then `LOCK`, then `position`,
+    /// then `state`.
+    pub(crate) position: Mutex<Position>,
+    /// The hint words as of the last time this handle caught up: while the shared page still
+    /// holds these, no other process has committed or compacted since.
+    pub(crate) seen_seq: AtomicU64,
+    pub(crate) seen_snapshot: AtomicU64,
+    /// Writers waiting to be committed by a group leader.
+    pub(crate) queue: Mutex<Queue>,
+    pub(crate) queue_changed: Condvar,
+    /// The appending end of the log, held by a group leader while it appends.
     pub(crate) writer: Mutex<LogWriter>,
-    /// Held for the whole of a compaction: one at a time.
+    /// Held for the whole of a compaction: one at a time in this handle (the compaction lock
+    /// file does the same across handles).
     pub(crate) compaction: Mutex<()>,
     /// Set after a failed sync: the handle refuses writes from then on.
     poison: Mutex<Option<String>>,
-    commits: AtomicU64,
-    syncs: AtomicU64,
+    pub(crate) commits: AtomicU64,
+    pub(crate) syncs: AtomicU64,
     pub(crate) compactions: AtomicU64,
     /// Asks a running compaction to give up (the handle is closing).
     pub(crate) cancel: AtomicBool,
     /// Wakes the background compaction thread; `None` once the handle closes.
     wake_compactor: Mutex<Option<SyncSender<()>>>,
     report: RecoveryReport,
-    /// Holds the store's `flock` for as long as the handle lives.
-    _lock: Arc<dyn VfsFile>,
+    /// `LOCK` and the hint page.
+    pub(crate) store_lock: StoreLock,
+    pub(crate) compaction_lock: CompactionLock,
 }
 
 fn spawn_compactor(inner: &Arc<Inner>) -> Result<JoinHandle<()>> {
@@ -283,19 +327,6 @@ fn spawn_compactor(inner: &Arc<Inner>) -> Result<JoinHandle<()>> {
             }
         })
         .map_err(|e| Error::io("start the compaction thread for", &inner.dir, e))
-}
-
-/// The group-commit queue. Tickets are handed out in arrival order; a leader takes every pending
-/// batch at once, so each group is a contiguous run of tickets and groups finish in order.
-#[derive(Default)]
-struct Queue {
-    pending: Vec<Batch>,
-    next_ticket: u64,
-    /// Every ticket below this one has finished.
-    done_below: u64,
-    leader_active: bool,
-    /// Errors for the members of failed groups, collected by each member.
-    failures: HashMap<u64, Error>,
 }
 
 impl fmt::Debug for Db {
@@ -320,6 +351,7 @@ impl Db {
 
     /// The value of `key`, if present. Values read from the snapshot are not copied.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
+        self.inner.refresh()?;
         self.inner.read_state().get(key.as_ref())
     }
 
@@ -349,7 +381,7 @@ impl Db {
     /// Applies every operation of `batch` atomically, as one log record.
     pub fn write(&self, batch: Batch) -> Result<()> {
         batch.check_limits()?;
-        self.inner.check_poison()?;
+        self.inner.check_writable()?;
         if batch.is_empty() {
             return Ok(());
         }
@@ -359,9 +391,9 @@ impl Db {
     /// Makes every write so far durable: a no-op cost for [`Durability::Immediate`], an
     /// `fdatasync` for [`Durability::Buffered`].
     pub fn flush(&self) -> Result<()> {
-        self.inner.check_poison()?;
+        self.inner.check_writable()?;
         let writer = lock(&self.inner.writer);
-        self.inner.sync(&writer)
+        self.inner.sync_file(writer.path(), writer.file())
     }
 
     /// Compacts now: cuts a new generation and merges the log into a new snapshot. Returns once
@@ -372,7 +404,7 @@ impl Db {
 
     /// [`Db::compact`], calling `progress(entries_done, entries_total)` as the merge advances.
     pub fn compact_with_progress(&self, progress: impl FnMut(u64, u64)) -> Result<()> {
-        self.inner.check_poison()?;
+        self.inner.check_writable()?;
         self.inner.compact(progress)
     }
 
@@ -382,28 +414,32 @@ impl Db {
     /// checked; compactions wait for the whole check.
     pub fn verify(&self, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport> {
         let _no_compaction = lock(&self.inner.compaction);
+        self.inner.refresh()?;
         let snapshot = self.inner.read_state().snapshot.clone();
         let snapshot_bytes = snapshot.as_ref().map_or(0, |s| s.file_bytes());
-        let writer = lock(&self.inner.writer);
-        let total = snapshot_bytes + writer.end();
+        // No writer, in any process, appends while the log is checked.
+        let _no_appends = self.inner.store_lock.shared()?;
+        let (path, file) = self.inner.newest_log()?;
+        let (path, file) = (path.as_path(), file.as_ref());
+        let wal_bytes = file
+            .size()
+            .map_err(|e| Error::io("read the size of", path, e))?;
+        let total = snapshot_bytes + wal_bytes;
         if let Some(s) = &snapshot {
             s.verify(|done| progress(done, total))?;
         }
-        let (path, file) = (writer.path(), writer.file());
         let header = crate::wal::read_header(file, path)?;
         let mut wal_records = 0;
-        let scan = crate::wal::scan(file, path, WAL_HEADER_LEN as u64, header.first_seq, |_| {
-            wal_records += 1;
-        })?;
+        let scan = crate::wal::scan(
+            file,
+            path,
+            WAL_HEADER_LEN as u64,
+            header.first_seq,
+            u64::MAX,
+            |_| wal_records += 1,
+        )?;
         if let crate::wal::Stop::Damaged { offset, reason } = scan.stop {
             return Err(Error::corruption(path, offset, reason));
-        }
-        if scan.end != writer.end() {
-            return Err(Error::corruption(
-                path,
-                scan.end,
-                "the log ends before its last commit",
-            ));
         }
         if let Some(at) = crate::wal::first_nonzero(file, path, scan.end)? {
             return Err(Error::corruption(
@@ -419,7 +455,7 @@ impl Db {
             snapshot_bytes,
             wal: path.to_owned(),
             wal_records,
-            wal_bytes: writer.end(),
+            wal_bytes: scan.end,
             quarantine_files: self.inner.report.quarantine_files.clone(),
         })
     }
@@ -454,6 +490,7 @@ impl Db {
 
     /// Number of keys in the store.
     pub fn len(&self) -> Result<u64> {
+        self.inner.refresh()?;
         Ok(self.inner.read_state().live_keys)
     }
 
@@ -464,17 +501,18 @@ impl Db {
 
     /// Figures about the store and this handle.
     pub fn stats(&self) -> Result<Stats> {
-        let writer = lock(&self.inner.writer);
+        self.inner.refresh()?;
+        let position = lock(&self.inner.position);
         let state = self.inner.read_state();
         let frozen_bytes = state.frozen.as_ref().map_or(0, |f| f.approximate_bytes());
         Ok(Stats {
-            generation: writer.generation(),
+            generation: position.generation,
             keys: state.live_keys,
             snapshot_bytes: state.snapshot.as_ref().map_or(0, |s| s.file_bytes()),
             snapshot_keys: state.snapshot.as_ref().map_or(0, |s| s.len()),
-            wal_bytes: writer.end(),
+            wal_bytes: position.offset,
             memtable_bytes: (state.memtable.approximate_bytes() + frozen_bytes) as u64,
-            next_sequence: writer.next_seq(),
+            next_sequence: position.next_seq,
             commits: self.inner.commits.load(Ordering::Relaxed),
             syncs: self.inner.syncs.load(Ordering::Relaxed),
             compactions: self.inner.compactions.load(Ordering::Relaxed),
@@ -493,7 +531,38 @@ impl Inner {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn check_poison(&self) -> Result<()> {
+    /// The newest log: the one this handle reads, or a later one another process cut.
+    fn newest_log(&self) -> Result<(PathBuf, Arc<dyn crate::io::VfsFile>)> {
+        let position = lock(&self.position);
+        let (mut path, mut file) = (position.path.clone(), Arc::clone(&position.file));
+        drop(position);
+        let vfs = self.options.vfs.as_ref();
+        loop {
+            let header = crate::wal::read_header(file.as_ref(), &path)?;
+            let next = self
+                .dir
+                .join(crate::layout::wal_name(header.generation + 1));
+            match crate::wal::open(vfs, &next, crate::io::OpenMode::Read) {
+                Ok((next_file, _)) => (path, file) = (next, next_file),
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok((path, file));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Refuses writes through a read-only handle.
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.options.read_only {
+            return Err(Error::ReadOnly {
+                path: self.dir.clone(),
+            });
+        }
+        self.check_poison()
+    }
+
+    pub(crate) fn check_poison(&self) -> Result<()> {
         match &*lock(&self.poison) {
             Some(cause) => Err(Error::Poisoned {
                 cause: cause.clone(),
@@ -506,118 +575,8 @@ impl Inner {
         lock(&self.poison).get_or_insert(cause);
     }
 
-    /// Queues `batch` and returns once the group that carries it has committed. The first writer
-    /// to find no leader becomes the leader and commits everything queued, so concurrent writers
-    /// share one append and one sync.
-    fn commit(&self, batch: Batch) -> Result<()> {
-        let mut queue = lock(&self.queue);
-        let ticket = queue.next_ticket;
-        queue.next_ticket += 1;
-        queue.pending.push(batch);
-        loop {
-            if ticket < queue.done_below {
-                return queue.failures.remove(&ticket).map_or(Ok(()), Err);
-            }
-            if !queue.leader_active {
-                queue.leader_active = true;
-                let group = std::mem::take(&mut queue.pending);
-                let group_end = queue.next_ticket;
-                let group_start = group_end - group.len() as u64;
-                drop(queue);
-
-                let result = catch_unwind(AssertUnwindSafe(|| self.commit_group(group)))
-                    .unwrap_or_else(|_| {
-                        let cause = "a panic during a commit".to_string();
-                        self.set_poison(cause.clone());
-                        Err(Error::Poisoned { cause })
-                    });
-
-                queue = lock(&self.queue);
-                if let Err(e) = &result {
-                    for t in (group_start..group_end).filter(|&t| t != ticket) {
-                        queue.failures.insert(t, e.for_group_member());
-                    }
-                }
-                queue.done_below = group_end;
-                queue.leader_active = false;
-                self.queue_changed.notify_all();
-                drop(queue);
-                return result.map(|compaction_due| {
-                    if compaction_due {
-                        self.wake_compactor();
-                    }
-                });
-            }
-            queue = self
-                .queue_changed
-                .wait(queue)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    /// Appends the group as one write (a record per batch), syncs, then publishes it to readers.
-    /// Returns whether the log has now outgrown the compaction trigger.
-    fn commit_group(&self, group: Vec<Batch>) -> Result<bool> {
-        self.check_poison()?;
-        let mut writer = lock(&self.writer);
-        // Whether each key exists below the memtable can take a disk read: find out now, under
-        // the view's read lock, rather than while readers wait for the publish below. The
-        // answers hold until then: the writer lock keeps the generation from being cut, and an
-        // installed snapshot answers exactly as the frozen memtable and snapshot it replaces.
-        // A damaged snapshot block fails the group here, before anything is written.
-        let in_base: Vec<bool> = {
-            let state = self.read_state();
-            group
-                .iter()
-                .flat_map(Batch::op_refs)
-                .map(|op| state.base_contains(op.key()))
-                .collect::<Result<_>>()?
-        };
-        let appended = writer.append(|buf, first_seq| {
-            for (seq, batch) in (first_seq..).zip(&group) {
-                encode_record(buf, seq, batch.op_refs(), batch.encoded_len());
-            }
-            group.len() as u64
-        });
-        if let Err(e) = appended {
-            if let Error::Poisoned { cause } = &e {
-                self.set_poison(cause.clone());
-            }
-            return Err(e);
-        }
-        if self.options.durability == Durability::Immediate {
-            self.sync(&writer)?;
-        }
-        self.commits
-            .fetch_add(group.len() as u64, Ordering::Relaxed);
-        // Publish while still holding the writer, so readers see commits in log order.
-        let mut state = self.write_state();
-        let mut in_base = in_base.into_iter();
-        for batch in group {
-            for (key, value) in batch.into_ops() {
-                if let Err(e) = state.apply_knowing(key, value, in_base.next()) {
-                    // The batch is in the log, but the view could not take it (a damaged snapshot
-                    // block): this handle's view no longer matches the files.
-                    self.set_poison(format!("the in-memory view could not apply a commit: {e}"));
-                    return Err(e);
-                }
-            }
-        }
-        let snapshot_bytes = state.snapshot.as_ref().map_or(0, |s| s.file_bytes());
-        Ok(self.compaction_due(writer.end(), snapshot_bytes))
-    }
-
-    /// `fdatasync`s the log; a failure poisons the handle, because after a failed `fdatasync` the
-    /// kernel may have dropped the dirty pages and a retry could "succeed" without the data.
-    fn sync(&self, writer: &LogWriter) -> Result<()> {
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        writer.sync().inspect_err(|e| {
-            self.set_poison(e.to_string());
-        })
-    }
-
     /// Wakes the background compaction thread (if it is already awake, it will look again).
-    fn wake_compactor(&self) {
+    pub(crate) fn wake_compactor(&self) {
         if let Some(wake) = lock(&self.wake_compactor).as_ref() {
             match wake.try_send(()) {
                 Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
@@ -686,6 +645,7 @@ impl Iter {
 
     /// Fetches the next chunk from one end of the unfetched range.
     fn refill(&mut self, from_front: bool) -> Result<()> {
+        self.db.inner.refresh()?;
         let Chunk { entries, horizon } = self.db.inner.read_state().fetch(
             as_slice_bound(&self.lo),
             as_slice_bound(&self.hi),
@@ -774,12 +734,15 @@ mod tests {
                     "sync_dir {}",
                     dir.path().file_name().expect("name").to_string_lossy()
                 ),
-                // Recovery makes what it is about to read durable (here: nothing yet).
-                "sync_dir new-store".to_string(),
+                // The lock file gets its shared hint page.
+                "set_len LOCK 4096".to_string(),
                 format!("write {tmp} 0+40"),
                 format!("sync {tmp}"),
                 format!("rename {tmp} {WAL}"),
                 "sync_dir new-store".to_string(),
+                // Recovery makes what it is about to read durable.
+                "sync_dir new-store".to_string(),
+                format!("sync {WAL}"),
             ]
         );
     }

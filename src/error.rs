@@ -89,10 +89,29 @@ pub enum Error {
         cause: String,
     },
 
-    /// Another handle (in this or another process) has the store open and holds its lock.
+    /// Another handle (in this or another process) holds the store's lock for good: it was opened
+    /// with [`Options::exclusive`](crate::Options::exclusive), or this open asked for that and
+    /// someone else has the store open.
     #[error("the store is locked by another handle or process ({}); close it first", path.display())]
     Locked {
         /// The lock file.
+        path: PathBuf,
+    },
+
+    /// The store's file system cannot coordinate several processes (a network file system, or
+    /// `flock` unsupported). Nothing was written.
+    #[error("cannot share {} between processes: {reason}", path.display())]
+    LockingUnsupported {
+        /// The lock file.
+        path: PathBuf,
+        /// What is missing, and what to do.
+        reason: String,
+    },
+
+    /// The handle was opened with [`Options::read_only`]; nothing was written.
+    #[error("the store at {} was opened read-only", path.display())]
+    ReadOnly {
+        /// The store's directory.
         path: PathBuf,
     },
 }
@@ -182,6 +201,11 @@ impl Error {
                 cause: cause.clone(),
             },
             Error::Locked { path } => Error::Locked { path: path.clone() },
+            Error::LockingUnsupported { path, reason } => Error::LockingUnsupported {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            Error::ReadOnly { path } => Error::ReadOnly { path: path.clone() },
         }
     }
 }

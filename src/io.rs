@@ -11,6 +11,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How to open a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +35,31 @@ pub enum EntryKind {
     Dir,
 }
 
+/// Which advisory lock to take on a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockKind {
+    /// Many holders at once (`flock(LOCK_SH)`).
+    Shared,
+    /// One holder (`flock(LOCK_EX)`).
+    Exclusive,
+}
+
+/// A few 64-bit words of memory shared by every handle (in any process) that maps the same file.
+/// The engine keeps its cross-process "something changed" hint here.
+pub trait SharedWords: Send + Sync + fmt::Debug {
+    /// Reads word `index` (acquire).
+    fn load(&self, index: usize) -> u64;
+    /// Raises word `index` to `value` if it is lower (release).
+    fn fetch_max(&self, index: usize, value: u64);
+    /// Sets word `index` (release).
+    fn store(&self, index: usize, value: u64);
+}
+
+/// How many bytes of a file [`VfsFile::map_shared`] maps: one page.
+pub const SHARED_BYTES: u64 = 4096;
+/// How many words that is.
+pub const SHARED_WORDS: usize = (SHARED_BYTES / 8) as usize;
+
 /// A file system: the directory-level operations.
 pub trait Vfs: Send + Sync + fmt::Debug {
     /// Opens `path` as `mode` says.
@@ -50,6 +76,9 @@ pub trait Vfs: Send + Sync + fmt::Debug {
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creates, renames, removes) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// The name of the network file system `dir` is on (NFS, SMB, ...), where `flock` and shared
+    /// memory do not coordinate processes on different machines; `None` for a local one.
+    fn network_filesystem(&self, dir: &Path) -> io::Result<Option<&'static str>>;
 }
 
 /// An open file. Writes are positional: the engine always knows where its log ends, and "append"
@@ -65,10 +94,18 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes the file's data, and the metadata needed to read it (its size), durable: `fdatasync`.
     fn sync_data(&self) -> io::Result<()>;
-    /// Takes an exclusive advisory lock without waiting; `Ok(false)` if another holder has it.
-    fn try_lock_exclusive(&self) -> io::Result<bool>;
+    /// Takes an advisory lock (`flock`), waiting for it if `wait`; `Ok(false)` if it is busy and
+    /// `!wait`. Locks belong to the open file, so two opens of one file conflict even within one
+    /// process, and closing another descriptor of the file never drops this one's lock.
+    fn lock(&self, kind: LockKind, wait: bool) -> io::Result<bool>;
+    /// Releases the lock taken by [`VfsFile::lock`].
+    fn unlock(&self) -> io::Result<()>;
     /// Maps the whole file read-only. Only for files that are never modified again (snapshots).
     fn map(&self) -> io::Result<Arc<dyn Mapping>>;
+    /// Maps the file's first [`SHARED_BYTES`] as shared memory: stores through one mapping are
+    /// seen by every other mapping of the file at once. The file must be at least that long.
+    /// With `writable == false` the stores are refused (a read-only handle never writes).
+    fn map_shared(&self, writable: bool) -> io::Result<Arc<dyn SharedWords>>;
 
     /// Reads exactly `buf.len()` bytes at `offset`, failing with `UnexpectedEof` if the file is
     /// shorter.
@@ -158,6 +195,39 @@ impl Vfs for StdVfs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
     }
+
+    fn network_filesystem(&self, dir: &Path) -> io::Result<Option<&'static str>> {
+        network_filesystem(dir)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn network_filesystem(dir: &Path) -> io::Result<Option<&'static str>> {
+    // Magic numbers from statfs(2).
+    const NETWORK: [(i64, &str); 7] = [
+        (0x6969, "NFS"),
+        (0xFF53_4D42, "CIFS"),
+        (0xFE53_4D42, "SMB2"),
+        (0x517B, "SMB"),
+        (0x564C, "NCP"),
+        (0x0102_1997, "9P"),
+        (0x6B41_4653, "AFS"),
+    ];
+    let stat = rustix::fs::statfs(dir)?;
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's width differs between targets"
+    )]
+    let kind = stat.f_type as i64;
+    Ok(NETWORK
+        .iter()
+        .find(|(magic, _)| *magic == kind)
+        .map(|(_, name)| *name))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn network_filesystem(_dir: &Path) -> io::Result<Option<&'static str>> {
+    Ok(None)
 }
 
 #[derive(Debug)]
@@ -184,12 +254,47 @@ impl VfsFile for StdFile {
         self.0.sync_data()
     }
 
-    fn try_lock_exclusive(&self) -> io::Result<bool> {
-        match self.0.try_lock() {
+    fn lock(&self, kind: LockKind, wait: bool) -> io::Result<bool> {
+        let attempt = match (kind, wait) {
+            (LockKind::Exclusive, true) => return self.0.lock().map(|()| true),
+            (LockKind::Shared, true) => return self.0.lock_shared().map(|()| true),
+            (LockKind::Exclusive, false) => self.0.try_lock(),
+            (LockKind::Shared, false) => self.0.try_lock_shared(),
+        };
+        match attempt {
             Ok(()) => Ok(true),
             Err(TryLockError::WouldBlock) => Ok(false),
             Err(TryLockError::Error(e)) => Err(e),
         }
+    }
+
+    fn unlock(&self) -> io::Result<()> {
+        self.0.unlock()
+    }
+
+    #[expect(
+        unsafe_code,
+        reason = "memmap2's map_mut is unsafe: see the SAFETY note"
+    )]
+    fn map_shared(&self, writable: bool) -> io::Result<Arc<dyn SharedWords>> {
+        if self.0.metadata()?.len() < SHARED_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file is shorter than the shared page",
+            ));
+        }
+        let mut options = memmap2::MmapOptions::new();
+        options.len(SHARED_BYTES as usize);
+        // SAFETY: the mapping covers bytes that exist (checked above; the lock file only ever
+        // grows) and is only accessed as atomic words (StdSharedWords), so concurrent stores by
+        // other processes are data-race free. Another program truncating the lock file could
+        // make accesses fault; that is tampering with the store.
+        let map = if writable {
+            SharedMap::ReadWrite(unsafe { options.map_mut(&self.0)? })
+        } else {
+            SharedMap::ReadOnly(unsafe { options.map(&self.0)? })
+        };
+        Ok(Arc::new(StdSharedWords(map)))
     }
 
     #[expect(
@@ -208,6 +313,54 @@ impl VfsFile for StdFile {
         // means the whole file.
         map.advise(memmap2::Advice::Random)?;
         Ok(Arc::new(StdMapping(map)))
+    }
+}
+
+#[derive(Debug)]
+enum SharedMap {
+    ReadWrite(memmap2::MmapMut),
+    ReadOnly(memmap2::Mmap),
+}
+
+#[derive(Debug)]
+struct StdSharedWords(SharedMap);
+
+impl StdSharedWords {
+    #[expect(
+        unsafe_code,
+        reason = "views mapped memory as atomics: see the SAFETY note"
+    )]
+    fn word(&self, index: usize) -> &AtomicU64 {
+        assert!(index < SHARED_WORDS, "shared word {index} out of range");
+        let base = match &self.0 {
+            SharedMap::ReadWrite(m) => m.as_ptr(),
+            SharedMap::ReadOnly(m) => m.as_ptr(),
+        };
+        // SAFETY: the mapping is page-aligned and SHARED_BYTES long, so the word is in bounds
+        // and 8-byte aligned; it lives as long as `self`. Every access, in every process, is
+        // atomic. Stores happen only through a writable mapping (see `store` and `fetch_max`);
+        // an atomic load from a read-only mapping is a plain aligned read.
+        unsafe { AtomicU64::from_ptr(base.add(index * 8).cast_mut().cast::<u64>()) }
+    }
+
+    fn writable(&self) -> bool {
+        matches!(self.0, SharedMap::ReadWrite(_))
+    }
+}
+
+impl SharedWords for StdSharedWords {
+    fn load(&self, index: usize) -> u64 {
+        self.word(index).load(Ordering::Acquire)
+    }
+
+    fn fetch_max(&self, index: usize, value: u64) {
+        assert!(self.writable(), "store through a read-only shared mapping");
+        self.word(index).fetch_max(value, Ordering::AcqRel);
+    }
+
+    fn store(&self, index: usize, value: u64) {
+        assert!(self.writable(), "store through a read-only shared mapping");
+        self.word(index).store(value, Ordering::Release);
     }
 }
 
@@ -316,6 +469,9 @@ pub(crate) mod faulty {
             faults(&self.faults).note(format!("sync_dir {}", name(dir)))?;
             StdVfs.sync_dir(dir)
         }
+        fn network_filesystem(&self, dir: &Path) -> io::Result<Option<&'static str>> {
+            StdVfs.network_filesystem(dir)
+        }
     }
 
     #[derive(Debug)]
@@ -355,11 +511,17 @@ pub(crate) mod faulty {
             }
             self.inner.sync_data()
         }
-        fn try_lock_exclusive(&self) -> io::Result<bool> {
-            self.inner.try_lock_exclusive()
+        fn lock(&self, kind: LockKind, wait: bool) -> io::Result<bool> {
+            self.inner.lock(kind, wait)
+        }
+        fn unlock(&self) -> io::Result<()> {
+            self.inner.unlock()
         }
         fn map(&self) -> io::Result<Arc<dyn Mapping>> {
             self.inner.map()
+        }
+        fn map_shared(&self, writable: bool) -> io::Result<Arc<dyn SharedWords>> {
+            self.inner.map_shared(writable)
         }
     }
 }

@@ -3,13 +3,18 @@
 
 use std::ffi::OsStr;
 
-/// The lock file: `flock`ed by the process that appends to the log.
+/// The lock file: `flock`ed by the process that appends to the log; its first page is the
+/// shared hint (see `locking`).
 pub const LOCK_NAME: &str = "LOCK";
+/// Held for the whole of a compaction.
+pub const COMPACTION_LOCK_NAME: &str = "LOCK.compaction";
+/// Held by every open handle: shared, or exclusively by an exclusive one.
+pub const HANDLES_LOCK_NAME: &str = "LOCK.handles";
 
 /// What a directory entry is to the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreFile {
-    /// `LOCK`.
+    /// `LOCK`, `LOCK.compaction` or `LOCK.handles`.
     Lock,
     /// `wal-<generation>`.
     Wal(u64),
@@ -43,7 +48,7 @@ pub fn classify(name: &OsStr) -> StoreFile {
     let Some(name) = name.to_str() else {
         return StoreFile::Foreign;
     };
-    if name == LOCK_NAME {
+    if [LOCK_NAME, COMPACTION_LOCK_NAME, HANDLES_LOCK_NAME].contains(&name) {
         return StoreFile::Lock;
     }
     if name.ends_with(".tmp") && (name.starts_with("wal-") || name.starts_with("snap-")) {
@@ -88,6 +93,7 @@ mod tests {
             StoreFile::Quarantine
         );
         assert_eq!(classify(OsStr::new("LOCK")), StoreFile::Lock);
+        assert_eq!(classify(OsStr::new("LOCK.compaction")), StoreFile::Lock);
         for stranger in [
             "wal-1",
             "wal-00000000000000zz",

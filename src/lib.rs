@@ -29,20 +29,24 @@
 mod batch;
 mod bytes;
 mod campaign;
+mod commit;
 mod compaction;
 #[cfg(test)]
 mod crash_tests;
 mod db;
 mod error;
+mod follow;
 mod format;
 mod fuzz_support;
 mod io;
 mod layout;
 mod limits;
+mod locking;
 mod memtable;
 mod recovery;
 mod sim;
 mod snapshot;
+mod transaction;
 mod view;
 mod wal;
 
@@ -55,6 +59,7 @@ pub use db::{
 pub use error::{Error, Result};
 pub use limits::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use recovery::RecoveryReport;
+pub use transaction::{CompareAndSwapError, Transaction};
 
 /// The simulated power-loss campaign behind `kvctl crash-test --simulate`; not part of the
 /// supported API.

@@ -45,6 +45,19 @@ impl Memtable {
         previous
     }
 
+    /// A copy of this table with every entry of `upper` written over it (the entries are
+    /// shared, not copied).
+    pub fn overlaid_with(&self, upper: Memtable) -> Memtable {
+        let mut merged = Memtable {
+            map: self.map.clone(),
+            approximate_bytes: self.approximate_bytes,
+        };
+        for (key, value) in upper.map {
+            merged.insert(Bytes::from_arc(key), value.map(Bytes::from_arc));
+        }
+        merged
+    }
+
     /// Forgets `key` entirely (used when no older value needs hiding).
     pub fn remove(&mut self, key: &[u8]) -> Option<Option<Arc<[u8]>>> {
         let previous = self.map.remove_entry(key);

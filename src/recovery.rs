@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::follow::Position;
 use crate::format::{OpRef, WAL_HEADER_LEN, WalHeader};
-use crate::io::{EntryKind, OpenMode, Vfs, VfsFile};
-use crate::layout::{LOCK_NAME, StoreFile, classify, snapshot_name, wal_name};
+use crate::io::{EntryKind, OpenMode, Vfs};
+use crate::layout::{StoreFile, classify, snapshot_name, wal_name};
+use crate::locking::{Access, COMMITTED_SEQ, CompactionLock, SNAPSHOT_GENERATION, StoreLock};
 use crate::snapshot::Snapshot;
 use crate::view::View;
 use crate::wal::{self, LogWriter, Stop};
@@ -31,14 +33,21 @@ pub struct RecoveryReport {
 
 /// Everything an open handle starts from.
 pub struct Recovered {
-    pub lock: Arc<dyn VfsFile>,
+    pub store_lock: StoreLock,
+    pub compaction_lock: CompactionLock,
     pub writer: LogWriter,
+    pub position: Position,
     pub view: View,
     pub report: RecoveryReport,
 }
 
 /// Opens (creating if allowed) the store in `dir`.
-pub fn open(vfs: &dyn Vfs, dir: &Path, create_if_missing: bool) -> Result<Recovered> {
+pub fn open(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    create_if_missing: bool,
+    access: Access,
+) -> Result<Recovered> {
     match vfs
         .entry_kind(dir)
         .map_err(|e| Error::io("look at", dir, e))?
@@ -50,7 +59,7 @@ pub fn open(vfs: &dyn Vfs, dir: &Path, create_if_missing: bool) -> Result<Recove
                 reason: "it is a file; a store is a directory".into(),
             });
         }
-        None if create_if_missing => {
+        None if create_if_missing && access != Access::ReadOnly => {
             vfs.create_dir_all(dir)
                 .map_err(|e| Error::io("create the store directory", dir, e))?;
             // The new directory's own entry must be durable too, or a power loss could take the
@@ -78,7 +87,185 @@ pub fn open(vfs: &dyn Vfs, dir: &Path, create_if_missing: bool) -> Result<Recove
             reason: "the directory is not empty and holds no sturdykv files".into(),
         });
     }
+    if access == Access::ReadOnly && !listing.has_store_files() {
+        return Err(Error::NotAStore {
+            path: dir.to_owned(),
+            reason: "it holds no sturdykv files (a read-only open does not create a store)".into(),
+        });
+    }
+    // Any damage found below must be in the files themselves: refuse a newer format before
+    // taking locks or writing anything.
+    if let Some(&generation) = listing.wals.last() {
+        wal::open(vfs, &dir.join(wal_name(generation)), OpenMode::Read)?;
+    }
 
+    let store_lock = StoreLock::open(vfs, dir, access)?;
+    let compaction_lock = CompactionLock::open(vfs, dir, access)?;
+    let writable = access != Access::ReadOnly;
+    // Recovery holds the lock for its whole run: no writer appends, cuts a generation or removes
+    // files meanwhile (a read-only open only waits for writers to finish).
+    let guard = if writable {
+        store_lock.exclusive()?
+    } else {
+        store_lock.shared()?
+    };
+
+    let mut report = RecoveryReport::default();
+    if writable {
+        // With no compaction running, nothing unfinished can be in progress: leftovers are
+        // garbage. (A running compaction cleans up after itself.)
+        if let Some(_compacting) = compaction_lock.acquire(false)? {
+            report.removed_temporaries = remove_garbage(vfs, dir)?;
+        }
+        let now = list_store(vfs, dir)?;
+        if now.wals.is_empty() && now.snapshots.is_empty() {
+            let header = WalHeader {
+                generation: 0,
+                first_seq: 1,
+            };
+            wal::create(vfs, dir, header)?;
+        }
+    }
+
+    let mut loaded = load(vfs, dir, u64::MAX, writable, true)?;
+    report.replayed_records = loaded.replayed_records;
+    report.quarantine_files = loaded.quarantine_files.clone();
+    let last = loaded.position.clone();
+    if let Some((offset, reason)) = loaded.damage {
+        if writable {
+            let header = WalHeader {
+                generation: last.generation,
+                first_seq: loaded.first_seq_of_last,
+            };
+            let repair = wal::repair_tail(
+                vfs,
+                dir,
+                last.file.as_ref(),
+                &last.path,
+                &header,
+                offset,
+                last.next_seq,
+            )?;
+            log::info!(
+                "{}: cut {} bytes off the log tail at offset {offset} ({reason})",
+                last.path.display(),
+                repair.truncated_bytes
+            );
+            report.truncated_bytes += repair.truncated_bytes;
+            report.quarantine_files.extend(repair.quarantined_to);
+        } else {
+            log::warn!(
+                "{}: the log is damaged at offset {offset} ({reason}); opened read-only up to there",
+                last.path.display()
+            );
+        }
+    }
+    if writable {
+        store_lock.correct_hint(&guard, COMMITTED_SEQ, last.next_seq);
+        store_lock.correct_hint(
+            &guard,
+            SNAPSHOT_GENERATION,
+            loaded.view.snapshot.as_ref().map_or(0, |s| s.generation()),
+        );
+    }
+    drop(guard);
+
+    let allocated = last
+        .file
+        .size()
+        .map_err(|e| Error::io("read the size of", &last.path, e))?;
+    let writer = LogWriter::new(
+        last.path.clone(),
+        Arc::clone(&last.file),
+        last.generation,
+        last.offset,
+        last.next_seq,
+        allocated,
+    );
+    Ok(Recovered {
+        store_lock,
+        compaction_lock,
+        writer,
+        position: last,
+        view: std::mem::take(&mut loaded.view),
+        report,
+    })
+}
+
+/// Removes unfinished temporaries and the files of generations older than the newest snapshot
+/// (a crash during a compaction's clean-up leaves them). Only with both locks held.
+fn remove_garbage(vfs: &dyn Vfs, dir: &Path) -> Result<u64> {
+    let listing = list_store(vfs, dir)?;
+    let start = listing.snapshots.last().copied().unwrap_or(0);
+    let stale = listing
+        .wals
+        .iter()
+        .filter(|&&g| g < start)
+        .map(|&g| wal_name(g))
+        .chain(
+            listing
+                .snapshots
+                .iter()
+                .filter(|&&g| g < start)
+                .map(|&g| snapshot_name(g)),
+        );
+    let garbage: Vec<String> = listing.temporaries.iter().cloned().chain(stale).collect();
+    for name in &garbage {
+        vfs.remove_file(&dir.join(name))
+            .map_err(|e| Error::io("remove leftover file", dir.join(name), e))?;
+    }
+    if !garbage.is_empty() {
+        vfs.sync_dir(dir)
+            .map_err(|e| Error::io("sync the directory", dir, e))?;
+    }
+    Ok(garbage.len() as u64)
+}
+
+/// A store's state as read from its files.
+pub struct Loaded {
+    pub view: View,
+    /// Just past the last record read, in the newest log.
+    pub position: Position,
+    /// The first sequence number of the newest log.
+    pub first_seq_of_last: u64,
+    /// Where reading the newest log stopped early, if it did (a torn or damaged tail).
+    pub damage: Option<(u64, &'static str)>,
+    pub replayed_records: u64,
+    pub quarantine_files: Vec<PathBuf>,
+}
+
+/// How many times [`load`] starts over when a compaction removes files under it.
+const LOAD_ATTEMPTS: usize = 100;
+
+/// Reads the store: the newest snapshot, then every later log, up to (not including) sequence
+/// number `upto`. With `sync_first`, makes the directory and the logs durable before reading
+/// them. Starts over if a compaction in another process removes a file it was about to open.
+pub fn load(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    upto: u64,
+    writable: bool,
+    sync_first: bool,
+) -> Result<Loaded> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match load_once(vfs, dir, upto, writable, sync_first) {
+            Err(Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && attempt < LOAD_ATTEMPTS => {}
+            other => return other,
+        }
+    }
+}
+
+fn load_once(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    upto: u64,
+    writable: bool,
+    sync_first: bool,
+) -> Result<Loaded> {
+    let listing = list_store(vfs, dir)?;
     // The newest snapshot is the base; a damaged one is an error, never silently skipped (the
     // logs it replaced may already be gone).
     let base = match listing.snapshots.last() {
@@ -113,7 +300,7 @@ pub fn open(vfs: &dyn Vfs, dir: &Path, create_if_missing: bool) -> Result<Recove
             ));
         }
     }
-    if replay.is_empty() && (base.is_some() || !listing.wals.is_empty()) {
+    if replay.is_empty() {
         return Err(Error::corruption(
             dir.join(wal_name(start)),
             0,
@@ -121,9 +308,14 @@ pub fn open(vfs: &dyn Vfs, dir: &Path, create_if_missing: bool) -> Result<Recove
         ));
     }
     let mut logs = Vec::new();
-    for &generation in &replay {
+    for (i, &generation) in replay.iter().enumerate() {
         let path = dir.join(wal_name(generation));
-        let (file, header) = wal::open(vfs, &path, OpenMode::ReadWrite)?;
+        let mode = if writable && i == replay.len() - 1 {
+            OpenMode::ReadWrite
+        } else {
+            OpenMode::Read
+        };
+        let (file, header) = wal::open(vfs, &path, mode)?;
         if header.generation != generation {
             return Err(Error::corruption(
                 &path,
@@ -134,65 +326,16 @@ pub fn open(vfs: &dyn Vfs, dir: &Path, create_if_missing: bool) -> Result<Recove
         logs.push((path, file, header));
     }
 
-    let lock_path = dir.join(LOCK_NAME);
-    let lock = vfs
-        .open(&lock_path, OpenMode::ReadWriteCreate)
-        .map_err(|e| Error::io("open the lock file", &lock_path, e))?;
-    match lock.try_lock_exclusive() {
-        Ok(true) => {}
-        Ok(false) => return Err(Error::Locked { path: lock_path }),
-        Err(e) => return Err(Error::io("lock (flock) the lock file", &lock_path, e)),
-    }
-
     // What we are about to read may be only in the page cache: a process that died after a
     // failed fdatasync can leave unsynced records behind. Make the directory and the logs
     // durable first, so that replay never shows a write that a power cut could still take away.
-    vfs.sync_dir(dir)
-        .map_err(|e| Error::io("sync the directory", dir, e))?;
-    for (path, file, _) in &logs {
-        file.sync_data()
-            .map_err(|e| Error::io("sync", path.as_path(), e))?;
-    }
-
-    let mut report = RecoveryReport {
-        quarantine_files: listing.quarantine.iter().map(|n| dir.join(n)).collect(),
-        ..RecoveryReport::default()
-    };
-    // Garbage: unfinished atomic writes, and generations older than the base (a crash during a
-    // compaction's clean-up leaves them).
-    let stale = listing
-        .wals
-        .iter()
-        .filter(|&&g| g < start)
-        .map(|&g| wal_name(g))
-        .chain(
-            listing
-                .snapshots
-                .iter()
-                .filter(|&&g| g < start)
-                .map(|&g| snapshot_name(g)),
-        );
-    let garbage: Vec<String> = listing.temporaries.iter().cloned().chain(stale).collect();
-    for name in &garbage {
-        vfs.remove_file(&dir.join(name))
-            .map_err(|e| Error::io("remove leftover file", dir.join(name), e))?;
-    }
-    report.removed_temporaries = garbage.len() as u64;
-    if !garbage.is_empty() {
+    if sync_first {
         vfs.sync_dir(dir)
             .map_err(|e| Error::io("sync the directory", dir, e))?;
-    }
-
-    if logs.is_empty() {
-        let header = WalHeader {
-            generation: 0,
-            first_seq: 1,
-        };
-        let path = wal::create(vfs, dir, header)?;
-        let file = vfs
-            .open(&path, OpenMode::ReadWrite)
-            .map_err(|e| Error::io("open", &path, e))?;
-        logs.push((path, file, header));
+        for (path, file, _) in &logs {
+            file.sync_data()
+                .map_err(|e| Error::io("sync", path.as_path(), e))?;
+        }
     }
 
     let mut view = View {
@@ -200,9 +343,10 @@ pub fn open(vfs: &dyn Vfs, dir: &Path, create_if_missing: bool) -> Result<Recove
         snapshot: base,
         ..View::default()
     };
+    let mut replayed_records = 0;
     let mut next_seq = logs[0].2.first_seq;
     let last = logs.len() - 1;
-    let mut writer = None;
+    let mut end = None;
     for (i, (path, file, header)) in logs.into_iter().enumerate() {
         if header.first_seq != next_seq {
             return Err(Error::corruption(
@@ -220,8 +364,9 @@ pub fn open(vfs: &dyn Vfs, dir: &Path, create_if_missing: bool) -> Result<Recove
             &path,
             WAL_HEADER_LEN as u64,
             next_seq,
+            upto,
             |record| {
-                report.replayed_records += 1;
+                replayed_records += 1;
                 for op in record.ops() {
                     let applied = match op {
                         OpRef::Put(key, value) => view.apply(key.into(), Some(value.into())),
@@ -237,47 +382,39 @@ pub fn open(vfs: &dyn Vfs, dir: &Path, create_if_missing: bool) -> Result<Recove
             return Err(e);
         }
         next_seq = scan.next_seq;
+        let stopped_early = next_seq >= upto && upto != u64::MAX;
         // A clean stop must be followed by nothing but the preallocated zeros.
         let damage = match scan.stop {
+            _ if stopped_early => None,
             Stop::Damaged { offset, reason } => Some((offset, reason)),
             Stop::Clean => wal::first_nonzero(file.as_ref(), &path, scan.end)?
                 .map(|_| (scan.end, "non-zero bytes after the end of the log")),
         };
-        if let Some((offset, reason)) = damage {
-            if i != last {
+        if i != last {
+            if let Some((offset, reason)) = damage {
                 return Err(Error::corruption(&path, offset, reason));
             }
-            let repair =
-                wal::repair_tail(vfs, dir, file.as_ref(), &path, &header, offset, next_seq)?;
-            log::info!(
-                "{}: cut {} bytes off the log tail at offset {offset} ({reason})",
-                path.display(),
-                repair.truncated_bytes
-            );
-            report.truncated_bytes += repair.truncated_bytes;
-            report.quarantine_files.extend(repair.quarantined_to);
+            continue;
         }
-        if i == last {
-            let allocated = file
-                .size()
-                .map_err(|e| Error::io("read the size of", &path, e))?;
-            writer = Some(LogWriter::new(
+        end = Some(Loaded {
+            view: View::default(),
+            position: Position {
+                generation: header.generation,
                 path,
                 file,
-                header.generation,
-                scan.end,
+                offset: scan.end,
                 next_seq,
-                allocated,
-            ));
-        }
+            },
+            first_seq_of_last: header.first_seq,
+            damage,
+            replayed_records: 0,
+            quarantine_files: listing.quarantine.iter().map(|n| dir.join(n)).collect(),
+        });
     }
-    let writer = writer.ok_or_else(|| Error::corruption(dir, 0, "no log to append to"))?;
-    Ok(Recovered {
-        lock,
-        writer,
-        view,
-        report,
-    })
+    let mut loaded = end.ok_or_else(|| Error::corruption(dir, 0, "no log to read"))?;
+    loaded.view = view;
+    loaded.replayed_records = replayed_records;
+    Ok(loaded)
 }
 
 /// The directory's entries, sorted into kinds.

@@ -18,7 +18,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::io::{EntryKind, Mapping, OpenMode, Vfs, VfsFile};
+use crate::io::{
+    EntryKind, LockKind, Mapping, OpenMode, SHARED_BYTES, SHARED_WORDS, SharedWords, Vfs, VfsFile,
+};
 
 /// A fault to inject at one mutating operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +58,48 @@ struct Inode {
     live: Vec<u8>,
     durable: Vec<u8>,
     pending: Vec<FileOp>,
-    locked: bool,
+    /// Holders of the advisory lock: readers, or one writer.
+    shared_holders: u32,
+    exclusive_held: bool,
+    /// The shared-memory page, while anyone maps it (memory, so a power cut clears it).
+    shared: Option<Arc<SimShared>>,
+}
+
+/// The simulated shared-memory page of a file.
+#[derive(Debug)]
+struct SimShared {
+    words: Vec<std::sync::atomic::AtomicU64>,
+    writable: bool,
+}
+
+impl SharedWords for SimShared {
+    fn load(&self, index: usize) -> u64 {
+        self.words[index].load(std::sync::atomic::Ordering::Acquire)
+    }
+    fn fetch_max(&self, index: usize, value: u64) {
+        assert!(self.writable, "store through a read-only shared mapping");
+        self.words[index].fetch_max(value, std::sync::atomic::Ordering::AcqRel);
+    }
+    fn store(&self, index: usize, value: u64) {
+        assert!(self.writable, "store through a read-only shared mapping");
+        self.words[index].store(value, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// A read-only mapping of a shared page: the same words, refusing stores.
+#[derive(Debug)]
+struct ReadOnlyShared(Arc<SimShared>);
+
+impl SharedWords for ReadOnlyShared {
+    fn load(&self, index: usize) -> u64 {
+        self.0.load(index)
+    }
+    fn fetch_max(&self, _: usize, _: u64) {
+        panic!("store through a read-only shared mapping");
+    }
+    fn store(&self, _: usize, _: u64) {
+        panic!("store through a read-only shared mapping");
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -315,8 +358,7 @@ impl SimVfs {
             let inode = Inode {
                 live: bytes.clone(),
                 durable: bytes,
-                pending: Vec::new(),
-                locked: false,
+                ..Inode::default()
             };
             inodes.insert(ino, inode);
         }
@@ -391,7 +433,7 @@ impl Vfs for SimVfs {
         Ok(Arc::new(SimFile {
             vfs: self.clone(),
             ino,
-            holds_lock: Mutex::new(false),
+            held: Mutex::new(None),
         }))
     }
 
@@ -477,13 +519,18 @@ impl Vfs for SimVfs {
         state.pending = rest;
         Ok(())
     }
+
+    fn network_filesystem(&self, _dir: &Path) -> io::Result<Option<&'static str>> {
+        Ok(None)
+    }
 }
 
 #[derive(Debug)]
 struct SimFile {
     vfs: SimVfs,
     ino: u64,
-    holds_lock: Mutex<bool>,
+    /// The lock this open file holds, if any.
+    held: Mutex<Option<LockKind>>,
 }
 
 impl SimFile {
@@ -493,14 +540,23 @@ impl SimFile {
     }
 }
 
-impl Drop for SimFile {
-    fn drop(&mut self) {
-        if *self.holds_lock.lock().unwrap_or_else(|e| e.into_inner()) {
-            let ino = self.ino;
-            if let Some(inode) = self.vfs.lock().inodes.get_mut(&ino) {
-                inode.locked = false;
+impl SimFile {
+    fn release(&self, held: &mut Option<LockKind>) {
+        if let Some(kind) = held.take()
+            && let Some(inode) = self.vfs.lock().inodes.get_mut(&self.ino)
+        {
+            match kind {
+                LockKind::Shared => inode.shared_holders -= 1,
+                LockKind::Exclusive => inode.exclusive_held = false,
             }
         }
+    }
+}
+
+impl Drop for SimFile {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        self.release(&mut held);
     }
 }
 
@@ -583,22 +639,68 @@ impl VfsFile for SimFile {
         })
     }
 
-    fn try_lock_exclusive(&self) -> io::Result<bool> {
-        let mut holds = self.holds_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if *holds {
-            return Ok(true);
+    fn lock(&self, kind: LockKind, wait: bool) -> io::Result<bool> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        // Like flock: taking a lock on an open file that holds one converts it.
+        self.release(&mut held);
+        loop {
+            let taken = self.with(|state, ino| {
+                let inode = state
+                    .inodes
+                    .get_mut(&ino)
+                    .ok_or_else(|| io::Error::other("stale file"))?;
+                let free = match kind {
+                    LockKind::Shared => !inode.exclusive_held,
+                    LockKind::Exclusive => !inode.exclusive_held && inode.shared_holders == 0,
+                };
+                if free {
+                    match kind {
+                        LockKind::Shared => inode.shared_holders += 1,
+                        LockKind::Exclusive => inode.exclusive_held = true,
+                    }
+                }
+                Ok(free)
+            })?;
+            if taken {
+                *held = Some(kind);
+                return Ok(true);
+            }
+            if !wait {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+
+    fn unlock(&self) -> io::Result<()> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        self.release(&mut held);
+        Ok(())
+    }
+
+    fn map_shared(&self, writable: bool) -> io::Result<Arc<dyn SharedWords>> {
         self.with(|state, ino| {
             let inode = state
                 .inodes
                 .get_mut(&ino)
                 .ok_or_else(|| io::Error::other("stale file"))?;
-            if inode.locked {
-                return Ok(false);
+            if (inode.live.len() as u64) < SHARED_BYTES {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file is shorter than the shared page",
+                ));
             }
-            inode.locked = true;
-            *holds = true;
-            Ok(true)
+            let shared = inode.shared.get_or_insert_with(|| {
+                Arc::new(SimShared {
+                    words: (0..SHARED_WORDS).map(|_| Default::default()).collect(),
+                    writable: true,
+                })
+            });
+            Ok(if writable {
+                Arc::clone(shared) as Arc<dyn SharedWords>
+            } else {
+                Arc::new(ReadOnlyShared(Arc::clone(shared))) as Arc<dyn SharedWords>
+            })
         })
     }
 

@@ -100,12 +100,14 @@ pub fn create(vfs: &dyn Vfs, dir: &Path, header: WalHeader) -> Result<PathBuf> {
 }
 
 /// Reads records from `from` (which must be a record boundary), checking that sequence numbers run
-/// on from `next_seq`, and hands each good one to `apply`.
+/// on from `next_seq`, and hands each good one to `apply`. Stops cleanly before the record with
+/// sequence number `until` (pass `u64::MAX` to read to the end).
 pub fn scan(
     file: &dyn VfsFile,
     path: &Path,
     from: u64,
     next_seq: u64,
+    until: u64,
     mut apply: impl FnMut(&Record<'_>),
 ) -> Result<Scan> {
     let size = file
@@ -115,7 +117,7 @@ pub fn scan(
     let mut offset = from;
     let mut seq = next_seq;
     let stop = loop {
-        if offset >= size {
+        if offset >= size || seq >= until {
             break Stop::Clean;
         }
         let mut want = (RECORD_PREFIX_LEN as u64).min(size - offset);
@@ -309,6 +311,19 @@ impl LogWriter {
         self.file.as_ref()
     }
 
+    /// The open log file, shared.
+    pub fn file_arc(&self) -> Arc<dyn VfsFile> {
+        Arc::clone(&self.file)
+    }
+
+    /// Records that others appended up to `end` (the next record being `next_seq`), and that the
+    /// file is now `allocated` bytes long with zeros after `end`.
+    pub fn moved_to(&mut self, end: u64, next_seq: u64, allocated: u64) {
+        self.end = end;
+        self.next_seq = next_seq;
+        self.allocated = allocated.max(end);
+    }
+
     /// The generation of the log.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -383,14 +398,11 @@ impl LogWriter {
         }
         Ok(())
     }
-
-    /// Makes everything appended so far durable (`fdatasync`).
-    pub fn sync(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io("sync", &self.path, e))
-    }
 }
+
+/// The first read of a [`ChunkReader`]: small, because catching up on another process's commit
+/// usually means reading one short record; each further read doubles, up to [`READ_CHUNK`].
+const FIRST_READ: usize = 4096;
 
 /// Reads a file through a buffer of recent bytes, so that a scan costs one read per chunk.
 struct ChunkReader<'a> {
@@ -399,6 +411,7 @@ struct ChunkReader<'a> {
     size: u64,
     buf: Vec<u8>,
     buf_start: u64,
+    next_read: usize,
 }
 
 impl<'a> ChunkReader<'a> {
@@ -409,6 +422,7 @@ impl<'a> ChunkReader<'a> {
             size,
             buf: Vec::new(),
             buf_start: 0,
+            next_read: FIRST_READ,
         }
     }
 
@@ -417,7 +431,8 @@ impl<'a> ChunkReader<'a> {
         let len = len.min(self.size.saturating_sub(offset));
         let buf_end = self.buf_start + self.buf.len() as u64;
         if offset < self.buf_start || offset + len > buf_end {
-            let fetch = len.max(READ_CHUNK as u64).min(self.size - offset);
+            let fetch = len.max(self.next_read as u64).min(self.size - offset);
+            self.next_read = (self.next_read * 2).min(READ_CHUNK);
             self.buf
                 .resize(usize::try_from(fetch).unwrap_or(usize::MAX), 0);
             self.file

@@ -306,14 +306,224 @@ fn a_missing_directory_is_created_unless_told_not_to() {
 }
 
 #[test]
-fn a_second_open_of_a_locked_store_gets_a_clear_error() {
+fn an_exclusive_handle_keeps_every_other_opener_out_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exclusive = || Options::new().exclusive(true).open(dir.path());
+    let db = exclusive().expect("open");
+    for err in [
+        Db::open(dir.path()).expect_err("locked"),
+        exclusive().expect_err("locked"),
+        Options::new()
+            .read_only(true)
+            .open(dir.path())
+            .expect_err("locked"),
+    ] {
+        assert!(matches!(err, Error::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("LOCK"), "{err}");
+    }
+    db.put("k", "v").expect("the exclusive handle writes");
+    drop(db);
+
+    let shared = Db::open(dir.path()).expect("the lock dies with the handle");
+    let err = exclusive().expect_err("a shared handle is open");
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    drop(shared);
+    exclusive().expect("open once alone");
+}
+
+#[test]
+fn two_handles_share_a_store_and_see_each_others_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = open(dir.path());
+    let b = open(dir.path());
+    a.put("from-a", "1").expect("put");
+    assert_eq!(b.get("from-a").expect("get").as_deref(), Some(&b"1"[..]));
+    b.delete("from-a").expect("delete");
+    b.put("from-b", "2").expect("put");
+    assert_eq!(a.get("from-a").expect("get"), None);
+    assert_eq!(a.len().expect("len"), 1);
+    let keys: Vec<_> = a
+        .range::<&[u8], _>(..)
+        .map(|e| e.expect("entry").0.to_vec())
+        .collect();
+    assert_eq!(keys, [b"from-b".to_vec()]);
+
+    // A compaction by one is picked up by the other, which keeps answering across it.
+    for i in 0..100u32 {
+        a.put(format!("k{i:03}"), format!("v{i}")).expect("put");
+    }
+    b.compact().expect("compact");
+    a.put("after", "x")
+        .expect("put after the other's compaction");
+    assert_eq!(a.stats().expect("stats").generation, 1);
+    assert_eq!(a.stats().expect("stats").snapshot_keys, 101);
+    assert_eq!(b.get("after").expect("get").as_deref(), Some(&b"x"[..]));
+    assert_eq!(a.get("k042").expect("get").as_deref(), Some(&b"v42"[..]));
+    assert_eq!(a.len().expect("len"), 102);
+    assert_eq!(b.len().expect("len"), 102);
+}
+
+#[test]
+fn a_read_only_handle_reads_and_follows_but_never_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = Options::new()
+        .read_only(true)
+        .open(dir.path().join("missing"))
+        .expect_err("a read-only open does not create");
+    assert!(matches!(missing, Error::NotAStore { .. }), "{missing}");
+    assert!(!dir.path().join("missing").exists());
+
+    let writer = open(dir.path());
+    writer.put("a", "1").expect("put");
+    let reader = Options::new()
+        .read_only(true)
+        .open(dir.path())
+        .expect("open read-only");
+    assert_eq!(reader.get("a").expect("get").as_deref(), Some(&b"1"[..]));
+    for err in [
+        reader.put("b", "2").expect_err("read-only"),
+        reader.delete("a").expect_err("read-only"),
+        reader.compact().expect_err("read-only"),
+        reader
+            .transaction(|tx| tx.put("c", "3"))
+            .expect_err("read-only"),
+    ] {
+        assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+    }
+    writer.put("b", "2").expect("put");
+    writer.compact().expect("compact");
+    writer.put("c", "3").expect("put");
+    assert_eq!(reader.len().expect("len"), 3);
+    assert_eq!(reader.get("c").expect("get").as_deref(), Some(&b"3"[..]));
+}
+
+#[test]
+fn transactions_read_their_own_writes_and_commit_all_or_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open(dir.path());
-    let err = Db::open(dir.path()).expect_err("locked");
-    assert!(matches!(err, Error::Locked { .. }), "{err}");
-    assert!(err.to_string().contains("LOCK"), "{err}");
+    db.put("balance/alice", "10").expect("put");
+    let moved = db
+        .transaction(|tx| {
+            tx.put("balance/alice", "7")?;
+            tx.put("balance/bob", "3")?;
+            assert_eq!(tx.get("balance/alice")?.as_deref(), Some(&b"7"[..]));
+            tx.delete("balance/bob")?;
+            assert_eq!(tx.get("balance/bob")?, None);
+            tx.put("balance/bob", "3")?;
+            Ok::<_, Error>(3)
+        })
+        .expect("transaction");
+    assert_eq!(moved, 3);
+    assert_eq!(
+        db.get("balance/bob").expect("get").as_deref(),
+        Some(&b"3"[..])
+    );
+
+    // An error inside writes nothing.
+    #[derive(Debug)]
+    enum Mine {
+        Refused,
+        Store(#[allow(dead_code, reason = "shown by Debug")] Error),
+    }
+    impl From<Error> for Mine {
+        fn from(e: Error) -> Self {
+            Mine::Store(e)
+        }
+    }
+    let result: Result<(), Mine> = db.transaction(|tx| {
+        tx.put("balance/alice", "0")?;
+        Err(Mine::Refused)
+    });
+    assert!(matches!(result, Err(Mine::Refused)), "{result:?}");
+    assert_eq!(
+        db.get("balance/alice").expect("get").as_deref(),
+        Some(&b"7"[..])
+    );
+
+    // So does a panic, and the store keeps working.
+    let db2 = db.clone();
+    let panicked = std::thread::spawn(move || {
+        db2.transaction(|tx| -> Result<(), Error> {
+            tx.put("balance/alice", "-1")?;
+            panic!("the closure panics");
+        })
+    })
+    .join();
+    assert!(panicked.is_err());
+    assert_eq!(
+        db.get("balance/alice").expect("get").as_deref(),
+        Some(&b"7"[..])
+    );
+    db.put("after", "ok").expect("writes go on");
+
+    // An oversized key inside is refused with nothing written.
+    let err = db
+        .transaction(|tx| {
+            tx.put("fine", "1")?;
+            tx.put(vec![0u8; sturdykv::MAX_KEY_LEN + 1], "v")
+        })
+        .expect_err("too long");
+    assert!(matches!(err, Error::LimitExceeded { .. }), "{err}");
+    assert_eq!(db.get("fine").expect("get"), None);
     drop(db);
-    Db::open(dir.path()).expect("the lock dies with the handle");
+    let db = open(dir.path());
+    assert_eq!(
+        db.get("balance/alice").expect("get").as_deref(),
+        Some(&b"7"[..])
+    );
+    assert_eq!(
+        db.get("balance/bob").expect("get").as_deref(),
+        Some(&b"3"[..])
+    );
+}
+
+#[test]
+fn compare_and_swap_writes_only_over_the_expected_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    db.compare_and_swap("k", None, Some(b"1"))
+        .expect("cas")
+        .expect("absent as expected");
+    let conflict = db
+        .compare_and_swap("k", None, Some(b"2"))
+        .expect("cas")
+        .expect_err("present");
+    assert_eq!(conflict.current.as_deref(), Some(&b"1"[..]));
+    db.compare_and_swap("k", Some(b"1"), None)
+        .expect("cas")
+        .expect("matches");
+    assert_eq!(db.get("k").expect("get"), None);
+}
+
+#[test]
+fn concurrent_transactions_in_two_handles_never_lose_an_increment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handles = [open(dir.path()), open(dir.path())];
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let db = handles[t % 2].clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    db.transaction(|tx| {
+                        let n: u64 = tx
+                            .get("counter")?
+                            .map_or(0, |v| String::from_utf8_lossy(&v).parse().unwrap_or(0));
+                        tx.put("counter", (n + 1).to_string())
+                    })
+                    .expect("transaction");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    for db in &handles {
+        assert_eq!(
+            db.get("counter").expect("get").as_deref(),
+            Some(&b"200"[..])
+        );
+    }
 }
 
 #[test]
@@ -364,7 +574,10 @@ fn db_is_clone_send_sync_and_shared_across_threads() {
 #[test]
 fn errors_say_what_to_do() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = open(dir.path());
+    let db = Options::new()
+        .exclusive(true)
+        .open(dir.path())
+        .expect("open");
     let err = Db::open(dir.path()).expect_err("locked");
     let text = err.to_string();
     assert!(

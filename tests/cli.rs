@@ -216,12 +216,39 @@ fn oversized_keys_are_refused_with_a_clear_error() {
 }
 
 #[test]
-fn a_locked_store_exits_6() {
+fn kvctl_works_on_a_store_an_application_holds_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("store");
-    let handle = sturdykv::Db::open(&db).expect("open");
+    let app = sturdykv::Db::open(&db).expect("open");
+    app.put("from-app", "1").expect("put");
+    let out = kvctl(&db, &["get", "from-app"]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "1");
+    assert_eq!(status(&kvctl(&db, &["put", "from-kvctl", "2"])), 0);
+    assert_eq!(
+        app.get("from-kvctl").expect("get").as_deref(),
+        Some(&b"2"[..]),
+        "the application sees kvctl's write at once"
+    );
+    assert_eq!(status(&kvctl(&db, &["compact"])), 0);
+    app.put("after", "3")
+        .expect("the application writes after kvctl compacted");
+    let out = kvctl(&db, &["scan", "--keys-only"]);
+    assert_eq!(stdout(&out), "after\nfrom-app\nfrom-kvctl\n");
+    assert_eq!(status(&kvctl(&db, &["check"])), 0);
+}
+
+#[test]
+fn an_exclusively_held_store_exits_6() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    let handle = sturdykv::Options::new()
+        .exclusive(true)
+        .open(&db)
+        .expect("open");
     let out = kvctl(&db, &["get", "k"]);
     assert_eq!(status(&out), 6, "{}", stderr(&out));
+    assert!(stderr(&out).contains("LOCK"), "{}", stderr(&out));
     drop(handle);
 }
 

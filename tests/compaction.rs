@@ -51,7 +51,13 @@ fn compaction_moves_the_log_into_a_snapshot_and_reopen_reads_it() {
     assert_eq!(stats.wal_bytes, 40, "the new log holds only its header");
     assert_eq!(
         files(dir.path()),
-        ["LOCK", "snap-0000000000000001", "wal-0000000000000001"]
+        [
+            "LOCK",
+            "LOCK.compaction",
+            "LOCK.handles",
+            "snap-0000000000000001",
+            "wal-0000000000000001"
+        ]
     );
     assert_eq!(dump(&db), before);
     drop(db);
@@ -109,7 +115,13 @@ fn writes_and_deletes_over_a_snapshot_win_and_survive_the_next_compaction() {
     assert_eq!(db.len().expect("len"), expected.len() as u64);
     assert_eq!(
         files(dir.path()),
-        ["LOCK", "snap-0000000000000002", "wal-0000000000000002"]
+        [
+            "LOCK",
+            "LOCK.compaction",
+            "LOCK.handles",
+            "snap-0000000000000002",
+            "wal-0000000000000002"
+        ]
     );
 }
 

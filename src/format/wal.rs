@@ -112,13 +112,6 @@ pub enum OpRef<'a> {
 }
 
 impl OpRef<'_> {
-    /// The key the op is about.
-    pub fn key(&self) -> &[u8] {
-        match self {
-            OpRef::Put(k, _) | OpRef::Delete(k) => k,
-        }
-    }
-
     /// Bytes this op takes inside a record body.
     pub fn encoded_len(&self) -> usize {
         match self {

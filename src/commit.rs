@@ -1,0 +1,386 @@
+//! The commit path: group commit within a handle, `LOCK` across processes, and the order in
+//! which commits are acknowledged.
+//!
+//! A commit (a group of batches from concurrent threads, or a transaction) goes through:
+//! 1. **Append**, holding the handle's writer and `LOCK`: bring the log writer up to date with
+//!    what other processes appended (repairing a torn tail a killed one left), then append.
+//! 2. **Sync**, holding nothing: `fdatasync`. Meanwhile the next group (of this or another
+//!    process) appends, and its sync covers both, so syncs overlap instead of queueing.
+//! 3. **Publish**, in append order within the handle: raise the shared committed-sequence hint,
+//!    apply the log up to this commit to the handle's view, and acknowledge. A commit is
+//!    acknowledged only after every earlier one of the handle: if an earlier sync failed, the
+//!    kernel may have dropped that data, and a later record behind the hole would be lost too.
+
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard, OnceLock};
+
+use crate::batch::Batch;
+use crate::db::{Durability, Inner, lock};
+use crate::error::{Error, Result};
+use crate::format::{WAL_HEADER_LEN, encode_record};
+use crate::io::{OpenMode, VfsFile};
+use crate::layout::wal_name;
+use crate::locking::{COMMITTED_SEQ, LockGuard};
+use crate::wal::{self, LogWriter, Stop};
+
+/// Threads waiting to commit, and the order commits finish in.
+#[derive(Default)]
+pub(crate) struct Queue {
+    /// Batches waiting for a leader.
+    pending: Vec<Batch>,
+    /// The group those batches will commit in.
+    forming: Arc<Group>,
+    /// A leader is appending (syncs of earlier commits may still run).
+    appending: bool,
+    /// The turn the next commit to start appending gets.
+    next_turn: u64,
+    /// Every turn below this one has finished (acknowledged or failed).
+    finished_below: u64,
+}
+
+/// The outcome of one group, shared by its members.
+#[derive(Default)]
+struct Group {
+    outcome: OnceLock<Option<Error>>,
+}
+
+/// What an append left to do.
+pub(crate) struct Appended {
+    path: PathBuf,
+    file: Arc<dyn VfsFile>,
+    /// The sequence number after the last record appended.
+    end_seq: u64,
+}
+
+/// The right to append next, and then a place in the order of acknowledgement. Dropping it
+/// without [`Turn::finish`] (an error or a panic) still releases both, in order.
+pub(crate) struct Turn<'a> {
+    inner: &'a Inner,
+    number: u64,
+    appending: bool,
+    finished: bool,
+}
+
+impl Turn<'_> {
+    /// Lets the next commit append (this one's sync may still be running).
+    fn stop_appending(&mut self) {
+        if std::mem::take(&mut self.appending) {
+            lock(&self.inner.queue).appending = false;
+            self.inner.queue_changed.notify_all();
+        }
+    }
+
+    /// Waits until every earlier turn has finished.
+    fn wait_for_earlier(&self) -> MutexGuard<'_, Queue> {
+        let mut queue = lock(&self.inner.queue);
+        while queue.finished_below < self.number {
+            queue = self
+                .inner
+                .queue_changed
+                .wait(queue)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        queue
+    }
+
+    /// Marks this turn finished, recording `outcome` for the members of `group`.
+    fn finish(&mut self, group: Option<&Group>, outcome: Option<Error>) {
+        self.stop_appending();
+        self.finished = true;
+        let mut queue = self.wait_for_earlier();
+        queue.finished_below = self.number + 1;
+        if let Some(group) = group {
+            let _ = group.outcome.set(outcome);
+        }
+        drop(queue);
+        self.inner.queue_changed.notify_all();
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finish(None, None);
+        }
+    }
+}
+
+impl Inner {
+    /// Takes the next turn; the caller has made sure no commit is appending.
+    fn take_turn<'a>(&'a self, mut queue: MutexGuard<'a, Queue>) -> Turn<'a> {
+        queue.appending = true;
+        let number = queue.next_turn;
+        queue.next_turn += 1;
+        Turn {
+            inner: self,
+            number,
+            appending: true,
+            finished: false,
+        }
+    }
+
+    /// Queues `batch` and returns once the group that carries it is acknowledged. The first
+    /// waiting writer to find no commit appending leads: it commits everything queued.
+    pub(crate) fn commit(&self, batch: Batch) -> Result<()> {
+        let mut queue = lock(&self.queue);
+        queue.pending.push(batch);
+        let group = Arc::clone(&queue.forming);
+        loop {
+            if let Some(outcome) = group.outcome.get() {
+                return outcome
+                    .as_ref()
+                    .map_or(Ok(()), |e| Err(e.for_group_member()));
+            }
+            if !queue.appending && Arc::ptr_eq(&queue.forming, &group) {
+                let batches = std::mem::take(&mut queue.pending);
+                queue.forming = Arc::default();
+                let turn = self.take_turn(queue);
+                return self.lead(turn, &group, batches);
+            }
+            queue = self
+                .queue_changed
+                .wait(queue)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Commits a group: append, sync, publish, acknowledge.
+    fn lead(&self, mut turn: Turn<'_>, group: &Group, batches: Vec<Batch>) -> Result<()> {
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let appended = self.append(&batches)?;
+            turn.stop_appending();
+            self.make_durable(&appended)?;
+            drop(turn.wait_for_earlier());
+            self.publish(appended.end_seq)
+        }))
+        .unwrap_or_else(|_| {
+            let cause = "a panic during a commit".to_string();
+            self.set_poison(cause.clone());
+            Err(Error::Poisoned { cause })
+        });
+        let shared = result.as_ref().err().map(Error::for_group_member);
+        turn.finish(Some(group), shared);
+        result
+    }
+
+    /// Step 1 of a group commit: appends one record per batch.
+    fn append(&self, batches: &[Batch]) -> Result<Appended> {
+        self.check_poison()?;
+        let mut writer = lock(&self.writer);
+        let guard = self.store_lock.exclusive()?;
+        self.follow_the_log(&mut writer, &guard)?;
+        let appended = writer.append(|buf, first_seq| {
+            for (seq, batch) in (first_seq..).zip(batches) {
+                encode_record(buf, seq, batch.op_refs(), batch.encoded_len());
+            }
+            batches.len() as u64
+        });
+        if let Err(e) = appended {
+            if let Error::Poisoned { cause } = &e {
+                self.set_poison(cause.clone());
+            }
+            return Err(e);
+        }
+        self.commits
+            .fetch_add(batches.len() as u64, Ordering::Relaxed);
+        Ok(Appended {
+            path: writer.path().to_owned(),
+            file: writer.file_arc(),
+            end_seq: writer.next_seq(),
+        })
+    }
+
+    /// Step 2: `fdatasync`, unless the durability is [`Durability::Buffered`].
+    fn make_durable(&self, appended: &Appended) -> Result<()> {
+        if self.options.durability == Durability::Immediate {
+            self.sync_file(&appended.path, appended.file.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// Step 3: tells every handle the log is committed up to `end_seq`, and applies it here.
+    fn publish(&self, end_seq: u64) -> Result<()> {
+        self.check_poison()?;
+        self.store_lock.raise_hint(COMMITTED_SEQ, end_seq);
+        self.catch_up(end_seq)?;
+        let wal_bytes = lock(&self.position).offset;
+        let snapshot_bytes = self
+            .read_state()
+            .snapshot
+            .as_ref()
+            .map_or(0, |s| s.file_bytes());
+        if self.compaction_due(wal_bytes, snapshot_bytes) {
+            self.wake_compactor();
+        }
+        Ok(())
+    }
+
+    /// `fdatasync`s a log; a failure poisons the handle, because after a failed `fdatasync` the
+    /// kernel may have dropped the dirty pages and a retry could "succeed" without the data.
+    pub(crate) fn sync_file(&self, path: &std::path::Path, file: &dyn VfsFile) -> Result<()> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        file.sync_data().map_err(|e| {
+            let e = Error::io("sync", path, e);
+            self.set_poison(e.to_string());
+            e
+        })
+    }
+
+    /// Holding `LOCK`: brings the log writer to the true end of the log, past whatever other
+    /// processes appended, into a newer generation if one was cut, and cuts off a torn record a
+    /// killed process left, so that nothing is appended behind garbage.
+    pub(crate) fn follow_the_log(
+        &self,
+        writer: &mut LogWriter,
+        guard: &LockGuard<'_>,
+    ) -> Result<()> {
+        if !self.store_lock.is_shared() {
+            return Ok(()); // nobody else appends
+        }
+        let vfs = self.options.vfs.as_ref();
+        loop {
+            let scan = wal::scan(
+                writer.file(),
+                writer.path(),
+                writer.end(),
+                writer.next_seq(),
+                u64::MAX,
+                |_| {},
+            )?;
+            if let Stop::Damaged { offset, reason } = scan.stop {
+                let header = wal::read_header(writer.file(), writer.path())?;
+                let repair = wal::repair_tail(
+                    vfs,
+                    &self.dir,
+                    writer.file(),
+                    writer.path(),
+                    &header,
+                    offset,
+                    scan.next_seq,
+                )?;
+                log::warn!(
+                    "{}: cut off {} bytes at offset {offset} ({reason}), left by a writer that \
+                     died in the middle of an append",
+                    writer.path().display(),
+                    repair.truncated_bytes
+                );
+            }
+            let allocated = writer
+                .file()
+                .size()
+                .map_err(|e| Error::io("read the size of", writer.path(), e))?;
+            writer.moved_to(scan.end, scan.next_seq, allocated);
+
+            let generation = writer.generation() + 1;
+            let path = self.dir.join(wal_name(generation));
+            let (file, header) = match wal::open(vfs, &path, OpenMode::ReadWrite) {
+                Ok(opened) => opened,
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            if header.generation != generation || header.first_seq != writer.next_seq() {
+                return Err(Error::corruption(
+                    &path,
+                    16,
+                    format!(
+                        "log header says generation {} from sequence {}, but {} ends at \
+                         sequence {}",
+                        header.generation,
+                        header.first_seq,
+                        writer.path().display(),
+                        writer.next_seq()
+                    ),
+                ));
+            }
+            *writer = LogWriter::new(
+                path,
+                file,
+                generation,
+                WAL_HEADER_LEN as u64,
+                header.first_seq,
+                WAL_HEADER_LEN as u64,
+            );
+        }
+        // The files are the truth: a hint ahead of the log (a damaged page, a lost tail) would
+        // send readers looking for records that are not there.
+        if self.store_lock.hint(COMMITTED_SEQ) > writer.next_seq() {
+            self.store_lock
+                .correct_hint(guard, COMMITTED_SEQ, writer.next_seq());
+        }
+        Ok(())
+    }
+
+    /// Holding the writer and `LOCK`, after [`Inner::follow_the_log`]: makes every record in the
+    /// log durable and applies it to the view, so that the view is the whole committed state.
+    /// (Records appended by commits still syncing, here or elsewhere, are covered by this sync.)
+    pub(crate) fn settle(&self, writer: &LogWriter) -> Result<()> {
+        if lock(&self.position).next_seq < writer.next_seq() {
+            self.sync_file(writer.path(), writer.file())?;
+            self.store_lock.raise_hint(COMMITTED_SEQ, writer.next_seq());
+            self.catch_up(writer.next_seq())?;
+        }
+        Ok(())
+    }
+
+    /// Runs `body` holding the writer and `LOCK`, on the whole committed state, then commits the
+    /// batch it returns (if any) in its turn: the core of [`Db::transaction`](crate::Db::transaction).
+    pub(crate) fn exclusively<T, E: From<Error>>(
+        &self,
+        body: impl FnOnce() -> std::result::Result<(T, Batch), E>,
+    ) -> std::result::Result<T, E> {
+        self.check_poison()?;
+        let queue = {
+            let mut queue = lock(&self.queue);
+            while queue.appending {
+                queue = self
+                    .queue_changed
+                    .wait(queue)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            queue
+        };
+        let mut turn = self.take_turn(queue);
+        let mut writer = lock(&self.writer);
+        let guard = self.store_lock.exclusive()?;
+        self.follow_the_log(&mut writer, &guard)?;
+        self.settle(&writer)?;
+        let (value, batch) = match catch_unwind(AssertUnwindSafe(body)) {
+            Ok(result) => result?,
+            Err(panic) => {
+                drop((guard, writer, turn));
+                resume_unwind(panic);
+            }
+        };
+        if batch.is_empty() {
+            return Ok(value);
+        }
+        batch.check_limits()?;
+        let appended = writer.append(|buf, seq| {
+            encode_record(buf, seq, batch.op_refs(), batch.encoded_len());
+            1
+        });
+        if let Err(e) = appended {
+            if let Error::Poisoned { cause } = &e {
+                self.set_poison(cause.clone());
+            }
+            return Err(e.into());
+        }
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        let appended = Appended {
+            path: writer.path().to_owned(),
+            file: writer.file_arc(),
+            end_seq: writer.next_seq(),
+        };
+        drop((guard, writer));
+        turn.stop_appending();
+        self.make_durable(&appended)?;
+        drop(turn.wait_for_earlier());
+        self.publish(appended.end_seq)?;
+        turn.finish(None, None);
+        Ok(value)
+    }
+}

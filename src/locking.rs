@@ -1,0 +1,282 @@
+//! Coordination between processes: the `LOCK` file, the hint page shared through it, and the
+//! compaction lock.
+//!
+//! - `LOCK` is `flock`ed exclusively by whoever appends to the log, creates a log or removes old
+//!   generations, for just that long (or for the handle's whole life with
+//!   [`Options::exclusive`](crate::Options::exclusive)). Recovery and reloads take it shared.
+//! - Its first page is mapped shared by every handle: word [`COMMITTED_SEQ`] is the sequence number
+//!   after the last record known durable, word [`SNAPSHOT_GENERATION`] the newest installed
+//!   snapshot. A handle compares them with what it has applied before every operation (two atomic
+//!   loads) and reads the log only when they moved. The hint is never trusted over the files: it
+//!   only says where to look, and every writer corrects it under the lock.
+//! - `LOCK.compaction` is held (exclusively, without waiting in the background) for the whole of a
+//!   compaction, so that one runs at a time and nobody deletes its temporary file.
+//! - `LOCK.handles` is held for a handle's whole life: shared by ordinary and read-only handles,
+//!   exclusively by an [`Options::exclusive`](crate::Options::exclusive) one, which therefore
+//!   gets (or causes) a clear [`Error::Locked`] at open instead of waiting forever for `LOCK`.
+//!
+//! `flock` locks belong to an open file description and die with the process, so a killed process
+//! never leaves a stale lock, and closing some other descriptor of the file never drops ours (as
+//! it would with POSIX `fcntl` locks). Descriptors are opened close-on-exec.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::db::lock;
+use crate::error::{Error, Result};
+use crate::io::{LockKind, OpenMode, SHARED_BYTES, SharedWords, Vfs, VfsFile};
+use crate::layout::{COMPACTION_LOCK_NAME, HANDLES_LOCK_NAME, LOCK_NAME};
+
+/// Hint word: the sequence number after the last record known to be durable (committed).
+pub const COMMITTED_SEQ: usize = 0;
+/// Hint word: the generation of the newest installed snapshot (0: none).
+pub const SNAPSHOT_GENERATION: usize = 1;
+
+/// How a handle uses the lock file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Reads and writes, sharing the store with other processes.
+    Shared,
+    /// The only handle: other openers get [`Error::Locked`], and `LOCK` is never contended.
+    Exclusive,
+    /// Never writes.
+    ReadOnly,
+}
+
+/// The store's `LOCK` file and its hint page.
+#[derive(Debug)]
+pub struct StoreLock {
+    path: PathBuf,
+    file: Arc<dyn VfsFile>,
+    hint: Arc<dyn SharedWords>,
+    access: Access,
+    /// `LOCK.handles`, locked for the handle's life (`None` if the file system has no locks and
+    /// the caller chose exclusive access).
+    _handles: Option<Arc<dyn VfsFile>>,
+    /// `flock` is per open file, and converting a lock on one open file converts it for every
+    /// thread: the threads of a handle take turns with the file.
+    local: Mutex<()>,
+}
+
+/// Holds `LOCK` until dropped.
+pub struct LockGuard<'a> {
+    owner: &'a StoreLock,
+    _local: MutexGuard<'a, ()>,
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        if self.owner.access != Access::Exclusive
+            && let Err(e) = self.owner.file.unlock()
+        {
+            log::error!("unlocking {}: {e}", self.owner.path.display());
+        }
+    }
+}
+
+impl StoreLock {
+    /// Opens (creating, unless read-only) `dir/LOCK` and maps its hint page, and registers the
+    /// handle in `LOCK.handles`, failing with [`Error::Locked`] if an exclusive handle has the
+    /// store, or if this one asks to be exclusive and any other handle is open.
+    pub fn open(vfs: &dyn Vfs, dir: &Path, access: Access) -> Result<StoreLock> {
+        let path = dir.join(LOCK_NAME);
+        if access != Access::Exclusive
+            && let Some(fs) = vfs
+                .network_filesystem(dir)
+                .map_err(|e| Error::io("find the file system of", dir, e))?
+        {
+            return Err(Error::LockingUnsupported {
+                path,
+                reason: format!(
+                    "{dir} is on {fs}, where file locks and shared memory do not coordinate \
+                     processes on different machines; open it with Options::exclusive(true) from \
+                     one process at a time",
+                    dir = dir.display()
+                ),
+            });
+        }
+        let mode = match access {
+            Access::ReadOnly => OpenMode::Read,
+            Access::Shared | Access::Exclusive => OpenMode::ReadWriteCreate,
+        };
+        let handles = register_handle(vfs, dir, access, mode)?;
+        let file = vfs
+            .open(&path, mode)
+            .map_err(|e| Error::io("open the lock file", &path, e))?;
+        let size = file
+            .size()
+            .map_err(|e| Error::io("read the size of", &path, e))?;
+        if size < SHARED_BYTES {
+            if access == Access::ReadOnly {
+                return Err(Error::NotAStore {
+                    path: dir.to_owned(),
+                    reason: format!(
+                        "{} has no hint page: open the store once read-write",
+                        path.display()
+                    ),
+                });
+            }
+            // Zeros mean "no hint yet". The file only ever grows, so a concurrent opener doing
+            // the same is harmless.
+            file.set_len(SHARED_BYTES)
+                .map_err(|e| Error::io("extend the lock file", &path, e))?;
+        }
+        let hint = file
+            .map_shared(access != Access::ReadOnly)
+            .map_err(|e| Error::io("map the hint page of", &path, e))?;
+        Ok(StoreLock {
+            path,
+            file,
+            hint,
+            access,
+            _handles: handles,
+            local: Mutex::new(()),
+        })
+    }
+
+    fn try_flock(&self, kind: LockKind, wait: bool) -> Result<bool> {
+        self.file
+            .lock(kind, wait)
+            .map_err(|e| lock_error(&self.path, e))
+    }
+
+    /// Waits for `LOCK` exclusively: the right to append, create or remove store files.
+    pub fn exclusive(&self) -> Result<LockGuard<'_>> {
+        self.acquire(LockKind::Exclusive)
+    }
+
+    /// Waits for `LOCK` shared: no writer is in the middle of changing the files.
+    pub fn shared(&self) -> Result<LockGuard<'_>> {
+        self.acquire(LockKind::Shared)
+    }
+
+    fn acquire(&self, kind: LockKind) -> Result<LockGuard<'_>> {
+        let local = lock(&self.local);
+        if self.access != Access::Exclusive {
+            self.try_flock(kind, true)?;
+        }
+        Ok(LockGuard {
+            owner: self,
+            _local: local,
+        })
+    }
+
+    /// Whether other processes may be using the store (so the hint must be checked).
+    pub fn is_shared(&self) -> bool {
+        self.access != Access::Exclusive
+    }
+
+    /// The hint word `index`.
+    pub fn hint(&self, index: usize) -> u64 {
+        self.hint.load(index)
+    }
+
+    /// Raises hint word `index` to `value`.
+    pub fn raise_hint(&self, index: usize, value: u64) {
+        if self.access != Access::ReadOnly {
+            self.hint.fetch_max(index, value);
+        }
+    }
+
+    /// Sets hint word `index` to the truth, found under the exclusive lock.
+    pub fn correct_hint(&self, _guard: &LockGuard<'_>, index: usize, value: u64) {
+        if self.access != Access::ReadOnly && self.hint.load(index) != value {
+            self.hint.store(index, value);
+        }
+    }
+}
+
+/// Takes `LOCK.handles` for the handle's life: shared, or exclusive for [`Access::Exclusive`].
+fn register_handle(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    access: Access,
+    mode: OpenMode,
+) -> Result<Option<Arc<dyn VfsFile>>> {
+    let path = dir.join(HANDLES_LOCK_NAME);
+    let file = vfs
+        .open(&path, mode)
+        .map_err(|e| Error::io("open the lock file", &path, e))?;
+    let kind = match access {
+        Access::Exclusive => LockKind::Exclusive,
+        Access::Shared | Access::ReadOnly => LockKind::Shared,
+    };
+    match file.lock(kind, false) {
+        Ok(true) => Ok(Some(file)),
+        Ok(false) => Err(Error::Locked { path }),
+        Err(e) => match lock_error(&path, e) {
+            Error::LockingUnsupported { .. } if access == Access::Exclusive => {
+                log::warn!(
+                    "{}: this file system has no file locks; opening anyway, as exclusive access \
+                     was asked for: make sure no other process opens the store",
+                    path.display()
+                );
+                Ok(None)
+            }
+            e => Err(e),
+        },
+    }
+}
+
+/// A `flock` failure: "not supported here" gets its own error, saying what to do.
+fn lock_error(path: &Path, e: std::io::Error) -> Error {
+    // ENOLCK, EOPNOTSUPP, ENOSYS.
+    if matches!(e.raw_os_error(), Some(37 | 95 | 38)) {
+        Error::LockingUnsupported {
+            path: path.to_owned(),
+            reason: format!(
+                "flock failed ({e}); open the store with Options::exclusive(true) from one \
+                 process at a time"
+            ),
+        }
+    } else {
+        Error::io("lock (flock) the lock file", path, e)
+    }
+}
+
+/// The compaction lock, `LOCK.compaction`: held for a whole compaction.
+#[derive(Debug)]
+pub struct CompactionLock {
+    path: PathBuf,
+    file: Option<Arc<dyn VfsFile>>,
+}
+
+/// Holds the compaction lock until dropped.
+pub struct CompactionGuard<'a>(&'a CompactionLock);
+
+impl Drop for CompactionGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(file) = &self.0.file
+            && let Err(e) = file.unlock()
+        {
+            log::error!("unlocking {}: {e}", self.0.path.display());
+        }
+    }
+}
+
+impl CompactionLock {
+    /// Opens (creating) `dir/LOCK.compaction`; a read-only handle has none and never compacts.
+    pub fn open(vfs: &dyn Vfs, dir: &Path, access: Access) -> Result<CompactionLock> {
+        let path = dir.join(COMPACTION_LOCK_NAME);
+        let file = match access {
+            Access::ReadOnly => None,
+            Access::Shared | Access::Exclusive => Some(
+                vfs.open(&path, OpenMode::ReadWriteCreate)
+                    .map_err(|e| Error::io("open the lock file", &path, e))?,
+            ),
+        };
+        Ok(CompactionLock { path, file })
+    }
+
+    /// Takes the lock, waiting for it if `wait`; `None` if it is busy (or this handle is
+    /// read-only).
+    pub fn acquire(&self, wait: bool) -> Result<Option<CompactionGuard<'_>>> {
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
+        let taken = file
+            .lock(LockKind::Exclusive, wait)
+            .map_err(|e| Error::io("lock (flock) the lock file", &self.path, e))?;
+        Ok(taken.then_some(CompactionGuard(self)))
+    }
+}

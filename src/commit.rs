@@ -21,7 +21,7 @@ use crate::db::{Durability, Inner, lock};
 use crate::error::{Error, Result};
 use crate::format::{WAL_HEADER_LEN, encode_record};
 use crate::io::{OpenMode, VfsFile};
-use crate::layout::wal_name;
+use crate::layout::{StoreFile, classify, wal_name};
 use crate::locking::{COMMITTED_SEQ, LockGuard};
 use crate::wal::{self, LogWriter, Stop};
 
@@ -260,6 +260,7 @@ impl Inner {
                     offset,
                     scan.next_seq,
                 )?;
+                self.torn_tails_repaired.fetch_add(1, Ordering::Relaxed);
                 log::warn!(
                     "{}: cut off {} bytes at offset {offset} ({reason}), left by a writer that \
                      died in the middle of an append",
@@ -278,7 +279,17 @@ impl Inner {
             let (file, header) = match wal::open(vfs, &path, OpenMode::ReadWrite) {
                 Ok(opened) => opened,
                 Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                    break;
+                    let unlinked = writer
+                        .file()
+                        .is_unlinked()
+                        .map_err(|e| Error::io("look at", writer.path(), e))?;
+                    if !unlinked {
+                        break; // this is the newest log
+                    }
+                    // Compactions elsewhere went past the next log too and removed it: every
+                    // record before the newest log is in a snapshot, so go straight there.
+                    *writer = self.open_newest_log()?;
+                    continue;
                 }
                 Err(e) => return Err(e),
             };
@@ -312,6 +323,32 @@ impl Inner {
                 .correct_hint(guard, COMMITTED_SEQ, writer.next_seq());
         }
         Ok(())
+    }
+
+    /// Holding `LOCK`: a writer at the start of the newest log (the caller scans it to its end).
+    fn open_newest_log(&self) -> Result<LogWriter> {
+        let vfs = self.options.vfs.as_ref();
+        let names = vfs
+            .list(&self.dir)
+            .map_err(|e| Error::io("list the store directory", &self.dir, e))?;
+        let newest = names
+            .iter()
+            .filter_map(|name| match classify(name) {
+                StoreFile::Wal(generation) => Some(generation),
+                _ => None,
+            })
+            .max()
+            .ok_or_else(|| Error::corruption(&self.dir, 0, "the store has no log"))?;
+        let path = self.dir.join(wal_name(newest));
+        let (file, header) = wal::open(vfs, &path, OpenMode::ReadWrite)?;
+        Ok(LogWriter::new(
+            path,
+            file,
+            header.generation,
+            WAL_HEADER_LEN as u64,
+            header.first_seq,
+            WAL_HEADER_LEN as u64,
+        ))
     }
 
     /// Holding the writer and `LOCK`, after [`Inner::follow_the_log`]: makes every record in the

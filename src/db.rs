@@ -174,6 +174,7 @@ impl Options {
             commits: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
+            torn_tails_repaired: AtomicU64::new(0),
             cancel: AtomicBool::new(false),
             wake_compactor: Mutex::new(None),
             report: recovered.report,
@@ -220,6 +221,9 @@ pub struct Stats {
     pub syncs: u64,
     /// Compactions completed by this handle since it was opened.
     pub compactions: u64,
+    /// Torn records that writers killed in the middle of an append left at the end of the log,
+    /// cut off by this handle before it appended (since it was opened).
+    pub torn_tails_repaired: u64,
     /// When writes are considered done.
     pub durability: Durability,
     /// What recovery found and did when the store was opened.
@@ -299,6 +303,7 @@ pub(crate) struct Inner {
     pub(crate) commits: AtomicU64,
     pub(crate) syncs: AtomicU64,
     pub(crate) compactions: AtomicU64,
+    pub(crate) torn_tails_repaired: AtomicU64,
     /// Asks a running compaction to give up (the handle is closing).
     pub(crate) cancel: AtomicBool,
     /// Wakes the background compaction thread; `None` once the handle closes.
@@ -516,6 +521,7 @@ impl Db {
             commits: self.inner.commits.load(Ordering::Relaxed),
             syncs: self.inner.syncs.load(Ordering::Relaxed),
             compactions: self.inner.compactions.load(Ordering::Relaxed),
+            torn_tails_repaired: self.inner.torn_tails_repaired.load(Ordering::Relaxed),
             durability: self.inner.options.durability,
             recovery: self.inner.report.clone(),
         })

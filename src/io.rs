@@ -90,6 +90,8 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// The file's current size in bytes.
     fn size(&self) -> io::Result<u64>;
+    /// Whether the file has been removed from its directory (it stays readable while open).
+    fn is_unlinked(&self) -> io::Result<bool>;
     /// Truncates or extends (with zeros) the file to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes the file's data, and the metadata needed to read it (its size), durable: `fdatasync`.
@@ -244,6 +246,11 @@ impl VfsFile for StdFile {
 
     fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
+    }
+
+    fn is_unlinked(&self) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.0.metadata()?.nlink() == 0)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -498,6 +505,9 @@ pub(crate) mod faulty {
         }
         fn size(&self) -> io::Result<u64> {
             self.inner.size()
+        }
+        fn is_unlinked(&self) -> io::Result<bool> {
+            self.inner.is_unlinked()
         }
         fn set_len(&self, len: u64) -> io::Result<()> {
             faults(&self.faults).note(format!("set_len {} {len}", self.name))?;

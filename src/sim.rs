@@ -599,6 +599,10 @@ impl VfsFile for SimFile {
         self.with(|state, ino| Ok(state.inodes[&ino].live.len() as u64))
     }
 
+    fn is_unlinked(&self) -> io::Result<bool> {
+        self.with(|state, ino| Ok(!state.live.values().any(|&i| i == ino)))
+    }
+
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.with(|state, ino| {
             state.mutate()?;

@@ -1,0 +1,424 @@
+//! Several real processes on one store. The test binary re-executes itself: with
+//! `STURDYKV_PROCESS_ROLE` set, the `child` test below plays that role instead of testing.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sturdykv::{Batch, Db, Error};
+
+const ROLE_ENV: &str = "STURDYKV_PROCESS_ROLE";
+
+fn spawn(role: &str, args: &[String]) -> Child {
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env(ROLE_ENV, format!("{role} {}", args.join(" ")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn child process")
+}
+
+/// Waits for a child and returns what it printed after `@` on each line (the test harness prints
+/// its own text too, and `test child ... ` may precede the first line).
+fn finish(child: Child) -> Vec<String> {
+    let out = child.wait_with_output().expect("wait for child");
+    assert!(out.status.success(), "child failed: {:?}", out.status);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('@').map(|(_, rest)| rest.to_owned()))
+        .collect()
+}
+
+fn value_of(writer: u32, i: u32) -> String {
+    format!("value of writer {writer} write {i} ").repeat(1 + (i % 5) as usize)
+}
+
+fn parse_u64(v: Option<sturdykv::Bytes>) -> u64 {
+    v.map_or(0, |v| {
+        String::from_utf8_lossy(&v)
+            .parse()
+            .expect("counter is a number")
+    })
+}
+
+/// The roles a child process can play.
+#[test]
+fn child() {
+    let Ok(spec) = std::env::var(ROLE_ENV) else {
+        return; // not a child: nothing to do
+    };
+    let args: Vec<&str> = spec.split_whitespace().collect();
+    let num = |i: usize| -> u32 { args[i].parse().expect("number argument") };
+    let db = Db::open(args[1]).expect("child opens the store");
+    match args[0] {
+        // `counter DIR M`: M transactional increments of one counter.
+        "counter" => {
+            for _ in 0..num(2) {
+                db.transaction(|tx| {
+                    let n = parse_u64(tx.get("counter")?);
+                    tx.put("counter", (n + 1).to_string())
+                })
+                .expect("increment");
+            }
+        }
+        // `writer DIR ID M COMPACT_EVERY`: M puts of its own keys, compacting now and then.
+        "writer" => {
+            let (id, m, every) = (num(2), num(3), num(4));
+            for i in 0..m {
+                db.put(format!("w{id}/{i:06}"), value_of(id, i))
+                    .expect("put");
+                println!("@ack {id} {i}");
+                if every > 0 && i % every == every - 1 {
+                    db.compact().expect("compact");
+                }
+            }
+        }
+        // `reader DIR WRITERS M`: until `done` appears, checks that every visible key has its
+        // right value and that nothing once seen disappears; then that every write is there.
+        "reader" => {
+            let (writers, m) = (num(2), num(3));
+            let mut seen = 0u64;
+            let mut rounds = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(300);
+            loop {
+                assert!(Instant::now() < deadline, "`done` never came");
+                let done = db.get("done").expect("get").is_some();
+                let mut count = 0u64;
+                for entry in db.prefix("w") {
+                    let (key, value) = entry.expect("scan");
+                    let key = String::from_utf8_lossy(&key).into_owned();
+                    let (w, i) = key[1..].split_once('/').expect("key shape");
+                    let (w, i): (u32, u32) = (w.parse().expect("w"), i.parse().expect("i"));
+                    assert_eq!(&value[..], value_of(w, i).as_bytes(), "{key}");
+                    count += 1;
+                }
+                assert!(count >= seen, "a key disappeared: {count} < {seen}");
+                seen = count;
+                rounds += 1;
+                if done {
+                    assert_eq!(count, u64::from(writers * m), "every write is visible");
+                    for w in 0..writers {
+                        for i in 0..m {
+                            let got = db.get(format!("w{w}/{i:06}")).expect("get");
+                            assert_eq!(got.as_deref(), Some(value_of(w, i).as_bytes()));
+                        }
+                    }
+                    println!("@ok {rounds}");
+                    break;
+                }
+            }
+        }
+        // `victim DIR`: appends huge batches forever (to be killed in the middle of one).
+        "victim" => {
+            let big = vec![b'x'; 16 << 20];
+            for i in 0u64.. {
+                let mut batch = Batch::new();
+                batch.put(format!("victim/{i}/a"), &big);
+                batch.put(format!("victim/{i}/b"), "small");
+                println!("@appending {i}");
+                db.write(batch).expect("victim write");
+                println!("@acked {i}");
+            }
+        }
+        // `torn DIR`: does what a writer killed in the middle of an append leaves behind: holding
+        // LOCK, writes the first bytes of a record at the end of the newest log (format: see
+        // docs/FORMAT.md), then hangs there until it is killed.
+        "torn" => {
+            let dir = Path::new(args[1]);
+            let lock = std::fs::File::open(dir.join("LOCK")).expect("open LOCK");
+            lock.lock().expect("flock LOCK");
+            let newest = std::fs::read_dir(dir)
+                .expect("list")
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with("wal-") && !n.ends_with(".tmp"))
+                .max()
+                .expect("a log");
+            let path = dir.join(newest);
+            let bytes = std::fs::read(&path).expect("read log");
+            let mut end = 40;
+            while end + 8 <= bytes.len() {
+                let len = u32::from_le_bytes(bytes[end..end + 4].try_into().expect("4 bytes"));
+                if len == 0 {
+                    break;
+                }
+                end += 8 + len as usize;
+            }
+            let mut torn = 4096u32.to_le_bytes().to_vec();
+            torn.extend([0xAB; 100]);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .expect("open log");
+            std::os::unix::fs::FileExt::write_all_at(&file, &torn, end as u64).expect("write");
+            println!("@torn {end}");
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        // `survivor DIR ID`: small writes until `stop/ID` appears, then reports how many torn
+        // tails it cut off.
+        "survivor" => {
+            let id = num(2);
+            for i in 0.. {
+                if db.get(format!("stop/{id}")).expect("get").is_some() {
+                    break;
+                }
+                db.put(format!("survivor{id}/{i:06}"), value_of(id, i))
+                    .expect("put");
+                println!("@ack {id} {i}");
+            }
+            let stats = db.stats().expect("stats");
+            println!("@repaired {}", stats.torn_tails_repaired);
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+#[test]
+fn processes_incrementing_one_counter_in_transactions_lose_no_increment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().to_string_lossy().into_owned();
+    Db::open(&store).expect("create");
+    let (n, m) = (4, 100);
+    let children: Vec<Child> = (0..n)
+        .map(|_| spawn("counter", &[store.clone(), m.to_string()]))
+        .collect();
+    for c in children {
+        finish(c);
+    }
+    let db = Db::open(&store).expect("open");
+    assert_eq!(parse_u64(db.get("counter").expect("get")), n * m);
+}
+
+#[test]
+fn writers_and_readers_in_separate_processes_see_every_acknowledged_write_across_compactions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().to_string_lossy().into_owned();
+    let db = Db::open(&store).expect("create");
+    let (writers, m) = (3u32, 300u32);
+    let readers: Vec<Child> = (0..2)
+        .map(|_| {
+            spawn(
+                "reader",
+                &[store.clone(), writers.to_string(), m.to_string()],
+            )
+        })
+        .collect();
+    // Writer 0 compacts every 100 writes, so readers see generations change under them.
+    let children: Vec<Child> = (0..writers)
+        .map(|w| {
+            let every = if w == 0 { 100 } else { 0 };
+            spawn(
+                "writer",
+                &[
+                    store.clone(),
+                    w.to_string(),
+                    m.to_string(),
+                    every.to_string(),
+                ],
+            )
+        })
+        .collect();
+    let mut acked = 0;
+    for c in children {
+        acked += finish(c).iter().filter(|l| l.starts_with("ack")).count();
+    }
+    assert_eq!(acked, (writers * m) as usize);
+    // This process saw every write too, without reopening.
+    assert_eq!(db.len().expect("len"), u64::from(writers * m));
+    assert!(db.stats().expect("stats").generation >= 3);
+    db.put("done", "").expect("put");
+    for r in readers {
+        let lines = finish(r);
+        assert!(lines.iter().any(|l| l.starts_with("ok")), "{lines:?}");
+    }
+}
+
+/// Reads a child's `@` lines as they come.
+fn lines_of(child: &mut Child) -> impl Iterator<Item = String> + use<> {
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout)
+        .lines()
+        .map_while(std::result::Result::ok)
+        .filter_map(|l| l.split_once('@').map(|(_, rest)| rest.to_owned()))
+}
+
+fn start_survivors(store: &str, first_id: u32) -> Vec<Child> {
+    (first_id..first_id + 2)
+        .map(|id| spawn("survivor", &[store.to_owned(), id.to_string()]))
+        .collect()
+}
+
+/// Stops the survivors; returns how many writes they acknowledged and torn tails they repaired.
+fn stop_survivors(db: &Db, survivors: Vec<Child>, first_id: u32) -> (usize, u64) {
+    for id in first_id..first_id + 2 {
+        db.put(format!("stop/{id}"), "").expect("put");
+    }
+    let (mut acked, mut repaired) = (0, 0);
+    for s in survivors {
+        for line in finish(s) {
+            if line.starts_with("ack") {
+                acked += 1;
+            } else if let Some(n) = line.strip_prefix("repaired ") {
+                repaired += n.parse::<u64>().expect("count");
+            }
+        }
+    }
+    (acked, repaired)
+}
+
+#[test]
+fn a_writer_killed_holding_the_lock_mid_append_blocks_nobody_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().to_string_lossy().into_owned();
+    let db = Db::open(&store).expect("create");
+    let mut survivor_acked = 0;
+    let mut repaired = 0;
+
+    // Killed holding LOCK, a torn record behind it: the others wait, then cut it off.
+    for round in 0..3u32 {
+        let survivors = start_survivors(&store, round * 2);
+        std::thread::sleep(Duration::from_millis(100));
+        let mut victim = spawn("torn", std::slice::from_ref(&store));
+        let torn_at = lines_of(&mut victim)
+            .next()
+            .expect("the victim tore a record");
+        std::thread::sleep(Duration::from_millis(200));
+        victim.kill().expect("SIGKILL");
+        victim.wait().expect("reap");
+        db.put(format!("parent/{round}"), "after the kill")
+            .expect("the lock is free again");
+        let (acked, fixed) = stop_survivors(&db, survivors, round * 2);
+        survivor_acked += acked;
+        repaired += fixed;
+        eprintln!("round {round}: {torn_at}, survivors acknowledged {acked}");
+    }
+    repaired += db.stats().expect("stats").torn_tails_repaired;
+    assert_eq!(repaired, 3, "each torn tail is cut off exactly once");
+
+    // Killed at random instants of real commits of big batches.
+    let mut victim_acked = Vec::new();
+    for cycle in 0..4u32 {
+        let survivors = start_survivors(&store, 100 + cycle * 2);
+        let mut victim = spawn("victim", std::slice::from_ref(&store));
+        let mut lines = lines_of(&mut victim);
+        // Let it commit one batch, timing it, then kill it somewhere inside the next one.
+        let mut started = Instant::now();
+        let mut took = Duration::ZERO;
+        for line in lines.by_ref() {
+            if let Some(i) = line.strip_prefix("acked ") {
+                victim_acked.push(format!("victim/{i}/b"));
+                took = started.elapsed();
+            } else if line.starts_with("appending") {
+                if !took.is_zero() {
+                    break;
+                }
+                started = Instant::now();
+            }
+        }
+        std::thread::sleep(took.mul_f64(f64::from(cycle * 3 + 1) / 12.0));
+        victim.kill().expect("SIGKILL");
+        victim.wait().expect("reap");
+        for line in lines {
+            if let Some(i) = line.strip_prefix("acked ") {
+                victim_acked.push(format!("victim/{i}/b"));
+            }
+        }
+        db.put(format!("parent/kill{cycle}"), "after the kill")
+            .expect("the lock is free again");
+        survivor_acked += stop_survivors(&db, survivors, 100 + cycle * 2).0;
+    }
+
+    drop(db);
+    let db = Db::open(&store).expect("reopen");
+    for key in &victim_acked {
+        assert!(db.get(key).expect("get").is_some(), "lost {key}");
+    }
+    // Batches are atomic: a victim batch is there whole or not at all.
+    let mut halves = std::collections::BTreeMap::new();
+    for entry in db.prefix("victim/") {
+        let (key, _) = entry.expect("scan");
+        let key = String::from_utf8_lossy(&key).into_owned();
+        let (batch, _) = key.rsplit_once('/').expect("shape");
+        *halves.entry(batch.to_owned()).or_insert(0) += 1;
+    }
+    assert!(halves.values().all(|&n| n == 2), "{halves:?}");
+    assert_eq!(
+        db.prefix("survivor").count(),
+        survivor_acked,
+        "every survivor write is there"
+    );
+    assert_eq!(db.prefix("parent/").count(), 7);
+    db.verify(|_, _| {}).expect("the log is clean");
+}
+
+#[test]
+fn the_lock_survives_other_descriptors_and_is_not_inherited_by_children() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path()).expect("open");
+    let lock_path = dir.path().join("LOCK");
+    db.transaction(|_tx| {
+        // Another descriptor of LOCK, opened and closed in this process, leaves our lock alone
+        // (POSIX fcntl locks would be dropped here; flock locks are not).
+        drop(std::fs::File::open(&lock_path).expect("open LOCK"));
+        let other = std::fs::File::open(&lock_path).expect("open LOCK");
+        assert!(
+            matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+            "LOCK is still held"
+        );
+        // A child started now inherits no descriptor of the store.
+        let out = Command::new("ls")
+            .args(["-l", "/proc/self/fd/"])
+            .output()
+            .expect("run ls");
+        let fds = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !fds.contains(&*dir.path().to_string_lossy()),
+            "a child inherited a store descriptor:\n{fds}"
+        );
+        Ok::<_, Error>(())
+    })
+    .expect("transaction");
+    // Released once the transaction is over.
+    let other = std::fs::File::open(&lock_path).expect("open LOCK");
+    other.try_lock().expect("free again");
+    drop(other);
+    db.put("k", "v").expect("put");
+}
+
+#[test]
+fn a_process_waiting_for_the_lock_proceeds_once_it_is_released() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().to_string_lossy().into_owned();
+    let db = Db::open(&store).expect("open");
+    db.transaction(|_tx| {
+        let child = spawn("counter", &[store.clone(), "1".into()]);
+        std::thread::sleep(Duration::from_millis(300));
+        Ok::<_, Error>(child)
+    })
+    .map(finish)
+    .expect("transaction");
+    assert_eq!(parse_u64(db.get("counter").expect("get")), 1);
+}
+
+#[test]
+fn an_exclusive_open_is_refused_while_another_process_has_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().to_string_lossy().into_owned();
+    Db::open(&store).expect("create");
+    let mut reader = spawn("reader", &[store.clone(), "0".into(), "0".into()]);
+    // Give it time to open, then try to take the store for ourselves.
+    std::thread::sleep(Duration::from_millis(500));
+    let err = sturdykv::Options::new()
+        .exclusive(true)
+        .open(Path::new(&store))
+        .expect_err("another process has it open");
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    Db::open(&store)
+        .expect("open")
+        .put("done", "")
+        .expect("put");
+    reader.wait().expect("reader exits");
+}

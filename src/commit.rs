@@ -15,6 +15,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::batch::Batch;
 use crate::db::{Durability, Inner, lock};
@@ -46,7 +47,35 @@ struct Group {
     outcome: OnceLock<Option<Error>>,
 }
 
+/// Whose `fdatasync` covers what, within a handle: a sync covers every record appended before it
+/// started, so a writer whose record is already covered, or will be by a sync that started after
+/// it, waits for that one instead of queueing another behind it.
+#[derive(Default)]
+pub(crate) struct Syncs {
+    /// Every record below this sequence number is durable.
+    synced_below: u64,
+    /// A sync is running.
+    running: bool,
+    /// The newest append of this handle.
+    latest: Option<Appended>,
+    /// Commits this handle appended, and how many of them syncs had covered when they started.
+    appended: u64,
+    covered_so_far: u64,
+    /// How many of this handle's commits each of the last two syncs covered, and how long the
+    /// last one took.
+    covered: [u64; 2],
+    last_took: Duration,
+}
+
+impl Syncs {
+    /// This handle's commits appended but not covered by a sync yet.
+    fn uncovered(&self) -> u64 {
+        self.appended - self.covered_so_far
+    }
+}
+
 /// What an append left to do.
+#[derive(Clone)]
 pub(crate) struct Appended {
     path: PathBuf,
     file: Arc<dyn VfsFile>,
@@ -185,19 +214,87 @@ impl Inner {
         }
         self.commits
             .fetch_add(batches.len() as u64, Ordering::Relaxed);
-        Ok(Appended {
+        Ok(self.appended(&writer))
+    }
+
+    /// Notes the newest append (holding the writer, so appends are noted in order).
+    fn appended(&self, writer: &LogWriter) -> Appended {
+        let appended = Appended {
             path: writer.path().to_owned(),
             file: writer.file_arc(),
             end_seq: writer.next_seq(),
-        })
+        };
+        let mut syncs = lock(&self.sync_state);
+        syncs.latest = Some(appended.clone());
+        syncs.appended += 1;
+        drop(syncs);
+        self.sync_done.notify_all();
+        appended
     }
 
-    /// Step 2: `fdatasync`, unless the durability is [`Durability::Buffered`].
+    /// Step 2: `fdatasync` (unless the durability is [`Durability::Buffered`]), shared: returns
+    /// once a sync that started after this append finished, whoever ran it.
     fn make_durable(&self, appended: &Appended) -> Result<()> {
-        if self.options.durability == Durability::Immediate {
-            self.sync_file(&appended.path, appended.file.as_ref())?;
+        if self.options.durability == Durability::Buffered {
+            return Ok(());
         }
-        Ok(())
+        let mut syncs = lock(&self.sync_state);
+        loop {
+            // Another process's commit after ours raised the hint only after its own sync,
+            // which covered our record too.
+            if syncs.synced_below >= appended.end_seq
+                || self.store_lock.hint(COMMITTED_SEQ) >= appended.end_seq
+            {
+                return Ok(());
+            }
+            self.check_poison()?;
+            if syncs.running {
+                syncs = self
+                    .sync_done
+                    .wait(syncs)
+                    .unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            syncs.running = true;
+            // With several writers about (recent syncs covered more than one record), give the
+            // others a moment to append, so that this sync covers them too: otherwise writers
+            // split into groups that take turns, each waiting for the other's sync.
+            let expected = syncs.covered[0].max(syncs.covered[1]);
+            if expected > 1 {
+                let deadline = Instant::now() + syncs.last_took / 3;
+                while syncs.uncovered() < expected {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    syncs = self
+                        .sync_done
+                        .wait_timeout(syncs, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+            // Sync the newest log up to its newest record: older logs were synced when the
+            // generation was cut.
+            let Some(target) = syncs.latest.clone() else {
+                syncs.running = false;
+                return Ok(());
+            };
+            let covered = syncs.uncovered();
+            syncs.covered_so_far = syncs.appended;
+            drop(syncs);
+            let started = Instant::now();
+            let result = self.sync_file(&target.path, target.file.as_ref());
+            syncs = lock(&self.sync_state);
+            syncs.running = false;
+            if result.is_ok() {
+                syncs.synced_below = syncs.synced_below.max(target.end_seq);
+                syncs.covered = [covered, syncs.covered[0]];
+                syncs.last_took = started.elapsed();
+            }
+            self.sync_done.notify_all();
+            result?;
+        }
     }
 
     /// Step 3: tells every handle the log is committed up to `end_seq`, and applies it here.
@@ -407,11 +504,7 @@ impl Inner {
             return Err(e.into());
         }
         self.commits.fetch_add(1, Ordering::Relaxed);
-        let appended = Appended {
-            path: writer.path().to_owned(),
-            file: writer.file_arc(),
-            end_seq: writer.next_seq(),
-        };
+        let appended = self.appended(&writer);
         drop((guard, writer));
         turn.stop_appending();
         self.make_durable(&appended)?;

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 
 use crate::batch::{Batch, check_key, check_value};
 use crate::bytes::Bytes;
-use crate::commit::Queue;
+use crate::commit::{Queue, Syncs};
 use crate::error::{Error, Result};
 use crate::follow::Position;
 use crate::format::WAL_HEADER_LEN;
@@ -168,6 +168,8 @@ impl Options {
             seen_snapshot: AtomicU64::new(seen_snapshot),
             queue: Mutex::new(Queue::default()),
             queue_changed: Condvar::new(),
+            sync_state: Mutex::new(Syncs::default()),
+            sync_done: Condvar::new(),
             writer: Mutex::new(recovered.writer),
             compaction: Mutex::new(()),
             poison: Mutex::new(None),
@@ -293,6 +295,9 @@ pub(crate) struct Inner {
     /// Writers waiting to be committed by a group leader.
     pub(crate) queue: Mutex<Queue>,
     pub(crate) queue_changed: Condvar,
+    /// Which records are durable, and whether a sync is running.
+    pub(crate) sync_state: Mutex<Syncs>,
+    pub(crate) sync_done: Condvar,
     /// The appending end of the log, held by a group leader while it appends.
     pub(crate) writer: Mutex<LogWriter>,
     /// Held for the whole of a compaction: one at a time in this handle (the compaction lock

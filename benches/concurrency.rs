@@ -1,0 +1,244 @@
+//! Many writers: durable `put` throughput with 1, 4 and 8 threads; one writer process against two;
+//! and the cost of `get` while another process writes. Every figure is a ratio against a baseline
+//! measured in the same run, on the same disk (16-byte keys, 100-byte values).
+//!
+//! Run: `cargo bench --bench concurrency` (`BENCH_SECONDS` sets each measurement's length,
+//! default 3; each is taken 3 times, alternating, and the median is reported).
+//!
+//! Throughput over a fixed time does not fit criterion's per-iteration model, so this bench has
+//! its own small loop; it re-executes itself for the writer processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sturdykv::Db;
+
+const VALUE_LEN: usize = 100;
+const ROLE_ENV: &str = "STURDYKV_BENCH_ROLE";
+const ROUNDS: usize = 3;
+
+fn seconds() -> Duration {
+    let s: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    Duration::from_secs_f64(s)
+}
+
+fn bench_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("concurrency-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create bench dir");
+    dir
+}
+
+fn key(writer: u64, i: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&writer.to_be_bytes());
+    k[8..].copy_from_slice(&i.to_be_bytes());
+    k
+}
+
+/// Durable puts from `threads` threads of one handle for `time`; returns puts per second.
+fn put_rate(db: &Db, threads: u64, time: Duration, writer_base: u64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (db, stop, done) = (db.clone(), Arc::clone(&stop), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let value = [7u8; VALUE_LEN];
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    db.put(key(writer_base + t, i), value).expect("put");
+                    i += 1;
+                }
+                done.fetch_add(i, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    std::thread::sleep(time);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().expect("writer");
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// A child process: `writer DIR ID SECONDS` puts for that long (one thread) and prints its count.
+fn child(role: &str) {
+    let args: Vec<&str> = role.split_whitespace().collect();
+    let db = Db::open(args[1]).expect("open");
+    let id: u64 = args[2].parse().expect("id");
+    let time = Duration::from_secs_f64(args[3].parse().expect("seconds"));
+    // Start together: wait for the go file.
+    let go = Path::new(args[1]).join("go");
+    while !go.exists() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let value = [7u8; VALUE_LEN];
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < time {
+        db.put(key(1000 + id, i), value).expect("put");
+        i += 1;
+    }
+    println!("{i} {}", start.elapsed().as_secs_f64());
+}
+
+fn spawn_writer(dir: &Path, id: u64, time: Duration) -> Child {
+    Command::new(std::env::current_exe().expect("bench binary"))
+        .env(
+            ROLE_ENV,
+            format!("writer {} {id} {}", dir.display(), time.as_secs_f64()),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn writer process")
+}
+
+/// Puts per second from `processes` single-threaded writer processes together.
+fn process_rate(dir: &Path, processes: u64, time: Duration) -> f64 {
+    let _ = std::fs::remove_file(dir.join("go"));
+    let children: Vec<Child> = (0..processes).map(|p| spawn_writer(dir, p, time)).collect();
+    std::thread::sleep(Duration::from_millis(300)); // let them open
+    std::fs::write(dir.join("go"), b"").expect("go");
+    let mut total = 0.0;
+    for c in children {
+        let out = c.wait_with_output().expect("writer");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut parts = text.split_whitespace();
+        let n: f64 = parts.next().expect("count").parse().expect("count");
+        let secs: f64 = parts.next().expect("secs").parse().expect("secs");
+        total += n / secs;
+    }
+    total
+}
+
+/// Random gets per second on `db` over `keys` keys for `time`.
+fn get_rate(db: &Db, keys: u64, time: Duration) -> f64 {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < time {
+        for _ in 0..1000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let got = db.get(key(0, x % keys)).expect("get");
+            assert!(got.is_some());
+        }
+        n += 1000;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    if let Ok(role) = std::env::var(ROLE_ENV) {
+        child(&role);
+        return;
+    }
+    // `cargo bench` passes `--bench`; `cargo test --benches` would run this with no flag.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let time = seconds();
+    println!("each figure: median of {ROUNDS} runs of {time:?}\n");
+
+    // Threads of one process.
+    let dir = bench_dir("threads");
+    let db = Db::open(&dir).expect("open");
+    let mut rates = [Vec::new(), Vec::new(), Vec::new()];
+    let mut per_sync = [0.0; 3];
+    for round in 0..ROUNDS {
+        for (slot, threads) in [1u64, 4, 8].into_iter().enumerate() {
+            let before = db.stats().expect("stats");
+            rates[slot].push(put_rate(
+                &db,
+                threads,
+                time,
+                (round * 100 + slot * 10) as u64,
+            ));
+            let after = db.stats().expect("stats");
+            per_sync[slot] += (after.commits - before.commits) as f64
+                / (after.syncs - before.syncs).max(1) as f64
+                / ROUNDS as f64;
+        }
+    }
+    let [one, four, eight] = rates.map(median);
+    drop(db);
+    println!("durable put, threads of one process (commits per fdatasync)");
+    println!("  1 thread    {one:>9.0}/s           ({:.1})", per_sync[0]);
+    println!(
+        "  4 threads   {four:>9.0}/s   {:.2}x   ({:.1})",
+        four / one,
+        per_sync[1]
+    );
+    println!(
+        "  8 threads   {eight:>9.0}/s   {:.2}x   ({:.1})\n",
+        eight / one,
+        per_sync[2]
+    );
+
+    // Processes.
+    let dir = bench_dir("processes");
+    Db::open(&dir).expect("create");
+    let mut single = Vec::new();
+    let mut double = Vec::new();
+    for _ in 0..ROUNDS {
+        single.push(process_rate(&dir, 1, time));
+        double.push(process_rate(&dir, 2, time));
+    }
+    let (single, double) = (median(single), median(double));
+    println!("durable put, single-threaded writer processes");
+    println!("  1 process   {single:>9.0}/s");
+    println!("  2 processes {double:>9.0}/s   {:.2}x\n", double / single);
+
+    // Reads while another process writes.
+    let dir = bench_dir("reads");
+    let db = Db::open(&dir).expect("open");
+    let keys = 100_000u64;
+    let value = [7u8; VALUE_LEN];
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(1000) {
+        let mut batch = sturdykv::Batch::new();
+        for &i in chunk {
+            batch.put(key(0, i), value);
+        }
+        db.write(batch).expect("load");
+    }
+    let mut alone = Vec::new();
+    let mut beside = Vec::new();
+    let mut writer_rate = Vec::new();
+    for _ in 0..ROUNDS {
+        alone.push(get_rate(&db, keys, time));
+        let _ = std::fs::remove_file(dir.join("go"));
+        let writer = spawn_writer(&dir, 0, time + Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(dir.join("go"), b"").expect("go");
+        std::thread::sleep(Duration::from_millis(100));
+        beside.push(get_rate(&db, keys, time));
+        let out = writer.wait_with_output().expect("writer");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut parts = text.split_whitespace();
+        let n: f64 = parts.next().expect("count").parse().expect("count");
+        let secs: f64 = parts.next().expect("secs").parse().expect("secs");
+        writer_rate.push(n / secs);
+    }
+    let (alone, beside) = (median(alone), median(beside));
+    println!("random get over {keys} keys, one thread");
+    println!("  alone                        {alone:>10.0}/s");
+    println!(
+        "  another process writing      {beside:>10.0}/s   cost {:.2}x (it wrote {:.0}/s)",
+        alone / beside,
+        median(writer_rate)
+    );
+}

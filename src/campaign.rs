@@ -2,6 +2,10 @@
 //! batches, compactions, reopens) with the power cut at a random operation, and one crash image
 //! per crash model checked against the model. Used by the crash tests and by
 //! `kvctl crash-test --simulate`.
+//!
+//! With several handles, each stands for a process: the workload's operations go to handles
+//! chosen at random, and some writes become transactional increments, so that catching up on
+//! each other's commits, compactions and torn tails is part of what a power cut can interrupt.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,8 +19,41 @@ pub(crate) type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 #[derive(Clone, Debug)]
 pub(crate) enum Op {
     Write(Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    /// A transaction that adds one to the number under `counter`.
+    Increment,
     Compact,
     Reopen,
+}
+
+const COUNTER: &[u8] = b"counter";
+
+/// The operations of `workload` spread over `handles` handles: which handle runs each, with some
+/// writes turned into increments. With one handle, exactly `workload`.
+pub(crate) fn spread(seed: u64, ops: Vec<Op>, handles: usize) -> Vec<(usize, Op)> {
+    if handles == 1 {
+        return ops.into_iter().map(|op| (0, op)).collect();
+    }
+    // A separate generator, so that single-handle seeds keep their workloads.
+    let mut rng = Rng::new(seed ^ 0x5EED_0F_4A4D_1E5);
+    ops.into_iter()
+        .map(|op| {
+            let handle = rng.below(handles as u64) as usize;
+            match op {
+                Op::Write(_) if rng.below(4) == 0 => (handle, Op::Increment),
+                op => (handle, op),
+            }
+        })
+        .collect()
+}
+
+/// The model after an increment.
+pub(crate) fn incremented(base: &Model) -> Model {
+    let mut next = base.clone();
+    let n: u64 = base
+        .get(COUNTER)
+        .map_or(0, |v| String::from_utf8_lossy(v).parse().unwrap_or(0));
+    next.insert(COUNTER.to_vec(), (n + 1).to_string().into_bytes());
+    next
 }
 
 pub(crate) fn workload(rng: &mut Rng) -> Vec<Op> {
@@ -88,20 +125,52 @@ pub(crate) struct Run {
     pub(crate) in_flight: bool,
 }
 
+/// Adds one to the counter in a transaction.
+pub(crate) fn increment(db: &Db) -> crate::Result<()> {
+    db.transaction(|tx| {
+        let n: u64 = tx
+            .get(COUNTER)?
+            .map_or(0, |v| String::from_utf8_lossy(&v).parse().unwrap_or(0));
+        tx.put(COUNTER, (n + 1).to_string())
+    })
+}
+
 /// Runs `ops` on `vfs` until they end or the power goes.
+#[cfg(test)]
 pub(crate) fn run(vfs: &SimVfs, ops: &[Op]) -> Run {
+    let ops: Vec<(usize, Op)> = ops.iter().cloned().map(|op| (0, op)).collect();
+    run_on(vfs, &ops, 1)
+}
+
+/// Runs `ops` on `handles` handles of the store on `vfs` until they end or the power goes.
+pub(crate) fn run_on(vfs: &SimVfs, ops: &[(usize, Op)], handles: usize) -> Run {
     let mut out = Run {
         states: vec![Model::new()],
         acked: 0,
         in_flight: false,
     };
-    let Ok(mut db) = open(vfs) else { return out };
-    for op in ops {
+    let mut dbs = Vec::new();
+    for _ in 0..handles {
+        match open(vfs) {
+            Ok(db) => dbs.push(db),
+            Err(_) => return out,
+        }
+    }
+    for (handle, op) in ops {
+        let db = &dbs[*handle];
         match op {
             Op::Write(writes) => {
                 let (batch, next) = batch_over(writes, &out.states[out.acked]);
                 out.states.push(next);
                 if db.write(batch).is_err() {
+                    out.in_flight = true;
+                    return out;
+                }
+                out.acked += 1;
+            }
+            Op::Increment => {
+                out.states.push(incremented(&out.states[out.acked]));
+                if increment(db).is_err() {
                     out.in_flight = true;
                     return out;
                 }
@@ -113,9 +182,10 @@ pub(crate) fn run(vfs: &SimVfs, ops: &[Op]) -> Run {
                 }
             }
             Op::Reopen => {
-                drop(db);
+                // Close first, as a restarted process would.
+                drop(dbs.remove(*handle));
                 match open(vfs) {
-                    Ok(reopened) => db = reopened,
+                    Ok(db) => dbs.insert(*handle, db),
                     Err(_) => return out,
                 }
             }
@@ -127,22 +197,31 @@ pub(crate) fn run(vfs: &SimVfs, ops: &[Op]) -> Run {
 /// Runs seed `seed` with the power cut at a random point, then checks one image per crash model.
 /// Returns the number of images checked, or a description of the first violation.
 pub(crate) fn check_seed(seed: u64, prepare: impl Fn(&SimVfs)) -> Result<u64, String> {
+    check_seed_on(seed, 1, prepare)
+}
+
+/// [`check_seed`] with the workload spread over `handles` handles (processes).
+pub(crate) fn check_seed_on(
+    seed: u64,
+    handles: usize,
+    prepare: impl Fn(&SimVfs),
+) -> Result<u64, String> {
     let mut rng = Rng::new(seed);
-    let ops = workload(&mut rng);
+    let ops = spread(seed, workload(&mut rng), handles);
     // A dry run counts the operations, so that the cut can land anywhere among them.
     let dry = SimVfs::new();
-    run(&dry, &ops);
+    run_on(&dry, &ops, handles);
     let total = dry.ops();
     let vfs = SimVfs::new();
     prepare(&vfs);
     vfs.freeze_after(rng.below(total + 1));
-    let outcome = run(&vfs, &ops);
+    let outcome = run_on(&vfs, &ops, handles);
     let mut images = 0;
     for model in [CrashModel::Prefix, CrashModel::Subset, CrashModel::Torn] {
         let image = vfs.crash(rng.next_u64(), model);
         let context = || {
             format!(
-                "SIM_SEED={seed} ({model:?}, {} acknowledged)",
+                "SIM_SEED={seed} ({handles} handles, {model:?}, {} acknowledged)",
                 outcome.acked
             )
         };

@@ -34,7 +34,7 @@ pub(crate) fn spread(seed: u64, ops: Vec<Op>, handles: usize) -> Vec<(usize, Op)
         return ops.into_iter().map(|op| (0, op)).collect();
     }
     // A separate generator, so that single-handle seeds keep their workloads.
-    let mut rng = Rng::new(seed ^ 0x5EED_0F_4A4D_1E5);
+    let mut rng = Rng::new(seed ^ 0x0005_EED0_F4A4_D1E5);
     ops.into_iter()
         .map(|op| {
             let handle = rng.below(handles as u64) as usize;

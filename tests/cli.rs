@@ -555,11 +555,19 @@ mod dump_load_round_trip {
 fn crash_test_kills_writers_and_checks_every_acknowledged_batch() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("crashtest");
-    let out = kvctl(&db, &["crash-test", "--cycles", "5", "--json"]);
+    let out = kvctl(
+        &db,
+        &["crash-test", "--cycles", "5", "--writers", "3", "--json"],
+    );
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
     assert_eq!(report["cycles"], 5);
+    assert_eq!(report["writers"], 3);
     assert_eq!(report["violations"], 0);
+    assert!(
+        report["acknowledged_increments"].as_u64().expect("count") > 0,
+        "{report}"
+    );
     assert!(
         report["acknowledged_batches"].as_u64().expect("count") > 0,
         "{report}"

@@ -167,7 +167,10 @@ enum Command {
         /// Seed for the kill timings and the simulated workloads.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Bytes per key written by the writer (at least the key's 28-byte stamp).
+        /// Writer processes running at once, each committing batches and transactions.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+        writers: u64,
+        /// Bytes per key written by the writers (at least the key's 30-byte stamp).
         #[arg(long, default_value_t = 16)]
         key_size: usize,
         /// Bytes per value written by the writer.
@@ -182,6 +185,8 @@ enum Command {
     CrashWriter {
         #[arg(long)]
         cycle: u64,
+        #[arg(long)]
+        writer: u64,
         #[arg(long)]
         seed: u64,
         #[arg(long)]
@@ -287,6 +292,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         cycles,
         duration,
         seed,
+        writers,
         key_size,
         value_size,
         simulate,
@@ -296,6 +302,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             cycles,
             duration: duration.map(std::time::Duration::from_secs),
             seed,
+            writers,
             key_size,
             value_size,
             simulate,
@@ -361,10 +368,11 @@ fn execute(ctx: &Ctx, command: Command, out: &mut dyn Write) -> Result<u8, Failu
         Command::Load => load(ctx, out),
         Command::CrashWriter {
             cycle,
+            writer,
             seed,
             key_size,
             value_size,
-        } => crash_test::writer(&ctx.db, cycle, seed, key_size, value_size),
+        } => crash_test::writer(&ctx.db, cycle, writer, seed, key_size, value_size),
         Command::Completions { .. } | Command::Shell | Command::CrashTest { .. } => {
             Err(Failure::Usage("not available inside the shell".into()))
         }

@@ -93,6 +93,13 @@ impl Batch {
     }
 }
 
+impl Batch {
+    /// The operations, for applying to the in-memory view.
+    pub(crate) fn into_ops(self) -> Vec<(Bytes, Option<Bytes>)> {
+        self.ops
+    }
+}
+
 pub(crate) fn check_key(key: &[u8]) -> Result<()> {
     if key.len() > MAX_KEY_LEN {
         return Err(Error::LimitExceeded {

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::format::{WAL_HEADER_LEN, encode_record};
 use crate::io::{OpenMode, VfsFile};
 use crate::layout::{StoreFile, classify, wal_name};
-use crate::locking::{COMMITTED_SEQ, LockGuard};
+use crate::locking::{COMMITTED_SEQ, LockGuard, SNAPSHOT_GENERATION};
 use crate::wal::{self, LogWriter, Stop};
 
 /// Threads waiting to commit, and the order commits finish in.
@@ -72,6 +72,14 @@ impl Syncs {
     fn uncovered(&self) -> u64 {
         self.appended - self.covered_so_far
     }
+}
+
+/// A record this handle appended, kept so that publishing it needs no read of the log.
+pub(crate) struct OwnRecord {
+    pub(crate) generation: u64,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+    pub(crate) ops: Vec<(crate::bytes::Bytes, Option<crate::bytes::Bytes>)>,
 }
 
 /// What an append left to do.
@@ -178,7 +186,7 @@ impl Inner {
     /// Commits a group: append, sync, publish, acknowledge.
     fn lead(&self, mut turn: Turn<'_>, group: &Group, batches: Vec<Batch>) -> Result<()> {
         let result = catch_unwind(AssertUnwindSafe(|| {
-            let appended = self.append(&batches)?;
+            let appended = self.append(batches)?;
             turn.stop_appending();
             self.make_durable(&appended)?;
             drop(turn.wait_for_earlier());
@@ -195,14 +203,25 @@ impl Inner {
     }
 
     /// Step 1 of a group commit: appends one record per batch.
-    fn append(&self, batches: &[Batch]) -> Result<Appended> {
+    fn append(&self, batches: Vec<Batch>) -> Result<Appended> {
         self.check_poison()?;
         let mut writer = lock(&self.writer);
         let guard = self.store_lock.exclusive()?;
         self.follow_the_log(&mut writer, &guard)?;
+        self.append_records(&mut writer, batches)?;
+        Ok(self.appended(&writer))
+    }
+
+    /// Appends one record per batch, and keeps the batches for [`Inner::catch_up`], which then
+    /// applies them without reading them back from the log.
+    fn append_records(&self, writer: &mut LogWriter, batches: Vec<Batch>) -> Result<()> {
+        let (first_seq, start) = (writer.next_seq(), writer.end());
+        let mut lens = Vec::with_capacity(batches.len());
         let appended = writer.append(|buf, first_seq| {
-            for (seq, batch) in (first_seq..).zip(batches) {
+            for (seq, batch) in (first_seq..).zip(&batches) {
+                let before = buf.len();
                 encode_record(buf, seq, batch.op_refs(), batch.encoded_len());
+                lens.push((buf.len() - before) as u64);
             }
             batches.len() as u64
         });
@@ -214,7 +233,21 @@ impl Inner {
         }
         self.commits
             .fetch_add(batches.len() as u64, Ordering::Relaxed);
-        Ok(self.appended(&writer))
+        let mut own = lock(&self.own_records);
+        let mut offset = start;
+        for ((seq, batch), len) in (first_seq..).zip(batches).zip(lens) {
+            own.insert(
+                seq,
+                OwnRecord {
+                    generation: writer.generation(),
+                    offset,
+                    len,
+                    ops: batch.into_ops(),
+                },
+            );
+            offset += len;
+        }
+        Ok(())
     }
 
     /// Notes the newest append (holding the writer, so appends are noted in order).
@@ -338,48 +371,54 @@ impl Inner {
         }
         let vfs = self.options.vfs.as_ref();
         loop {
-            let scan = wal::scan(
-                writer.file(),
-                writer.path(),
-                writer.end(),
-                writer.next_seq(),
-                u64::MAX,
-                |_| {},
-            )?;
-            if let Stop::Damaged { offset, reason } = scan.stop {
-                let header = wal::read_header(writer.file(), writer.path())?;
-                let repair = wal::repair_tail(
-                    vfs,
-                    &self.dir,
+            if self.appended_since(writer)? {
+                let scan = wal::scan(
                     writer.file(),
                     writer.path(),
-                    &header,
-                    offset,
-                    scan.next_seq,
+                    writer.end(),
+                    writer.next_seq(),
+                    u64::MAX,
+                    |_| {},
                 )?;
-                self.torn_tails_repaired.fetch_add(1, Ordering::Relaxed);
-                log::warn!(
-                    "{}: cut off {} bytes at offset {offset} ({reason}), left by a writer that \
-                     died in the middle of an append",
-                    writer.path().display(),
-                    repair.truncated_bytes
-                );
+                if let Stop::Damaged { offset, reason } = scan.stop {
+                    let header = wal::read_header(writer.file(), writer.path())?;
+                    let repair = wal::repair_tail(
+                        vfs,
+                        &self.dir,
+                        writer.file(),
+                        writer.path(),
+                        &header,
+                        offset,
+                        scan.next_seq,
+                    )?;
+                    self.torn_tails_repaired.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "{}: cut off {} bytes at offset {offset} ({reason}), left by a writer \
+                         that died in the middle of an append",
+                        writer.path().display(),
+                        repair.truncated_bytes
+                    );
+                }
+                let allocated = writer
+                    .file()
+                    .size()
+                    .map_err(|e| Error::io("read the size of", writer.path(), e))?;
+                writer.moved_to(scan.end, scan.next_seq, allocated);
             }
-            let allocated = writer
-                .file()
-                .size()
-                .map_err(|e| Error::io("read the size of", writer.path(), e))?;
-            writer.moved_to(scan.end, scan.next_seq, allocated);
 
             let generation = writer.generation() + 1;
             let path = self.dir.join(wal_name(generation));
             let (file, header) = match wal::open(vfs, &path, OpenMode::ReadWrite) {
                 Ok(opened) => opened,
                 Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                    let unlinked = writer
-                        .file()
-                        .is_unlinked()
-                        .map_err(|e| Error::io("look at", writer.path(), e))?;
+                    // A log is removed only after a snapshot of a later generation is installed,
+                    // which the hint announces first: without one, ours is still the newest.
+                    let removable = self.store_lock.hint(SNAPSHOT_GENERATION) > writer.generation();
+                    let unlinked = removable
+                        && writer
+                            .file()
+                            .is_unlinked()
+                            .map_err(|e| Error::io("look at", writer.path(), e))?;
                     if !unlinked {
                         break; // this is the newest log
                     }
@@ -420,6 +459,27 @@ impl Inner {
                 .correct_hint(guard, COMMITTED_SEQ, writer.next_seq());
         }
         Ok(())
+    }
+
+    /// Whether anything lies at the writer's end of the log (another process appended, or left a
+    /// torn record). Reads only the next record's length field: a zero means nothing, since a
+    /// write cut short by a kill leaves a prefix of its record, length first. (Asking
+    /// for the file's size instead would make the kernel give the next write a fine-grained
+    /// timestamp, and so an inode write at every `fdatasync`.)
+    fn appended_since(&self, writer: &LogWriter) -> Result<bool> {
+        let mut length = [0u8; 4];
+        let mut filled = 0;
+        while filled < length.len() {
+            match writer
+                .file()
+                .read_at(&mut length[filled..], writer.end() + filled as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) => return Err(Error::io("read", writer.path(), e)),
+            }
+        }
+        Ok(length[..filled].iter().any(|&b| b != 0))
     }
 
     /// Holding `LOCK`: a writer at the start of the newest log (the caller scans it to its end).
@@ -493,17 +553,7 @@ impl Inner {
             return Ok(value);
         }
         batch.check_limits()?;
-        let appended = writer.append(|buf, seq| {
-            encode_record(buf, seq, batch.op_refs(), batch.encoded_len());
-            1
-        });
-        if let Err(e) = appended {
-            if let Error::Poisoned { cause } = &e {
-                self.set_poison(cause.clone());
-            }
-            return Err(e.into());
-        }
-        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.append_records(&mut writer, vec![batch])?;
         let appended = self.appended(&writer);
         drop((guard, writer));
         turn.stop_appending();

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 
 use crate::batch::{Batch, check_key, check_value};
 use crate::bytes::Bytes;
-use crate::commit::{Queue, Syncs};
+use crate::commit::{OwnRecord, Queue, Syncs};
 use crate::error::{Error, Result};
 use crate::follow::Position;
 use crate::format::WAL_HEADER_LEN;
@@ -168,6 +168,7 @@ impl Options {
             seen_snapshot: AtomicU64::new(seen_snapshot),
             queue: Mutex::new(Queue::default()),
             queue_changed: Condvar::new(),
+            own_records: Mutex::default(),
             sync_state: Mutex::new(Syncs::default()),
             sync_done: Condvar::new(),
             writer: Mutex::new(recovered.writer),
@@ -295,6 +296,8 @@ pub(crate) struct Inner {
     /// Writers waiting to be committed by a group leader.
     pub(crate) queue: Mutex<Queue>,
     pub(crate) queue_changed: Condvar,
+    /// Records this handle appended and has not applied to its view yet, by sequence number.
+    pub(crate) own_records: Mutex<std::collections::BTreeMap<u64, OwnRecord>>,
     /// Which records are durable, and whether a sync is running.
     pub(crate) sync_state: Mutex<Syncs>,
     pub(crate) sync_done: Condvar,

@@ -149,21 +149,47 @@ impl Inner {
         }
         let mut moved = position.clone();
         let mut ops: Vec<(Bytes, Option<Bytes>)> = Vec::new();
-        let followed = read_until(
-            self.options.vfs.as_ref(),
-            &self.dir,
-            &mut moved,
-            target,
-            |record| {
-                ops.extend(record.ops().map(|op| match op {
-                    OpRef::Put(key, value) => (Bytes::from(key), Some(Bytes::from(value))),
-                    OpRef::Delete(key) => (Bytes::from(key), None),
-                }));
-            },
-        )?;
-        if followed == Followed::Gone {
-            return self.reload(&mut position, target);
+        let mut own = lock(&self.own_records);
+        while moved.next_seq < target {
+            // This handle's own records are applied from memory, when they are where the log
+            // position says the next record is.
+            if let Some(record) = own.remove(&moved.next_seq)
+                && record.generation == moved.generation
+                && record.offset == moved.offset
+            {
+                ops.extend(record.ops);
+                moved.offset += record.len;
+                moved.next_seq += 1;
+                continue;
+            }
+            // Others' records (and any of ours not where expected) come from the log, up to
+            // the next record of ours.
+            let next_own = own
+                .range(moved.next_seq + 1..)
+                .next()
+                .map_or(target, |(&seq, _)| seq.min(target));
+            let stop = next_own.max(moved.next_seq + 1);
+            let followed = read_until(
+                self.options.vfs.as_ref(),
+                &self.dir,
+                &mut moved,
+                stop,
+                |record| {
+                    ops.extend(record.ops().map(|op| match op {
+                        OpRef::Put(key, value) => (Bytes::from(key), Some(Bytes::from(value))),
+                        OpRef::Delete(key) => (Bytes::from(key), None),
+                    }));
+                },
+            )?;
+            if followed == Followed::Gone {
+                own.retain(|&seq, _| seq >= target);
+                drop(own);
+                return self.reload(&mut position, target);
+            }
         }
+        // Anything older is applied (or superseded by a reload).
+        own.retain(|&seq, _| seq >= moved.next_seq);
+        drop(own);
         // Whether a key exists below the memtable can take a disk read: find out under the read
         // lock, not while readers wait for the write lock. Nothing but this (under `position`)
         // changes the lower layers' answers.

@@ -115,7 +115,7 @@ impl Turn<'_> {
         while queue.finished_below < self.number {
             queue = self
                 .inner
-                .queue_changed
+                .turn_done
                 .wait(queue)
                 .unwrap_or_else(|e| e.into_inner());
         }
@@ -132,6 +132,7 @@ impl Turn<'_> {
             let _ = group.outcome.set(outcome);
         }
         drop(queue);
+        self.inner.turn_done.notify_all();
         self.inner.queue_changed.notify_all();
     }
 }
@@ -261,7 +262,7 @@ impl Inner {
         syncs.latest = Some(appended.clone());
         syncs.appended += 1;
         drop(syncs);
-        self.sync_done.notify_all();
+        self.more_appended.notify_one();
         appended
     }
 
@@ -301,7 +302,7 @@ impl Inner {
                         break;
                     }
                     syncs = self
-                        .sync_done
+                        .more_appended
                         .wait_timeout(syncs, deadline - now)
                         .unwrap_or_else(|e| e.into_inner())
                         .0;

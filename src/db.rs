@@ -168,9 +168,11 @@ impl Options {
             seen_snapshot: AtomicU64::new(seen_snapshot),
             queue: Mutex::new(Queue::default()),
             queue_changed: Condvar::new(),
+            turn_done: Condvar::new(),
             own_records: Mutex::default(),
             sync_state: Mutex::new(Syncs::default()),
             sync_done: Condvar::new(),
+            more_appended: Condvar::new(),
             writer: Mutex::new(recovered.writer),
             compaction: Mutex::new(()),
             poison: Mutex::new(None),
@@ -296,11 +298,15 @@ pub(crate) struct Inner {
     /// Writers waiting to be committed by a group leader.
     pub(crate) queue: Mutex<Queue>,
     pub(crate) queue_changed: Condvar,
+    /// A commit finished its turn (commits are acknowledged in turn order).
+    pub(crate) turn_done: Condvar,
     /// Records this handle appended and has not applied to its view yet, by sequence number.
     pub(crate) own_records: Mutex<std::collections::BTreeMap<u64, OwnRecord>>,
     /// Which records are durable, and whether a sync is running.
     pub(crate) sync_state: Mutex<Syncs>,
     pub(crate) sync_done: Condvar,
+    /// A record was appended (wakes a sync that waits to cover more writers).
+    pub(crate) more_appended: Condvar,
     /// The appending end of the log, held by a group leader while it appends.
     pub(crate) writer: Mutex<LogWriter>,
     /// Held for the whole of a compaction: one at a time in this handle (the compaction lock

@@ -266,9 +266,9 @@ impl VfsFile for StdFile {
 
     fn size(&self) -> io::Result<u64> {
         // `lseek`, not `fstat`: every handle asks for the log's size as it follows the others,
-        // and a stat would make the writer's next write take a fine-grained timestamp (Linux
-        // multigrain timestamps), which costs an inode write at every `fdatasync`. All reads and
-        // writes are positional, so the file offset this moves is never used.
+        // and a stat before a write was measured to cost an inode write at the next
+        // `fdatasync` (DECISIONS 25). All reads and writes are positional, so the file offset
+        // this moves is never used.
         io::Seek::seek(&mut &self.0, io::SeekFrom::End(0))
     }
 

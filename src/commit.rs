@@ -6,10 +6,12 @@
 //!    what other processes appended (repairing a torn tail a killed one left), then append.
 //! 2. **Sync**, holding nothing: `fdatasync`. Meanwhile the next group (of this or another
 //!    process) appends, and its sync covers both, so syncs overlap instead of queueing.
-//! 3. **Publish**, in append order within the handle: raise the shared committed-sequence hint,
-//!    apply the log up to this commit to the handle's view, and acknowledge. A commit is
-//!    acknowledged only after every earlier one of the handle: if an earlier sync failed, the
-//!    kernel may have dropped that data, and a later record behind the hole would be lost too.
+//! 3. **Publish**: whoever ran the sync raises the shared committed-sequence hint and applies the
+//!    log up to the end of what it covered to the handle's view; every commit it covered is then
+//!    acknowledged. A sync covers every earlier record of the file, so a commit is never
+//!    acknowledged while an earlier one's fate is unknown; after a failed sync the handle is
+//!    poisoned and no later sync runs (the kernel may have dropped that data, and a record
+//!    behind the hole would be lost too).
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::PathBuf;
@@ -35,10 +37,6 @@ pub(crate) struct Queue {
     forming: Arc<Group>,
     /// A leader is appending (syncs of earlier commits may still run).
     appending: bool,
-    /// The turn the next commit to start appending gets.
-    next_turn: u64,
-    /// Every turn below this one has finished (acknowledged or failed).
-    finished_below: u64,
 }
 
 /// The outcome of one group, shared by its members.
@@ -52,12 +50,12 @@ struct Group {
 /// it, waits for that one instead of queueing another behind it.
 #[derive(Default)]
 pub(crate) struct Syncs {
-    /// Every record below this sequence number is durable.
-    synced_below: u64,
     /// A sync is running.
     running: bool,
     /// The newest append of this handle.
     latest: Option<Appended>,
+    /// Every record below this sequence number is durable and applied to the view.
+    published_below: u64,
     /// Commits this handle appended, and how many of them syncs had covered when they started.
     appended: u64,
     covered_so_far: u64,
@@ -91,13 +89,10 @@ pub(crate) struct Appended {
     end_seq: u64,
 }
 
-/// The right to append next, and then a place in the order of acknowledgement. Dropping it
-/// without [`Turn::finish`] (an error or a panic) still releases both, in order.
+/// The right to append next. Dropping it (an error or a panic) lets the next commit append.
 pub(crate) struct Turn<'a> {
     inner: &'a Inner,
-    number: u64,
     appending: bool,
-    finished: bool,
 }
 
 impl Turn<'_> {
@@ -109,53 +104,29 @@ impl Turn<'_> {
         }
     }
 
-    /// Waits until every earlier turn has finished.
-    fn wait_for_earlier(&self) -> MutexGuard<'_, Queue> {
-        let mut queue = lock(&self.inner.queue);
-        while queue.finished_below < self.number {
-            queue = self
-                .inner
-                .turn_done
-                .wait(queue)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-        queue
-    }
-
-    /// Marks this turn finished, recording `outcome` for the members of `group`.
-    fn finish(&mut self, group: Option<&Group>, outcome: Option<Error>) {
+    /// Records `outcome` for the members of `group`.
+    fn finish(&mut self, group: &Group, outcome: Option<Error>) {
         self.stop_appending();
-        self.finished = true;
-        let mut queue = self.wait_for_earlier();
-        queue.finished_below = self.number + 1;
-        if let Some(group) = group {
-            let _ = group.outcome.set(outcome);
-        }
+        let queue = lock(&self.inner.queue);
+        let _ = group.outcome.set(outcome);
         drop(queue);
-        self.inner.turn_done.notify_all();
         self.inner.queue_changed.notify_all();
     }
 }
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        if !self.finished {
-            self.finish(None, None);
-        }
+        self.stop_appending();
     }
 }
 
 impl Inner {
-    /// Takes the next turn; the caller has made sure no commit is appending.
+    /// Takes the turn to append; the caller has made sure no commit is appending.
     fn take_turn<'a>(&'a self, mut queue: MutexGuard<'a, Queue>) -> Turn<'a> {
         queue.appending = true;
-        let number = queue.next_turn;
-        queue.next_turn += 1;
         Turn {
             inner: self,
-            number,
             appending: true,
-            finished: false,
         }
     }
 
@@ -189,9 +160,7 @@ impl Inner {
         let result = catch_unwind(AssertUnwindSafe(|| {
             let appended = self.append(batches)?;
             turn.stop_appending();
-            self.make_durable(&appended)?;
-            drop(turn.wait_for_earlier());
-            self.publish(appended.end_seq)
+            self.make_durable(&appended)
         }))
         .unwrap_or_else(|_| {
             let cause = "a panic during a commit".to_string();
@@ -199,7 +168,7 @@ impl Inner {
             Err(Error::Poisoned { cause })
         });
         let shared = result.as_ref().err().map(Error::for_group_member);
-        turn.finish(Some(group), shared);
+        turn.finish(group, shared);
         result
     }
 
@@ -266,22 +235,25 @@ impl Inner {
         appended
     }
 
-    /// Step 2: `fdatasync` (unless the durability is [`Durability::Buffered`]), shared: returns
-    /// once a sync that started after this append finished, whoever ran it.
+    /// Steps 2 and 3: makes the append durable and visible. Returns once a sync that started after
+    /// it (whoever ran it; in another process too) finished and the view holds the record. With
+    /// [`Durability::Buffered`] there is no sync.
     fn make_durable(&self, appended: &Appended) -> Result<()> {
         if self.options.durability == Durability::Buffered {
-            return Ok(());
+            return self.publish(appended.end_seq);
         }
         let mut syncs = lock(&self.sync_state);
         loop {
-            // Another process's commit after ours raised the hint only after its own sync,
-            // which covered our record too.
-            if syncs.synced_below >= appended.end_seq
-                || self.store_lock.hint(COMMITTED_SEQ) >= appended.end_seq
-            {
+            if syncs.published_below >= appended.end_seq {
                 return Ok(());
             }
             self.check_poison()?;
+            // Another process's commit after ours raised the hint only after its own sync,
+            // which covered our record too.
+            if self.store_lock.hint(COMMITTED_SEQ) >= appended.end_seq {
+                drop(syncs);
+                return self.publish(appended.end_seq);
+            }
             if syncs.running {
                 syncs = self
                     .sync_done
@@ -318,13 +290,20 @@ impl Inner {
             syncs.covered_so_far = syncs.appended;
             drop(syncs);
             let started = Instant::now();
-            let result = self.sync_file(&target.path, target.file.as_ref());
+            let synced = self.sync_file(&target.path, target.file.as_ref());
+            let took = started.elapsed();
             syncs = lock(&self.sync_state);
             syncs.running = false;
-            if result.is_ok() {
-                syncs.synced_below = syncs.synced_below.max(target.end_seq);
+            if synced.is_ok() {
                 syncs.covered = [covered, syncs.covered[0]];
-                syncs.last_took = started.elapsed();
+                syncs.last_took = took;
+            }
+            drop(syncs);
+            // The next sync may start while this one's commits are published.
+            let result = synced.and_then(|()| self.publish(target.end_seq));
+            syncs = lock(&self.sync_state);
+            if result.is_ok() {
+                syncs.published_below = syncs.published_below.max(target.end_seq);
             }
             self.sync_done.notify_all();
             result?;
@@ -559,9 +538,6 @@ impl Inner {
         drop((guard, writer));
         turn.stop_appending();
         self.make_durable(&appended)?;
-        drop(turn.wait_for_earlier());
-        self.publish(appended.end_seq)?;
-        turn.finish(None, None);
         Ok(value)
     }
 }

@@ -168,7 +168,6 @@ impl Options {
             seen_snapshot: AtomicU64::new(seen_snapshot),
             queue: Mutex::new(Queue::default()),
             queue_changed: Condvar::new(),
-            turn_done: Condvar::new(),
             own_records: Mutex::default(),
             sync_state: Mutex::new(Syncs::default()),
             sync_done: Condvar::new(),
@@ -298,8 +297,6 @@ pub(crate) struct Inner {
     /// Writers waiting to be committed by a group leader.
     pub(crate) queue: Mutex<Queue>,
     pub(crate) queue_changed: Condvar,
-    /// A commit finished its turn (commits are acknowledged in turn order).
-    pub(crate) turn_done: Condvar,
     /// Records this handle appended and has not applied to its view yet, by sequence number.
     pub(crate) own_records: Mutex<std::collections::BTreeMap<u64, OwnRecord>>,
     /// Which records are durable, and whether a sync is running.

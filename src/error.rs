@@ -108,7 +108,7 @@ pub enum Error {
         reason: String,
     },
 
-    /// The handle was opened with [`Options::read_only`]; nothing was written.
+    /// The handle was opened with [`Options::read_only`](crate::Options::read_only); nothing was written.
     #[error("the store at {} was opened read-only", path.display())]
     ReadOnly {
         /// The store's directory.

@@ -24,6 +24,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Several processes may open the same store at once and read and write it, coordinated only by
+//! `flock` on files in the store and a shared memory page: a read sees every write acknowledged
+//! in any process before it started, and [`Db::transaction`] is serializable across processes.
+//! [`Options::exclusive`] keeps a store to one handle (and is needed on network file systems);
+//! [`Options::read_only`] never writes.
+//!
 //! The on-disk format is specified byte by byte in `docs/FORMAT.md`.
 
 mod batch;

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::format::{WAL_HEADER_LEN, encode_record};
 use crate::io::{OpenMode, VfsFile};
 use crate::layout::{StoreFile, classify, wal_name};
-use crate::locking::{COMMITTED_SEQ, LockGuard, SNAPSHOT_GENERATION};
+use crate::locking::{COMMITTED_SEQ, LockGuard, SNAPSHOT_GENERATION, SYNCED_SEQ};
 use crate::wal::{self, LogWriter, Stop};
 
 /// Threads waiting to commit, and the order commits finish in.
@@ -248,9 +248,8 @@ impl Inner {
                 return Ok(());
             }
             self.check_poison()?;
-            // Another process's commit after ours raised the hint only after its own sync,
-            // which covered our record too.
-            if self.store_lock.hint(COMMITTED_SEQ) >= appended.end_seq {
+            // Another process's sync after our append covered our record too.
+            if self.store_lock.hint(SYNCED_SEQ) >= appended.end_seq {
                 drop(syncs);
                 return self.publish(appended.end_seq);
             }
@@ -292,6 +291,9 @@ impl Inner {
             let started = Instant::now();
             let synced = self.sync_file(&target.path, target.file.as_ref());
             let took = started.elapsed();
+            if synced.is_ok() {
+                self.store_lock.raise_hint(SYNCED_SEQ, target.end_seq);
+            }
             syncs = lock(&self.sync_state);
             syncs.running = false;
             if synced.is_ok() {
@@ -434,9 +436,10 @@ impl Inner {
         }
         // The files are the truth: a hint ahead of the log (a damaged page, a lost tail) would
         // send readers looking for records that are not there.
-        if self.store_lock.hint(COMMITTED_SEQ) > writer.next_seq() {
-            self.store_lock
-                .correct_hint(guard, COMMITTED_SEQ, writer.next_seq());
+        for word in [COMMITTED_SEQ, SYNCED_SEQ] {
+            if self.store_lock.hint(word) > writer.next_seq() {
+                self.store_lock.correct_hint(guard, word, writer.next_seq());
+            }
         }
         Ok(())
     }
@@ -494,6 +497,7 @@ impl Inner {
     pub(crate) fn settle(&self, writer: &LogWriter) -> Result<()> {
         if lock(&self.position).next_seq < writer.next_seq() {
             self.sync_file(writer.path(), writer.file())?;
+            self.store_lock.raise_hint(SYNCED_SEQ, writer.next_seq());
             self.store_lock.raise_hint(COMMITTED_SEQ, writer.next_seq());
             self.catch_up(writer.next_seq())?;
         }

@@ -409,7 +409,11 @@ impl Db {
     pub fn flush(&self) -> Result<()> {
         self.inner.check_writable()?;
         let writer = lock(&self.inner.writer);
-        self.inner.sync_file(writer.path(), writer.file())
+        self.inner.sync_file(writer.path(), writer.file())?;
+        self.inner
+            .store_lock
+            .raise_hint(crate::locking::SYNCED_SEQ, writer.next_seq());
+        Ok(())
     }
 
     /// Compacts now: cuts a new generation and merges the log into a new snapshot. Returns once
@@ -803,6 +807,34 @@ mod tests {
         assert!(journal(&faults).iter().all(|e| !e.starts_with("sync")));
         db.flush().expect("flush");
         assert_eq!(journal(&faults), [format!("sync {WAL}")]);
+    }
+
+    #[test]
+    fn a_buffered_handles_writes_are_visible_to_others_and_an_immediate_put_still_syncs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vfs = Arc::new(FaultyVfs::default());
+        let faults = Arc::clone(&vfs.faults);
+        let buffered = Options::new()
+            .vfs(Arc::clone(&vfs) as Arc<dyn Vfs>)
+            .durability(Durability::Buffered)
+            .open(dir.path())
+            .expect("open");
+        let immediate = Options::new()
+            .vfs(vfs as Arc<dyn Vfs>)
+            .open(dir.path())
+            .expect("open");
+        journal(&faults);
+        buffered.put("b", "1").expect("put");
+        assert!(journal(&faults).iter().all(|e| !e.starts_with("sync")));
+        // The buffered record is visible to the other handle, but not durable: an immediate
+        // commit behind it must still sync.
+        assert_eq!(immediate.get("b").expect("get").as_deref(), Some(&b"1"[..]));
+        immediate.put("i", "2").expect("put");
+        assert_eq!(
+            journal(&faults).last(),
+            Some(&format!("sync {WAL}")),
+            "the immediate put synced"
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //!   generations, for just that long (or for the handle's whole life with
 //!   [`Options::exclusive`](crate::Options::exclusive)). Recovery and reloads take it shared.
 //! - Its first page is mapped shared by every handle: word [`COMMITTED_SEQ`] is the sequence number
-//!   after the last record known durable, word [`SNAPSHOT_GENERATION`] the newest installed
-//!   snapshot. A handle compares them with what it has applied before every operation (two atomic
+//!   after the last record committed (visible), word [`SNAPSHOT_GENERATION`] the newest installed
+//!   snapshot, word [`SYNCED_SEQ`] the sequence number after the last record known durable. A handle compares them with what it has applied before every operation (two atomic
 //!   loads) and reads the log only when they moved. The hint is never trusted over the files: it
 //!   only says where to look, and every writer corrects it under the lock.
 //! - `LOCK.compaction` is held (exclusively, without waiting in the background) for the whole of a
@@ -27,10 +27,15 @@ use crate::error::{Error, Result};
 use crate::io::{LockKind, OpenMode, SHARED_BYTES, SharedWords, Vfs, VfsFile};
 use crate::layout::{COMPACTION_LOCK_NAME, HANDLES_LOCK_NAME, LOCK_NAME};
 
-/// Hint word: the sequence number after the last record known to be durable (committed).
+/// Hint word: the sequence number after the last committed record: durable, or written by a
+/// [`Durability::Buffered`](crate::Durability::Buffered) handle.
 pub const COMMITTED_SEQ: usize = 0;
 /// Hint word: the generation of the newest installed snapshot (0: none).
 pub const SNAPSHOT_GENERATION: usize = 1;
+/// Hint word: the sequence number after the last record an `fdatasync` covered. Differs from
+/// [`COMMITTED_SEQ`] when a [`Durability::Buffered`](crate::Durability::Buffered) handle publishes
+/// records without syncing them: only this word may let a writer skip its own sync.
+pub const SYNCED_SEQ: usize = 2;
 
 /// How a handle uses the lock file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

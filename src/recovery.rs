@@ -10,7 +10,9 @@ use crate::follow::Position;
 use crate::format::{OpRef, WAL_HEADER_LEN, WalHeader};
 use crate::io::{EntryKind, OpenMode, Vfs};
 use crate::layout::{StoreFile, classify, snapshot_name, wal_name};
-use crate::locking::{Access, COMMITTED_SEQ, CompactionLock, SNAPSHOT_GENERATION, StoreLock};
+use crate::locking::{
+    Access, COMMITTED_SEQ, CompactionLock, SNAPSHOT_GENERATION, SYNCED_SEQ, StoreLock,
+};
 use crate::snapshot::Snapshot;
 use crate::view::View;
 use crate::wal::{self, LogWriter, Stop};
@@ -161,7 +163,9 @@ pub fn open(
         }
     }
     if writable {
+        // Everything read was synced first.
         store_lock.correct_hint(&guard, COMMITTED_SEQ, last.next_seq);
+        store_lock.correct_hint(&guard, SYNCED_SEQ, last.next_seq);
         store_lock.correct_hint(
             &guard,
             SNAPSHOT_GENERATION,

@@ -166,8 +166,9 @@ pub fn open(
         // Everything read was synced first.
         store_lock.correct_hint(&guard, COMMITTED_SEQ, last.next_seq);
         store_lock.correct_hint(&guard, SYNCED_SEQ, last.next_seq);
-        store_lock.correct_hint(
-            &guard,
+        // Raised, never lowered: a compaction elsewhere may have installed a newer snapshot
+        // since this open listed the directory.
+        store_lock.raise_hint(
             SNAPSHOT_GENERATION,
             loaded.view.snapshot.as_ref().map_or(0, |s| s.generation()),
         );

@@ -385,3 +385,93 @@ fn the_campaign_catches_a_disk_that_skips_directory_syncs() {
         "a disk that ignores directory syncs went unnoticed"
     );
 }
+
+/// An unreadable sector (EIO) at any read of opening and reading a store with history: the
+/// operation that hit it fails with an I/O error — never a wrong value, a "corruption" verdict or
+/// a repair that cuts data — and once the disk reads again the store holds everything.
+#[test]
+fn a_read_error_anywhere_is_an_error_never_a_wrong_value_or_a_lost_write() {
+    let vfs = SimVfs::new();
+    {
+        let db = open(&vfs).expect("open");
+        for round in 0..5u32 {
+            let mut batch = Batch::new();
+            for k in 0..30u32 {
+                batch.put(
+                    format!("key{k:02}"),
+                    format!("round {round} key {k} ").repeat(1 + (k % 4) as usize),
+                );
+            }
+            if round > 0 {
+                batch.delete(format!("key{:02}", round * 5));
+            }
+            db.write(batch).expect("write");
+            if round == 2 {
+                db.compact().expect("compact");
+            }
+        }
+    }
+    let clean = vfs.crash_keeping(u64::MAX);
+    let expected = dump(&open(&clean).expect("clean image opens"));
+    let keys: Vec<Vec<u8>> = (0..30u32)
+        .map(|k| format!("key{k:02}").into_bytes())
+        .collect();
+
+    // Reads one image every way a user would; returns whether any read failed.
+    let exercise = |db: &crate::Db, what: &str| -> bool {
+        let mut failed = false;
+        for key in &keys {
+            match db.get(key) {
+                Ok(v) => assert_eq!(
+                    v.map(|v| v.to_vec()).as_ref(),
+                    expected.get(key),
+                    "{what}: a wrong value for {key:?}"
+                ),
+                Err(crate::Error::Io { .. }) => failed = true,
+                Err(other) => panic!("{what}: a read error became {other}"),
+            }
+        }
+        for entry in db.range::<&[u8], _>(..) {
+            match entry {
+                Ok((k, v)) => assert_eq!(
+                    expected.get(k.as_ref()),
+                    Some(&v.to_vec()),
+                    "{what}: a scan returned a wrong entry"
+                ),
+                Err(crate::Error::Io { .. }) => failed = true,
+                Err(other) => panic!("{what}: a read error became {other}"),
+            }
+        }
+        failed
+    };
+    let probe = clean.crash_keeping(0);
+    exercise(&open(&probe).expect("open"), "probe");
+    let total = probe.reads();
+    assert!(total > 10, "{total} reads");
+
+    let mut cases = 0;
+    for at in 0..total {
+        for persistent in [false, true] {
+            let what = format!("EIO at read {at} (persistent: {persistent})");
+            let image = clean.crash_keeping(0);
+            image.inject_read_error(at, persistent);
+            match open(&image) {
+                Ok(db) => {
+                    exercise(&db, &what);
+                }
+                Err(crate::Error::Io { .. }) => {}
+                Err(other) => panic!("{what}: opening failed with {other}"),
+            }
+            image.clear_faults();
+            let db = open(&image).unwrap_or_else(|e| panic!("{what}: no reopen: {e}"));
+            assert_eq!(dump(&db), expected, "{what}: data was lost");
+            let report = db.stats().expect("stats").recovery;
+            assert_eq!(
+                report.truncated_bytes, 0,
+                "{what}: a read error cut the log"
+            );
+            cases += 1;
+        }
+    }
+    eprintln!("{cases} read-error cases over {total} reads");
+}

@@ -124,6 +124,10 @@ struct State {
     dir_sync_lies: bool,
     /// A fault at one operation number, and whether it persists for every later operation.
     fault: Option<(u64, Fault, bool)>,
+    /// Reads (and mappings) so far, and a read number that fails with EIO (every later one
+    /// too if the flag says so).
+    reads: u64,
+    read_fault: Option<(u64, bool)>,
 }
 
 /// What a mutating operation should do, given the fault plan.
@@ -134,6 +138,18 @@ enum Outcome {
 }
 
 impl State {
+    /// Counts a read; fails it if an injected read error hits it.
+    fn read(&mut self) -> io::Result<()> {
+        let n = self.reads;
+        self.reads += 1;
+        match self.read_fault {
+            Some((at, persistent)) if n == at || (persistent && n > at) => {
+                Err(io::Error::other("injected EIO on read"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Counts a mutating operation; fails it once the power is gone.
     fn mutate(&mut self) -> io::Result<()> {
         match self.plan()? {
@@ -259,9 +275,22 @@ impl SimVfs {
         }
     }
 
+    /// Reads (and mappings) performed so far.
+    pub fn reads(&self) -> u64 {
+        self.lock().reads
+    }
+
+    /// Makes read number `at` (counting every `read_at` and `map` since the disk was created)
+    /// fail with EIO, and every later one too if `persistent`: an unreadable sector.
+    pub fn inject_read_error(&self, at: u64, persistent: bool) {
+        self.lock().read_fault = Some((at, persistent));
+    }
+
     /// Stops injecting faults (the disk "recovers").
     pub fn clear_faults(&self) {
-        self.lock().fault = None;
+        let mut state = self.lock();
+        state.fault = None;
+        state.read_fault = None;
     }
 
     /// From now on `sync_data` reports success but persists nothing (a lying disk).
@@ -392,6 +421,8 @@ impl SimVfs {
                 fsync_lies: false,
                 dir_sync_lies: false,
                 fault: None,
+                reads: 0,
+                read_fault: None,
             })),
         }
     }
@@ -563,6 +594,7 @@ impl Drop for SimFile {
 impl VfsFile for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.with(|state, ino| {
+            state.read()?;
             let live = &state.inodes[&ino].live;
             let start = (offset as usize).min(live.len());
             let n = buf.len().min(live.len() - start);
@@ -711,6 +743,7 @@ impl VfsFile for SimFile {
     fn map(&self) -> io::Result<Arc<dyn Mapping>> {
         // Mapped files (snapshots) are immutable, so a copy is as good as a mapping.
         self.with(|state, ino| {
+            state.read()?;
             Ok(Arc::new(SimMapping(state.inodes[&ino].live.clone())) as Arc<dyn Mapping>)
         })
     }

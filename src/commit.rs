@@ -230,8 +230,12 @@ impl Inner {
         let mut syncs = lock(&self.sync_state);
         syncs.latest = Some(appended.clone());
         syncs.appended += 1;
+        // Only a sync about to start waits for more appends (see `make_durable`).
+        let gathering = syncs.running;
         drop(syncs);
-        self.more_appended.notify_one();
+        if gathering {
+            self.more_appended.notify_one();
+        }
         appended
     }
 
@@ -317,13 +321,7 @@ impl Inner {
         self.check_poison()?;
         self.store_lock.raise_hint(COMMITTED_SEQ, end_seq);
         self.catch_up(end_seq)?;
-        let wal_bytes = lock(&self.position).offset;
-        let snapshot_bytes = self
-            .read_state()
-            .snapshot
-            .as_ref()
-            .map_or(0, |s| s.file_bytes());
-        if self.compaction_due(wal_bytes, snapshot_bytes) {
+        if self.compaction_due() {
             self.wake_compactor();
         }
         Ok(())

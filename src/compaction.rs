@@ -44,9 +44,15 @@ struct Cut {
 const PROGRESS_EVERY: u64 = 4096;
 
 impl Inner {
-    /// Whether a log of `wal_bytes` over a snapshot of `snapshot_bytes` should be compacted:
+    /// Whether the log this handle has applied should be compacted:
     /// `wal_bytes > max(min_wal_bytes, ratio × snapshot_bytes)`.
-    pub(crate) fn compaction_due(&self, wal_bytes: u64, snapshot_bytes: u64) -> bool {
+    pub(crate) fn compaction_due(&self) -> bool {
+        let wal_bytes = lock(&self.position).offset;
+        let snapshot_bytes = self
+            .read_state()
+            .snapshot
+            .as_ref()
+            .map_or(0, |s| s.file_bytes());
         let threshold = (self.options.compaction_ratio * snapshot_bytes as f64) as u64;
         wal_bytes > self.options.compaction_min_wal_bytes.max(threshold)
     }
@@ -59,13 +65,7 @@ impl Inner {
             return Ok(());
         };
         self.refresh()?;
-        let wal_bytes = lock(&self.position).offset;
-        let snapshot_bytes = self
-            .read_state()
-            .snapshot
-            .as_ref()
-            .map_or(0, |s| s.file_bytes());
-        if self.compaction_due(wal_bytes, snapshot_bytes) {
+        if self.compaction_due() {
             self.compact_locked(|_, _| {})?;
         }
         Ok(())

@@ -217,7 +217,7 @@ pub(crate) fn check_seed_on(
     vfs.freeze_after(rng.below(total + 1));
     let outcome = run_on(&vfs, &ops, handles);
     let mut images = 0;
-    for model in [CrashModel::Prefix, CrashModel::Subset, CrashModel::Torn] {
+    for model in CrashModel::ALL {
         let image = vfs.crash(rng.next_u64(), model);
         let context = || {
             format!(

@@ -102,8 +102,7 @@ pub fn operations(data: &[u8]) {
             _ => {
                 // A power cut: every write was acknowledged with Immediate durability, so all
                 // of them must survive whatever the cut keeps of the rest.
-                let model_kind = [CrashModel::Prefix, CrashModel::Subset, CrashModel::Torn]
-                    [usize::from(next().unwrap_or(0) % 3)];
+                let model_kind = CrashModel::ALL[usize::from(next().unwrap_or(0)) % 4];
                 let image = vfs.crash(u64::from(next().unwrap_or(0)), model_kind);
                 drop(db);
                 vfs = image;

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::io::{
@@ -30,9 +31,23 @@ pub enum Fault {
     /// The operation fails with ENOSPC; a write may have stored a prefix of its bytes first.
     NoSpace,
     /// If the operation is an `fdatasync`, it fails and, as Linux may, drops the file's unsynced
-    /// data (its page cache reverts to what is on disk); a later `fdatasync` then "succeeds"
-    /// with nothing to write. Other operations succeed.
+    /// data (its page cache reverts to what is on disk). As with Linux's per-file error
+    /// sequence, every other descriptor of the file that was open then reports the error at its
+    /// next `fdatasync`, once; the failing descriptor's next `fdatasync` "succeeds" with nothing
+    /// to write. Other operations succeed.
     LostSync,
+    /// If the operation is a write, it stores only part of its bytes, then fails with EIO (a
+    /// device error in the middle of a write). Other operations fail with EIO.
+    ShortWrite(Kept),
+}
+
+/// How much of a [`Fault::ShortWrite`] reaches the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kept {
+    /// Its first byte.
+    FirstByte,
+    /// All but its last byte.
+    AllButLast,
 }
 
 /// How unsynced operations survive a power cut.
@@ -42,9 +57,33 @@ pub enum CrashModel {
     Prefix,
     /// Any subset of them persists.
     Subset,
-    /// A prefix persists, and the next write is torn at a 512-byte boundary, the rest of it
-    /// reading as zeros or garbage.
+    /// A prefix persists, and the next write is torn at a 512-byte or 4 KiB boundary, the rest
+    /// of it reading as the old bytes, zeros or garbage.
     Torn,
+    /// A prefix persists; of the rest, only the size changes do: a file that grew reads zeros
+    /// where the lost writes went (the inode's size reached the disk, its data did not).
+    SizeOnly,
+}
+
+impl CrashModel {
+    /// Every model.
+    pub const ALL: [CrashModel; 4] = [
+        CrashModel::Prefix,
+        CrashModel::Subset,
+        CrashModel::Torn,
+        CrashModel::SizeOnly,
+    ];
+}
+
+/// What becomes of the pending operations an image loses.
+#[derive(Clone, Copy)]
+enum Lost<'a> {
+    /// Nothing of them.
+    Nothing,
+    /// The first lost write of each file is torn, as drawn from the generator.
+    TornWrite(&'a std::cell::RefCell<Rng>),
+    /// Their size changes survive.
+    SizeChanges,
 }
 
 #[derive(Clone, Debug)]
@@ -63,23 +102,26 @@ struct Inode {
     exclusive_held: bool,
     /// The shared-memory page, while anyone maps it (memory, so a power cut clears it).
     shared: Option<Arc<SimShared>>,
+    /// Writeback errors so far (Linux's `errseq_t`): an open file reports those it has not seen
+    /// at its next `fdatasync`.
+    write_errors: u64,
 }
 
 /// The simulated shared-memory page of a file.
 #[derive(Debug)]
 struct SimShared {
-    words: Vec<std::sync::atomic::AtomicU64>,
+    words: Vec<AtomicU64>,
 }
 
 impl SharedWords for SimShared {
     fn load(&self, index: usize) -> u64 {
-        self.words[index].load(std::sync::atomic::Ordering::Acquire)
+        self.words[index].load(Ordering::Acquire)
     }
     fn fetch_max(&self, index: usize, value: u64) {
-        self.words[index].fetch_max(value, std::sync::atomic::Ordering::AcqRel);
+        self.words[index].fetch_max(value, Ordering::AcqRel);
     }
     fn store(&self, index: usize, value: u64) {
-        self.words[index].store(value, std::sync::atomic::Ordering::Release);
+        self.words[index].store(value, Ordering::Release);
     }
 }
 
@@ -174,7 +216,7 @@ impl State {
 fn fault_error(fault: Fault) -> io::Error {
     match fault {
         Fault::NoSpace => io::Error::from(io::ErrorKind::StorageFull),
-        Fault::Eio | Fault::LostSync => io::Error::other("injected EIO"),
+        Fault::Eio | Fault::LostSync | Fault::ShortWrite(_) => io::Error::other("injected EIO"),
     }
 }
 
@@ -321,7 +363,7 @@ impl SimVfs {
             bit += 1;
             keep
         };
-        self.image(|n| (0..n).map(|_| next()).collect(), None)
+        self.image(|n| (0..n).map(|_| next()).collect(), Lost::Nothing)
     }
 
     /// The disk as it would be found after a power cut now: what was synced, plus what
@@ -332,23 +374,23 @@ impl SimVfs {
             let mut rng = rng.borrow_mut();
             match model {
                 CrashModel::Subset => (0..n).map(|_| rng.below(2) == 0).collect(),
-                CrashModel::Prefix | CrashModel::Torn => {
+                CrashModel::Prefix | CrashModel::Torn | CrashModel::SizeOnly => {
                     let k = rng.below(n as u64 + 1) as usize;
                     (0..n).map(|i| i < k).collect()
                 }
             }
         };
-        let torn = (model == CrashModel::Torn).then_some(&rng);
-        self.image(keep, torn)
+        let lost = match model {
+            CrashModel::Prefix | CrashModel::Subset => Lost::Nothing,
+            CrashModel::Torn => Lost::TornWrite(&rng),
+            CrashModel::SizeOnly => Lost::SizeChanges,
+        };
+        self.image(keep, lost)
     }
 
     /// Builds a crash image: `keep(n)` says which of a file's (or the directory's) `n` pending
-    /// operations persist; with `torn`, the first lost write of each file is torn using it.
-    fn image(
-        &self,
-        mut keep: impl FnMut(usize) -> Vec<bool>,
-        torn: Option<&std::cell::RefCell<Rng>>,
-    ) -> SimVfs {
+    /// operations persist; `lost` what remains of the others.
+    fn image(&self, mut keep: impl FnMut(usize) -> Vec<bool>, lost: Lost<'_>) -> SimVfs {
         let state = self.lock();
         let mut inodes = HashMap::new();
         let mut order: Vec<&u64> = state.inodes.keys().collect();
@@ -357,28 +399,47 @@ impl SimVfs {
             let inode = &state.inodes[&ino];
             let mut bytes = inode.durable.clone();
             let kept = keep(inode.pending.len());
-            let mut torn_next = torn;
+            let mut lost = lost;
             for (op, kept) in inode.pending.iter().zip(kept) {
                 if kept {
                     apply(&mut bytes, op);
-                } else if let Some(rng) = torn_next.take()
-                    && let FileOp::Write { offset, data } = op
-                {
-                    // The first lost write is torn: some 512-byte sectors made it, the rest
-                    // reads as zeros or garbage.
-                    let mut rng = rng.borrow_mut();
-                    let sectors = data.len().div_ceil(512).max(1) as u64;
-                    let cut = (rng.below(sectors) * 512) as usize;
-                    let mut part = data[..cut.min(data.len())].to_vec();
-                    let garbage = rng.below(2) == 0;
-                    part.extend(
-                        (cut..data.len()).map(|_| if garbage { rng.next_u64() as u8 } else { 0 }),
-                    );
-                    let op = FileOp::Write {
-                        offset: *offset,
-                        data: part,
-                    };
-                    apply(&mut bytes, &op);
+                    continue;
+                }
+                match (lost, op) {
+                    (Lost::TornWrite(rng), FileOp::Write { offset, data }) => {
+                        // The first lost write is torn: some sectors made it, the rest reads as
+                        // what was there before, zeros or garbage.
+                        lost = Lost::Nothing;
+                        let mut rng = rng.borrow_mut();
+                        let sector = if rng.below(2) == 0 { 512 } else { 4096 };
+                        let sectors = data.len().div_ceil(sector).max(1) as u64;
+                        let cut = ((rng.below(sectors) as usize) * sector).min(data.len());
+                        let mut part = data[..cut].to_vec();
+                        match rng.below(3) {
+                            0 => {
+                                let old = bytes.get(*offset as usize + cut..).unwrap_or(&[]);
+                                let n = old.len().min(data.len() - cut);
+                                part.extend_from_slice(&old[..n]);
+                            }
+                            1 => part.resize(data.len(), 0),
+                            _ => part.extend((cut..data.len()).map(|_| rng.next_u64() as u8)),
+                        }
+                        apply(
+                            &mut bytes,
+                            &FileOp::Write {
+                                offset: *offset,
+                                data: part,
+                            },
+                        );
+                    }
+                    (Lost::SizeChanges, FileOp::Write { offset, data }) => {
+                        let end = *offset as usize + data.len();
+                        if bytes.len() < end {
+                            bytes.resize(end, 0);
+                        }
+                    }
+                    (Lost::SizeChanges, FileOp::SetLen(len)) => bytes.resize(*len as usize, 0),
+                    _ => {}
                 }
             }
             let inode = Inode {
@@ -458,10 +519,12 @@ impl Vfs for SimVfs {
                 ino
             }
         };
+        let seen_errors = state.inodes[&ino].write_errors;
         Ok(Arc::new(SimFile {
             vfs: self.clone(),
             ino,
             held: Mutex::new(None),
+            seen_errors: AtomicU64::new(seen_errors),
         }))
     }
 
@@ -559,6 +622,8 @@ struct SimFile {
     ino: u64,
     /// The lock this open file holds, if any.
     held: Mutex<Option<LockKind>>,
+    /// The inode's writeback errors this open file has reported (or that predate its opening).
+    seen_errors: AtomicU64,
 }
 
 impl SimFile {
@@ -612,6 +677,13 @@ impl VfsFile for SimFile {
                     data.truncate(buf.len() / 2);
                     result = Err(fault_error(Fault::NoSpace));
                 }
+                Outcome::Fail(fault @ Fault::ShortWrite(kept)) => {
+                    data.truncate(match kept {
+                        Kept::FirstByte => 1,
+                        Kept::AllButLast => buf.len().saturating_sub(1),
+                    });
+                    result = Err(fault_error(fault));
+                }
             }
             let op = FileOp::Write { offset, data };
             let inode = state
@@ -653,12 +725,18 @@ impl VfsFile for SimFile {
                 .inodes
                 .get_mut(&ino)
                 .ok_or_else(|| io::Error::other("stale file"))?;
+            // Errors of writeback started through other descriptors, not yet reported here.
+            let unseen = inode.write_errors > self.seen_errors.load(Ordering::Relaxed);
             match outcome {
                 Outcome::Fail(Fault::LostSync) => {
                     // Linux may drop dirty pages after a writeback error: the unsynced data is
-                    // gone from the cache too, and the next fdatasync has nothing to report.
+                    // gone from the cache too, and this descriptor's next fdatasync has nothing
+                    // to report.
                     inode.live = inode.durable.clone();
                     inode.pending.clear();
+                    inode.write_errors += 1;
+                    self.seen_errors
+                        .store(inode.write_errors, Ordering::Relaxed);
                     Err(fault_error(Fault::LostSync))
                 }
                 Outcome::Fail(fault) => Err(fault_error(fault)),
@@ -666,7 +744,15 @@ impl VfsFile for SimFile {
                 Outcome::Proceed => {
                     inode.durable = inode.live.clone();
                     inode.pending.clear();
-                    Ok(())
+                    self.seen_errors
+                        .store(inode.write_errors, Ordering::Relaxed);
+                    if unseen {
+                        Err(io::Error::other(
+                            "EIO: an earlier writeback of this file failed",
+                        ))
+                    } else {
+                        Ok(())
+                    }
                 }
             }
         })

@@ -108,6 +108,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// A [`Watcher`](crate::Watcher) fell behind by more than one compaction: the log holding
+    /// the commits from `missed_from` up to (not including) `resumed_at` was deleted before it
+    /// read them. It continues from `resumed_at`; re-read the watched keys to catch up.
+    #[error(
+        "the watcher missed commits {missed_from}..{resumed_at}: the log holding them was compacted away before it read them; re-read the watched keys"
+    )]
+    WatchGap {
+        /// The first commit missed.
+        missed_from: u64,
+        /// The commit the watcher continues with.
+        resumed_at: u64,
+    },
+
     /// The handle was opened with [`Options::read_only`](crate::Options::read_only); nothing was written.
     #[error("the store at {} was opened read-only", path.display())]
     ReadOnly {
@@ -206,6 +219,13 @@ impl Error {
                 reason: reason.clone(),
             },
             Error::ReadOnly { path } => Error::ReadOnly { path: path.clone() },
+            Error::WatchGap {
+                missed_from,
+                resumed_at,
+            } => Error::WatchGap {
+                missed_from: *missed_from,
+                resumed_at: *resumed_at,
+            },
         }
     }
 }

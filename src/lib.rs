@@ -55,6 +55,7 @@ mod snapshot;
 mod transaction;
 mod view;
 mod wal;
+mod watch;
 
 pub use batch::Batch;
 pub use bytes::Bytes;
@@ -66,6 +67,7 @@ pub use error::{Error, Result};
 pub use limits::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use recovery::RecoveryReport;
 pub use transaction::{CompareAndSwapError, Transaction};
+pub use watch::{Change, Commit, Watcher};
 
 /// The simulated power-loss campaign behind `kvctl crash-test --simulate`; not part of the
 /// supported API.

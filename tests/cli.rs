@@ -611,3 +611,54 @@ fn crash_test_refuses_a_directory_that_holds_something() {
     let names: Vec<_> = std::fs::read_dir(dir.path()).expect("list").collect();
     assert_eq!(names.len(), 1, "nothing was written");
 }
+
+#[test]
+fn watch_prints_changes_under_the_prefix_as_they_are_committed() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    assert_eq!(status(&kvctl(&db, &["put", "user/0", "old"])), 0);
+    for json in [false, true] {
+        let mut args = vec!["--db", db.to_str().expect("utf-8 path")];
+        if json {
+            args.push("--json");
+        }
+        args.extend(["watch", "user/", "--count", "2"]);
+        let mut watcher = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+            .args(&args)
+            .env_remove("KVCTL_DB")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kvctl watch");
+        // It says on stderr when it is watching; changes after that are its to print.
+        let mut ready = String::new();
+        BufReader::new(watcher.stderr.take().expect("stderr"))
+            .read_line(&mut ready)
+            .expect("read stderr");
+        assert!(ready.starts_with("kvctl: watching user/"), "{ready}");
+        assert_eq!(status(&kvctl(&db, &["put", "other", "x"])), 0);
+        assert_eq!(status(&kvctl(&db, &["put", "user/1", "a\tb"])), 0);
+        assert_eq!(status(&kvctl(&db, &["delete", "user/0"])), 0);
+        let out = watcher.wait_with_output().expect("wait");
+        assert!(out.status.success());
+        let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        if json {
+            let first: serde_json::Value = serde_json::from_str(&lines[0]).expect("json");
+            assert_eq!(first["op"], "put");
+            assert_eq!(first["key"], "user/1");
+            assert_eq!(first["value"], "a\tb");
+            let second: serde_json::Value = serde_json::from_str(&lines[1]).expect("json");
+            assert_eq!(second["op"], "delete");
+            assert!(second["sequence"].as_u64() > first["sequence"].as_u64());
+        } else {
+            let fields: Vec<&str> = lines[0].split('\t').collect();
+            assert_eq!(&fields[1..], ["put", "user/1", "a\\tb"]);
+            let fields: Vec<&str> = lines[1].split('\t').collect();
+            assert_eq!(&fields[1..], ["delete", "user/0"]);
+        }
+        // Put the deleted key back for the second round.
+        assert_eq!(status(&kvctl(&db, &["put", "user/0", "old"])), 0);
+    }
+}

@@ -172,6 +172,39 @@ fn child() {
             let stats = db.stats().expect("stats");
             println!("@repaired {}", stats.torn_tails_repaired);
         }
+        // `watcher DIR WRITERS M`: watches `w`, says it is ready, then checks that the writers'
+        // M puts each arrive exactly once, in order, with their values, and that sequence
+        // numbers increase.
+        "watcher" => {
+            let (writers, m) = (num(2), num(3));
+            let watcher = db.watch_prefix("w").expect("watch");
+            println!("@ready");
+            let mut next = vec![0u32; writers as usize];
+            let mut last_sequence = None;
+            let deadline = Instant::now() + Duration::from_secs(300);
+            let mut watcher = watcher;
+            while next.iter().any(|&i| i < m) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let commit = watcher
+                    .next_timeout(left)
+                    .expect("watch (a gap would fail here)")
+                    .expect("the writers' commits never came");
+                assert!(last_sequence < Some(commit.sequence), "commit order");
+                last_sequence = Some(commit.sequence);
+                for change in commit.changes {
+                    let sturdykv::Change::Put { key, value } = change else {
+                        panic!("the writers only put");
+                    };
+                    let key = String::from_utf8_lossy(&key).into_owned();
+                    let (w, i) = key[1..].split_once('/').expect("key shape");
+                    let (w, i): (u32, u32) = (w.parse().expect("w"), i.parse().expect("i"));
+                    assert_eq!(i, next[w as usize], "writer {w}'s puts in order, each once");
+                    assert_eq!(&value[..], value_of(w, i).as_bytes(), "{key}");
+                    next[w as usize] += 1;
+                }
+            }
+            println!("@ok {}", last_sequence.expect("commits"));
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -234,6 +267,44 @@ fn writers_and_readers_in_separate_processes_see_every_acknowledged_write_across
         let lines = finish(r);
         assert!(lines.iter().any(|l| l.starts_with("ok")), "{lines:?}");
     }
+}
+
+#[test]
+fn a_watcher_process_receives_two_writer_processes_commits_in_order_across_compactions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().to_string_lossy().into_owned();
+    let db = Db::open(&store).expect("create");
+    let generation = db.stats().expect("stats").generation;
+    let (writers, m) = (2u32, 200u32);
+    let mut watcher = spawn(
+        "watcher",
+        &[store.clone(), writers.to_string(), m.to_string()],
+    );
+    let mut lines = lines_of(&mut watcher);
+    assert_eq!(lines.next().as_deref(), Some("ready"));
+    // Writer 0 compacts every 100 writes.
+    let children: Vec<Child> = (0..writers)
+        .map(|w| {
+            let every = if w == 0 { 100 } else { 0 };
+            spawn(
+                "writer",
+                &[
+                    store.clone(),
+                    w.to_string(),
+                    m.to_string(),
+                    every.to_string(),
+                ],
+            )
+        })
+        .collect();
+    for c in children {
+        finish(c);
+    }
+    assert!(db.stats().expect("stats").generation >= generation + 2);
+    let rest: Vec<String> = lines.collect();
+    let status = watcher.wait().expect("wait for the watcher");
+    assert!(status.success(), "watcher failed: {rest:?}");
+    assert!(rest.iter().any(|l| l.starts_with("ok")), "{rest:?}");
 }
 
 /// Reads a child's `@` lines as they come.

@@ -9,6 +9,7 @@ use crate::campaign::{
     Model, Op, Run, batch_over, check_seed, check_seed_on, dump, increment, incremented, open, run,
     run_on, spread,
 };
+use crate::io::Vfs;
 use crate::sim::{CrashModel, Fault, Kept, SimVfs};
 
 /// Checks one crash image against a run; `what` names it in a failure.
@@ -523,4 +524,100 @@ fn a_read_error_anywhere_is_an_error_never_a_wrong_value_or_a_lost_write() {
         }
     }
     eprintln!("{cases} read-error cases over {total} reads");
+}
+
+/// A store on `vfs` with history: a snapshot, deletes and overwrites after it. Returns the
+/// handle and its contents.
+fn store_with_history(vfs: &SimVfs) -> (crate::Db, Model) {
+    let db = open(vfs).expect("open");
+    for i in 0..20 {
+        db.put(format!("k{i:02}"), format!("first {i}"))
+            .expect("put");
+    }
+    db.compact().expect("compact");
+    for i in (0..20).step_by(3) {
+        db.delete(format!("k{i:02}")).expect("delete");
+    }
+    db.put("k01", "second").expect("put");
+    let model = dump(&db);
+    (db, model)
+}
+
+fn open_at(vfs: &SimVfs, path: &str) -> crate::Result<crate::Db> {
+    crate::Options::new()
+        .vfs(std::sync::Arc::new(vfs.clone()))
+        .background_compaction(false)
+        .open(std::path::Path::new(path))
+}
+
+/// The backup's destination on `image` is absent, or a store holding exactly `model`; it must
+/// be there if `finished`. The source holds `model` either way.
+fn check_backup_image(image: &SimVfs, model: &Model, finished: bool, what: &str) {
+    let source = open(image).unwrap_or_else(|e| panic!("{what}: the source did not reopen: {e}"));
+    assert_eq!(&dump(&source), model, "{what}: the source changed");
+    match image.entry_kind(std::path::Path::new("/backup")) {
+        Ok(None) => assert!(!finished, "{what}: a finished backup is gone"),
+        Ok(Some(_)) => {
+            let copy = open_at(image, "/backup")
+                .unwrap_or_else(|e| panic!("{what}: the backup did not open: {e}"));
+            assert_eq!(&dump(&copy), model, "{what}: the backup is not the source");
+        }
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+#[test]
+fn a_power_cut_or_a_fault_at_any_step_of_a_backup_leaves_no_half_copy() {
+    let dry = SimVfs::new();
+    let (db, _) = store_with_history(&dry);
+    let before = dry.ops();
+    db.backup_to("/backup").expect("backup");
+    let steps = dry.ops() - before;
+    let mut images = 0;
+    for cut in 0..=steps {
+        let vfs = SimVfs::new();
+        let (db, model) = store_with_history(&vfs);
+        vfs.freeze_after(vfs.ops() + cut);
+        let finished = db.backup_to("/backup").is_ok();
+        assert_eq!(
+            finished,
+            cut == steps,
+            "power cut after {cut} of {steps} steps"
+        );
+        for (m, crash_model) in CrashModel::ALL.into_iter().enumerate() {
+            let image = vfs.crash(cut * 4 + m as u64, crash_model);
+            let what = format!("power cut after {cut} of {steps} backup steps, {crash_model:?}");
+            check_backup_image(&image, &model, finished, &what);
+            images += 1;
+        }
+    }
+    let mut faults = 0;
+    for at in 0..steps {
+        for fault in [
+            Fault::Eio,
+            Fault::NoSpace,
+            Fault::ShortWrite(Kept::AllButLast),
+        ] {
+            let vfs = SimVfs::new();
+            let (db, model) = store_with_history(&vfs);
+            vfs.inject(vfs.ops() + at, fault, false);
+            let result = db.backup_to("/backup");
+            vfs.clear_faults();
+            let what = format!("{fault:?} at backup step {at}");
+            // Only the last step (syncing the parent directory) can fail after the copy is in
+            // place; any earlier failure leaves nothing at the destination.
+            if result.is_err() && at + 1 < steps {
+                assert_eq!(
+                    vfs.entry_kind(std::path::Path::new("/backup")).ok(),
+                    Some(None),
+                    "{what}"
+                );
+            }
+            check_backup_image(&vfs, &model, result.is_ok(), &what);
+            check_backup_image(&vfs.crash(at, CrashModel::Subset), &model, false, &what);
+            faults += 1;
+        }
+    }
+    eprintln!("{steps} backup steps: {images} power-cut images, {faults} fault cases");
+    assert!(steps > 8, "only {steps} steps");
 }

@@ -74,6 +74,8 @@ pub trait Vfs: Send + Sync + fmt::Debug {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file; durable only after [`Vfs::sync_dir`].
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes an empty directory.
+    fn remove_dir(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creates, renames, removes) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// The name of the network file system `dir` is on (NFS, SMB, ...), where `flock` and shared
@@ -192,6 +194,10 @@ impl Vfs for StdVfs {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)
+    }
+
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        fs::remove_dir(path)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -495,6 +501,10 @@ pub(crate) mod faulty {
         fn remove_file(&self, path: &Path) -> io::Result<()> {
             faults(&self.faults).note(format!("remove {}", name(path)))?;
             StdVfs.remove_file(path)
+        }
+        fn remove_dir(&self, path: &Path) -> io::Result<()> {
+            faults(&self.faults).note(format!("remove directory {}", name(path)))?;
+            StdVfs.remove_dir(path)
         }
         fn sync_dir(&self, dir: &Path) -> io::Result<()> {
             faults(&self.faults).note(format!("sync_dir {}", name(dir)))?;

@@ -32,6 +32,7 @@
 //!
 //! The on-disk format is specified byte by byte in `docs/FORMAT.md`.
 
+mod backup;
 mod batch;
 mod bytes;
 mod campaign;
@@ -57,6 +58,7 @@ mod view;
 mod wal;
 mod watch;
 
+pub use backup::BackupReport;
 pub use batch::Batch;
 pub use bytes::Bytes;
 pub use db::{

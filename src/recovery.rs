@@ -424,9 +424,9 @@ fn load_once(
 
 /// The directory's entries, sorted into kinds.
 #[derive(Default)]
-struct Listing {
-    wals: Vec<u64>,
-    snapshots: Vec<u64>,
+pub(crate) struct Listing {
+    pub(crate) wals: Vec<u64>,
+    pub(crate) snapshots: Vec<u64>,
     temporaries: Vec<String>,
     quarantine: Vec<String>,
     lock: bool,
@@ -439,7 +439,7 @@ impl Listing {
     }
 }
 
-fn list_store(vfs: &dyn Vfs, dir: &Path) -> Result<Listing> {
+pub(crate) fn list_store(vfs: &dyn Vfs, dir: &Path) -> Result<Listing> {
     let names = vfs
         .list(dir)
         .map_err(|e| Error::io("list the store directory", dir, e))?;

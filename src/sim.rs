@@ -143,8 +143,57 @@ impl SharedWords for ReadOnlyShared {
 
 #[derive(Clone, Debug)]
 enum DirOp {
-    Link { path: PathBuf, ino: u64 },
-    Unlink { path: PathBuf },
+    Link {
+        path: PathBuf,
+        ino: u64,
+    },
+    Unlink {
+        path: PathBuf,
+    },
+    /// A directory renamed: everything under `from` is now under `to`, in one step.
+    MoveDir {
+        from: PathBuf,
+        to: PathBuf,
+    },
+}
+
+impl DirOp {
+    /// The directory whose sync makes this operation durable.
+    fn parent(&self) -> Option<&Path> {
+        match self {
+            DirOp::Link { path, .. } | DirOp::Unlink { path } => path.parent(),
+            DirOp::MoveDir { to, .. } => to.parent(),
+        }
+    }
+
+    /// Applies the operation to a namespace.
+    fn apply(&self, names: &mut BTreeMap<PathBuf, u64>) {
+        match self {
+            DirOp::Link { path, ino } => {
+                names.insert(path.clone(), *ino);
+            }
+            DirOp::Unlink { path } => {
+                names.remove(path);
+            }
+            DirOp::MoveDir { from, to } => {
+                let moved: Vec<PathBuf> = names
+                    .keys()
+                    .filter(|p| p.starts_with(from))
+                    .cloned()
+                    .collect();
+                for path in moved {
+                    let ino = names.remove(&path).expect("listed");
+                    let rest = path.strip_prefix(from).expect("under from");
+                    names.insert(to.join(rest), ino);
+                }
+            }
+        }
+    }
+}
+
+/// `path` with its leading `from` replaced by `to`, if it lies under `from`.
+fn moved(path: &Path, from: &Path, to: &Path) -> Option<PathBuf> {
+    path.strip_prefix(from).ok().map(|rest| to.join(rest))
 }
 
 #[derive(Clone, Debug, Default)]
@@ -450,18 +499,17 @@ impl SimVfs {
             inodes.insert(ino, inode);
         }
         let mut names = state.durable.clone();
+        let mut dirs = state.dirs.clone();
         let kept = keep(state.pending.len());
         for (op, kept) in state.pending.iter().zip(kept) {
-            if !kept {
-                continue;
-            }
-            match op {
-                DirOp::Link { path, ino } => {
-                    names.insert(path.clone(), *ino);
-                }
-                DirOp::Unlink { path } => {
-                    names.remove(path);
-                }
+            if kept {
+                op.apply(&mut names);
+            } else if let DirOp::MoveDir { from, to } = op {
+                // Directories exist at once in this model; a lost move puts them back.
+                dirs = dirs
+                    .into_iter()
+                    .map(|d| moved(&d, to, from).unwrap_or(d))
+                    .collect();
             }
         }
         let reachable: BTreeSet<u64> = names.values().copied().collect();
@@ -472,7 +520,7 @@ impl SimVfs {
                 live: names.clone(),
                 durable: names,
                 pending: Vec::new(),
-                dirs: state.dirs.clone(),
+                dirs,
                 next_ino: state.next_ino,
                 ops: 0,
                 freeze_at: None,
@@ -562,6 +610,9 @@ impl Vfs for SimVfs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut state = self.lock();
+        if state.dirs.contains(from) {
+            return rename_dir(&mut state, from, to);
+        }
         state.mutate()?;
         let ino = state.live.remove(from).ok_or_else(|| not_found(from))?;
         state.live.insert(to.to_owned(), ino);
@@ -594,26 +645,58 @@ impl Vfs for SimVfs {
         }
         let (done, rest): (Vec<DirOp>, Vec<DirOp>) = std::mem::take(&mut state.pending)
             .into_iter()
-            .partition(|op| match op {
-                DirOp::Link { path, .. } | DirOp::Unlink { path } => path.parent() == Some(dir),
-            });
+            .partition(|op| op.parent() == Some(dir));
         for op in done {
-            match op {
-                DirOp::Link { path, ino } => {
-                    state.durable.insert(path, ino);
-                }
-                DirOp::Unlink { path } => {
-                    state.durable.remove(&path);
-                }
-            }
+            op.apply(&mut state.durable);
         }
         state.pending = rest;
+        Ok(())
+    }
+
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        if !state.dirs.contains(path) {
+            return Err(not_found(path));
+        }
+        if state.live.keys().any(|p| p.starts_with(path))
+            || state.dirs.iter().any(|d| d.parent() == Some(path))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::DirectoryNotEmpty,
+                path.display().to_string(),
+            ));
+        }
+        state.mutate()?;
+        state.dirs.remove(path);
         Ok(())
     }
 
     fn network_filesystem(&self, _dir: &Path) -> io::Result<Option<&'static str>> {
         Ok(None)
     }
+}
+
+/// Renames directory `from` to `to` (which must not exist, or be an empty directory), as one
+/// step that is durable after a sync of `to`'s parent.
+fn rename_dir(state: &mut State, from: &Path, to: &Path) -> io::Result<()> {
+    if state.live.keys().any(|p| p.starts_with(to)) || state.live.contains_key(to) {
+        return Err(io::Error::new(
+            io::ErrorKind::DirectoryNotEmpty,
+            to.display().to_string(),
+        ));
+    }
+    state.mutate()?;
+    let op = DirOp::MoveDir {
+        from: from.to_owned(),
+        to: to.to_owned(),
+    };
+    op.apply(&mut state.live);
+    state.dirs = std::mem::take(&mut state.dirs)
+        .into_iter()
+        .map(|d| moved(&d, from, to).unwrap_or(d))
+        .collect();
+    state.pending.push(op);
+    Ok(())
 }
 
 #[derive(Debug)]

@@ -662,3 +662,25 @@ fn watch_prints_changes_under_the_prefix_as_they_are_committed() {
         assert_eq!(status(&kvctl(&db, &["put", "user/0", "old"])), 0);
     }
 }
+
+#[test]
+fn backup_copies_a_store_an_application_holds_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = filled_store(dir.path());
+    let app = sturdykv::Db::open(&db).expect("the application opens the store");
+    app.put("written by the app", "1").expect("put");
+    let copy = dir.path().join("copy");
+    let out = kvctl(&db, &["--json", "backup", copy.to_str().expect("utf-8")]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert!(report["bytes"].as_u64() > Some(0), "{report}");
+    let source = stdout(&kvctl(&db, &["scan"]));
+    assert!(source.contains("written by the app"));
+    assert_eq!(stdout(&kvctl(&copy, &["scan"])), source);
+    assert_eq!(status(&kvctl(&copy, &["check"])), 0);
+    // A second backup to the same place is refused and changes nothing.
+    let out = kvctl(&db, &["backup", copy.to_str().expect("utf-8")]);
+    assert_eq!(status(&out), 3);
+    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+    assert_eq!(stdout(&kvctl(&copy, &["scan"])), source);
+}

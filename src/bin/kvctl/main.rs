@@ -141,6 +141,15 @@ enum Command {
     /// a full disk), running the same load again completes it.
     #[command(after_help = "Example:\n  kvctl --db copy.db load < backup.txt")]
     Load,
+    /// Copy the store, as of one commit, into DIR (which must not exist, or be empty) while
+    /// applications keep writing. The copy appears only once complete; open it to restore.
+    #[command(
+        after_help = "Examples:\n  kvctl --db demo.db backup /backups/demo-2026-11-23\n  kvctl --db copy.db check"
+    )]
+    Backup {
+        /// Where the copy goes.
+        dir: PathBuf,
+    },
     /// Print every change under PREFIX as it is committed, by any process, until interrupted:
     /// one `SEQUENCE<TAB>put<TAB>KEY<TAB>VALUE` or `SEQUENCE<TAB>delete<TAB>KEY` line per change,
     /// escaped as `scan` does; the changes of one batch share its sequence number. If kvctl falls
@@ -378,6 +387,7 @@ fn execute(ctx: &Ctx, command: Command, out: &mut dyn Write) -> Result<u8, Failu
         }
         Command::Stat => stat(ctx, out),
         Command::Compact => compact(ctx, out),
+        Command::Backup { dir } => backup(ctx, &dir, out),
         Command::Check => check(ctx, out),
         Command::Dump => dump::dump(&ctx.db, out).map(|_| 0),
         Command::Load => load(ctx, out),
@@ -672,6 +682,31 @@ fn compact(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
             out,
             "compacted into generation {}: {} keys, snapshot {} bytes",
             s.generation, s.keys, s.snapshot_bytes
+        )?;
+    }
+    Ok(0)
+}
+
+fn backup(ctx: &Ctx, dir: &std::path::Path, out: &mut dyn Write) -> Result<u8, Failure> {
+    let report = ctx.db.backup_to(dir)?;
+    if ctx.json {
+        print_json(
+            out,
+            json!({
+                "path": dir.display().to_string(),
+                "sequence": report.sequence,
+                "files": displayed(&report.files),
+                "bytes": report.bytes,
+            }),
+        )?;
+    } else {
+        writeln!(
+            out,
+            "backed up every commit before {} into {}: {} files, {} bytes",
+            report.sequence,
+            dir.display(),
+            report.files.len(),
+            report.bytes
         )?;
     }
     Ok(0)

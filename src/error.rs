@@ -121,12 +121,44 @@ pub enum Error {
         resumed_at: u64,
     },
 
+    /// A stored key or value did not decode as the type a [`Typed`](crate::Typed) view asked
+    /// for (it was written as another type, or by a newer sturdykv). Nothing was changed.
+    #[error(
+        "the entry under key {} does not decode as {type_name}: {reason}",
+        crate::error::shown(key)
+    )]
+    Decode {
+        /// The stored key.
+        key: Vec<u8>,
+        /// The type it was read as.
+        type_name: &'static str,
+        /// What did not fit.
+        reason: String,
+    },
+
+    /// A value could not be encoded (its `Serialize` implementation failed). Nothing was written.
+    #[error("a {type_name} could not be encoded: {reason}")]
+    Encode {
+        /// The value's type.
+        type_name: &'static str,
+        /// Why.
+        reason: String,
+    },
+
     /// The handle was opened with [`Options::read_only`](crate::Options::read_only); nothing was written.
     #[error("the store at {} was opened read-only", path.display())]
     ReadOnly {
         /// The store's directory.
         path: PathBuf,
     },
+}
+
+/// A key for a message: as text if it is printable UTF-8, else as hex.
+pub(crate) fn shown(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(s) if !s.chars().any(char::is_control) => format!("{s:?}"),
+        _ => key.iter().map(|b| format!("{b:02x}")).collect::<String>() + " (hex)",
+    }
 }
 
 impl Error {
@@ -219,6 +251,19 @@ impl Error {
                 reason: reason.clone(),
             },
             Error::ReadOnly { path } => Error::ReadOnly { path: path.clone() },
+            Error::Decode {
+                key,
+                type_name,
+                reason,
+            } => Error::Decode {
+                key: key.clone(),
+                type_name,
+                reason: reason.clone(),
+            },
+            Error::Encode { type_name, reason } => Error::Encode {
+                type_name,
+                reason: reason.clone(),
+            },
             Error::WatchGap {
                 missed_from,
                 resumed_at,

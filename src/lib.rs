@@ -54,6 +54,8 @@ mod recovery;
 mod sim;
 mod snapshot;
 mod transaction;
+#[cfg(feature = "serde")]
+mod typed;
 mod view;
 mod wal;
 mod watch;
@@ -69,6 +71,11 @@ pub use error::{Error, Result};
 pub use limits::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use recovery::RecoveryReport;
 pub use transaction::{CompareAndSwapError, Transaction};
+#[cfg(feature = "serde")]
+pub use typed::{
+    Key, KeyEncode, Typed, VALUE_ENCODING_POSTCARD_1, decode_key, decode_value, encode_key,
+    encode_value,
+};
 pub use watch::{Change, Commit, Watcher};
 
 /// The simulated power-loss campaign behind `kvctl crash-test --simulate`; not part of the

@@ -30,6 +30,10 @@
 //! [`Options::exclusive`] keeps a store to one handle (and is needed on network file systems);
 //! [`Options::read_only`] never writes.
 //!
+//! Three more: [`Db::watch_prefix`] delivers the commits of every process under a prefix, in
+//! order; [`Db::backup_to`] copies a live store as of one commit; and, with the default `serde`
+//! feature, [`Db::typed`] stores typed values under keys whose byte order matches their `Ord`.
+//!
 //! The on-disk format is specified byte by byte in `docs/FORMAT.md`.
 
 mod backup;

@@ -256,7 +256,7 @@ impl Inner {
     /// Step 4: deletes logs and snapshots of generations before `generation`. Under `LOCK`, so
     /// that a process opening the store never finds a file gone between listing and opening it.
     fn remove_older_than(&self, generation: u64) -> Result<()> {
-        let _guard = self.store_lock.exclusive()?;
+        let guard = self.store_lock.exclusive()?;
         let vfs = self.options.vfs.as_ref();
         let names = vfs
             .list(&self.dir)
@@ -275,6 +275,14 @@ impl Inner {
         if removed {
             vfs.sync_dir(&self.dir)
                 .map_err(|e| Error::io("sync the directory", &self.dir, e))?;
+            // Every name is durable now (and nobody can change one while we hold LOCK): the
+            // next open need not sync the directory again.
+            let listing = crate::recovery::list_store(vfs, &self.dir)?;
+            self.store_lock.correct_hint(
+                &guard,
+                crate::locking::DIRECTORY_SYNCED,
+                crate::recovery::directory_fingerprint(&listing),
+            );
         }
         Ok(())
     }

@@ -36,6 +36,9 @@ pub const SNAPSHOT_GENERATION: usize = 1;
 /// [`COMMITTED_SEQ`] when a [`Durability::Buffered`](crate::Durability::Buffered) handle publishes
 /// records without syncing them: only this word may let a writer skip its own sync.
 pub const SYNCED_SEQ: usize = 2;
+/// Hint word: a fingerprint of the store's log and snapshot names when an open last `fsync`ed
+/// the directory (0: unknown). An open that finds the same names need not sync it again.
+pub const DIRECTORY_SYNCED: usize = 3;
 
 /// How a handle uses the lock file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,7 +11,8 @@ use crate::format::{OpRef, WAL_HEADER_LEN, WalHeader};
 use crate::io::{EntryKind, OpenMode, Vfs};
 use crate::layout::{StoreFile, classify, snapshot_name, wal_name};
 use crate::locking::{
-    Access, COMMITTED_SEQ, CompactionLock, SNAPSHOT_GENERATION, SYNCED_SEQ, StoreLock,
+    Access, COMMITTED_SEQ, CompactionLock, DIRECTORY_SYNCED, SNAPSHOT_GENERATION, SYNCED_SEQ,
+    StoreLock,
 };
 use crate::snapshot::Snapshot;
 use crate::view::View;
@@ -129,7 +130,11 @@ pub fn open(
         }
     }
 
-    let mut loaded = load(vfs, dir, u64::MAX, writable, true)?;
+    let durable = AlreadyDurable {
+        synced_seq: store_lock.hint(SYNCED_SEQ),
+        directory: store_lock.hint(DIRECTORY_SYNCED),
+    };
+    let mut loaded = load(vfs, dir, u64::MAX, writable, Some(durable))?;
     report.replayed_records = loaded.replayed_records;
     report.quarantine_files = loaded.quarantine_files.clone();
     let last = loaded.position.clone();
@@ -166,6 +171,7 @@ pub fn open(
         // Everything read was synced first.
         store_lock.correct_hint(&guard, COMMITTED_SEQ, last.next_seq);
         store_lock.correct_hint(&guard, SYNCED_SEQ, last.next_seq);
+        store_lock.correct_hint(&guard, DIRECTORY_SYNCED, loaded.directory);
         // Raised, never lowered: a compaction elsewhere may have installed a newer snapshot
         // since this open listed the directory.
         store_lock.raise_hint(
@@ -237,6 +243,33 @@ pub struct Loaded {
     pub damage: Option<(u64, &'static str)>,
     pub replayed_records: u64,
     pub quarantine_files: Vec<PathBuf>,
+    /// The fingerprint of the store's file names as read (see [`directory_fingerprint`]).
+    pub directory: u64,
+}
+
+/// What the hint page says is already durable, so that recovery need not sync it again.
+#[derive(Clone, Copy, Debug)]
+pub struct AlreadyDurable {
+    /// Every record below this sequence number was covered by an `fdatasync`.
+    pub synced_seq: u64,
+    /// The store's file names when the directory was last `fsync`ed at an open.
+    pub directory: u64,
+}
+
+/// A fingerprint of the store's logs and snapshots (the names whose durability matters): equal
+/// fingerprints mean the same set of names. Never 0 (0 in the hint page means "unknown").
+pub fn directory_fingerprint(listing: &Listing) -> u64 {
+    let mut hasher = crc32fast::Hasher::new();
+    for g in &listing.wals {
+        hasher.update(b"w");
+        hasher.update(&g.to_le_bytes());
+    }
+    for g in &listing.snapshots {
+        hasher.update(b"s");
+        hasher.update(&g.to_le_bytes());
+    }
+    let count = (listing.wals.len() + listing.snapshots.len()) as u64;
+    (u64::from(hasher.finalize()) << 32) | ((count + 1) & 0xFFFF_FFFF)
 }
 
 /// How many times [`load`] starts over when a compaction removes files under it.
@@ -250,7 +283,7 @@ pub fn load(
     dir: &Path,
     upto: u64,
     writable: bool,
-    sync_first: bool,
+    sync_first: Option<AlreadyDurable>,
 ) -> Result<Loaded> {
     let mut attempt = 0;
     loop {
@@ -268,7 +301,7 @@ fn load_once(
     dir: &Path,
     upto: u64,
     writable: bool,
-    sync_first: bool,
+    sync_first: Option<AlreadyDurable>,
 ) -> Result<Loaded> {
     let listing = list_store(vfs, dir)?;
     // The newest snapshot is the base; a damaged one is an error, never silently skipped (the
@@ -331,17 +364,22 @@ fn load_once(
         logs.push((path, file, header));
     }
 
-    // What we are about to read may be only in the page cache: a process that died after a
-    // failed fdatasync can leave unsynced records behind. Make the directory and the logs
-    // durable first, so that replay never shows a write that a power cut could still take away.
-    if sync_first {
+    // What we read may be only in the page cache: a process that died after a failed
+    // fdatasync can leave unsynced records behind, or one that died in a compaction an unsynced
+    // file name. With `sync_first`, the directory and the logs are made durable before what was
+    // read is returned, so that nobody is shown a write a power cut could still take away —
+    // unless the hint page says they already are (DECISIONS 30).
+    let directory = directory_fingerprint(&listing);
+    if let Some(durable) = sync_first
+        && durable.directory != directory
+    {
         vfs.sync_dir(dir)
             .map_err(|e| Error::io("sync the directory", dir, e))?;
-        for (path, file, _) in &logs {
-            file.sync_data()
-                .map_err(|e| Error::io("sync", path.as_path(), e))?;
-        }
     }
+    let log_files: Vec<(PathBuf, Arc<dyn crate::io::VfsFile>)> = logs
+        .iter()
+        .map(|(path, file, _)| (path.clone(), Arc::clone(file)))
+        .collect();
 
     let mut view = View {
         live_keys: base.as_ref().map_or(0, |s| s.len()),
@@ -414,11 +452,21 @@ fn load_once(
             damage,
             replayed_records: 0,
             quarantine_files: listing.quarantine.iter().map(|n| dir.join(n)).collect(),
+            directory: 0,
         });
     }
     let mut loaded = end.ok_or_else(|| Error::corruption(dir, 0, "no log to read"))?;
+    if let Some(durable) = sync_first
+        && durable.synced_seq < loaded.position.next_seq
+    {
+        for (path, file) in &log_files {
+            file.sync_data()
+                .map_err(|e| Error::io("sync", path.as_path(), e))?;
+        }
+    }
     loaded.view = view;
     loaded.replayed_records = replayed_records;
+    loaded.directory = directory;
     Ok(loaded)
 }
 

@@ -1,41 +1,53 @@
 //! The in-memory view of the writes since the last snapshot: an ordered map from key to value, or
 //! to a tombstone where a delete must hide an older value underneath.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::bytes::Bytes;
 
-/// Bytes of bookkeeping charged per entry on top of key and value, for `approximate_bytes`.
-const ENTRY_OVERHEAD: usize = 64;
+/// Bytes of bookkeeping charged per entry on top of key and value, for `approximate_bytes`: the
+/// tree's share and the hash index's.
+const ENTRY_OVERHEAD: usize = 112;
+
+/// Key to entry, for point lookups.
+type HashIndex = HashMap<Arc<[u8]>, Option<Arc<[u8]>>, foldhash::fast::RandomState>;
 
 /// Ordered writes: `Some(value)` for a put, `None` for a tombstone. Keys and values are kept as
 /// bare `Arc<[u8]>` (16 bytes each in the tree), shared with the `Bytes` handed to readers.
+///
+/// Point lookups go through a hash index of the same entries: a miss in the tree costs a dozen
+/// key comparisons, each chasing a pointer to the key's bytes, and most point reads miss here
+/// (their key lies in the snapshot) — with a quarter of a million entries that halved the rate
+/// of random gets. The index hashes with foldhash, seeded at random per process (DECISIONS 31).
 #[derive(Debug, Default)]
 pub struct Memtable {
     map: BTreeMap<Arc<[u8]>, Option<Arc<[u8]>>>,
+    index: HashIndex,
     approximate_bytes: usize,
 }
 
 impl Memtable {
     /// The entry for `key`: `None` if this table knows nothing of it, `Some(None)` for a tombstone.
     pub fn get(&self, key: &[u8]) -> Option<Option<Bytes>> {
-        self.map
+        self.index
             .get(key)
             .map(|v| v.as_ref().map(|v| Bytes::from_arc(Arc::clone(v))))
     }
 
     /// Whether this table has `key`: `Some(true)` live, `Some(false)` a tombstone, `None` unknown.
     pub fn knows(&self, key: &[u8]) -> Option<bool> {
-        self.map.get(key).map(Option::is_some)
+        self.index.get(key).map(Option::is_some)
     }
 
     /// Records `key = value` (or a tombstone) and returns the previous entry.
     pub fn insert(&mut self, key: Bytes, value: Option<Bytes>) -> Option<Option<Arc<[u8]>>> {
         let key_len = key.len();
         let added = key_len + value.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD;
-        let previous = self.map.insert(key.into_arc(), value.map(Bytes::into_arc));
+        let (key, value) = (key.into_arc(), value.map(Bytes::into_arc));
+        self.index.insert(Arc::clone(&key), value.clone());
+        let previous = self.map.insert(key, value);
         if let Some(old) = &previous {
             // Replacing an entry: take the old one off before adding the new one.
             self.approximate_bytes -=
@@ -50,6 +62,7 @@ impl Memtable {
     pub fn overlaid_with(&self, upper: Memtable) -> Memtable {
         let mut merged = Memtable {
             map: self.map.clone(),
+            index: self.index.clone(),
             approximate_bytes: self.approximate_bytes,
         };
         for (key, value) in upper.map {
@@ -60,6 +73,7 @@ impl Memtable {
 
     /// Forgets `key` entirely (used when no older value needs hiding).
     pub fn remove(&mut self, key: &[u8]) -> Option<Option<Arc<[u8]>>> {
+        self.index.remove(key);
         let previous = self.map.remove_entry(key);
         previous.map(|(k, v)| {
             self.approximate_bytes -= k.len() + v.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD;

@@ -591,7 +591,7 @@ fn crash_test_simulates_power_loss_without_a_directory() {
         .expect("run");
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("10 workloads") && stdout(&out).contains("30 crash images"),
+        stdout(&out).contains("10 workloads") && stdout(&out).contains("40 crash images"),
         "{}",
         stdout(&out)
     );

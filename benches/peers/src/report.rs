@@ -234,7 +234,12 @@ pub fn markdown(
         ) {
             _ if row.key.contains("per_put") => String::new(),
             (Some(ours), Some((peer, theirs))) if ours > 0.0 && theirs > 0.0 => {
-                format!("{:.2}× ({peer})", advantage(row, ours, theirs))
+                let a = advantage(row, ours, theirs);
+                if a < 0.1 {
+                    format!("{a:.4}× ({peer})")
+                } else {
+                    format!("{a:.2}× ({peer})")
+                }
             }
             _ => String::new(),
         };
@@ -381,7 +386,7 @@ pub fn svg(results: &BTreeMap<String, Figures>) -> String {
     );
     let _ = writeln!(
         s,
-        r#"<text x="10" y="18" font-size="14">sturdykv ÷ peer, per workload (log scale; right of 1× favours sturdykv)</text>"#
+        r#"<text x="10" y="18" font-size="14">sturdykv ÷ peer, per workload (log scale, clamped at 1/16 and 16×; right of 1× favours sturdykv)</text>"#
     );
     for tick in [-4i32, -3, -2, -1, 0, 1, 2, 3, 4] {
         let r = 2f64.powi(tick);

@@ -160,7 +160,9 @@ impl Options {
         let recovered = recovery::open(self.vfs.as_ref(), &dir, self.create_if_missing, access)?;
         let seen_seq = recovered.store_lock.hint(COMMITTED_SEQ);
         let seen_snapshot = recovered.store_lock.hint(SNAPSHOT_GENERATION);
-        let inner = Arc::new(Inner {
+        let background = self.background_compaction && access != Access::ReadOnly;
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
             dir,
             state: RwLock::new(recovered.view),
             position: Mutex::new(recovered.position),
@@ -180,19 +182,19 @@ impl Options {
             compactions: AtomicU64::new(0),
             torn_tails_repaired: AtomicU64::new(0),
             cancel: AtomicBool::new(false),
-            wake_compactor: Mutex::new(None),
+            compactor: Mutex::new(Compactor {
+                wake: None,
+                thread: None,
+                allowed: background,
+            }),
             report: recovered.report,
             store_lock: recovered.store_lock,
             compaction_lock: recovered.compaction_lock,
             options: self,
         });
-        let compactor = (inner.options.background_compaction && access != Access::ReadOnly)
-            .then(|| spawn_compactor(&inner))
-            .transpose()?;
         Ok(Db {
             _owner: Arc::new(Owner {
                 inner: Arc::clone(&inner),
-                compactor,
             }),
             inner,
         })
@@ -268,15 +270,30 @@ pub struct Db {
 
 struct Owner {
     inner: Arc<Inner>,
-    compactor: Option<JoinHandle<()>>,
+}
+
+/// The background compaction thread, started the first time a compaction is due (an open that
+/// only reads never pays for a thread).
+pub(crate) struct Compactor {
+    /// Wakes the thread; `None` until it starts, and again once the handle closes.
+    wake: Option<SyncSender<()>>,
+    thread: Option<JoinHandle<()>>,
+    /// Whether a thread may (still) be started: background compaction is on and the handle is
+    /// open.
+    allowed: bool,
 }
 
 impl Drop for Owner {
     fn drop(&mut self) {
         self.inner.cancel.store(true, Ordering::Relaxed);
-        // Closing the channel ends the compaction thread's wait.
-        lock(&self.inner.wake_compactor).take();
-        if let Some(thread) = self.compactor.take() {
+        let thread = {
+            let mut compactor = lock(&self.inner.compactor);
+            compactor.allowed = false;
+            // Closing the channel ends the compaction thread's wait.
+            compactor.wake = None;
+            compactor.thread.take()
+        };
+        if let Some(thread) = thread {
             let _ = thread.join();
         }
     }
@@ -317,19 +334,20 @@ pub(crate) struct Inner {
     pub(crate) torn_tails_repaired: AtomicU64,
     /// Asks a running compaction to give up (the handle is closing).
     pub(crate) cancel: AtomicBool,
-    /// Wakes the background compaction thread; `None` once the handle closes.
-    wake_compactor: Mutex<Option<SyncSender<()>>>,
+    /// The background compaction thread.
+    compactor: Mutex<Compactor>,
+    /// This handle's own `Arc`, for the compaction thread it starts.
+    me: Weak<Inner>,
     report: RecoveryReport,
     /// `LOCK` and the hint page.
     pub(crate) store_lock: StoreLock,
     pub(crate) compaction_lock: CompactionLock,
 }
 
-fn spawn_compactor(inner: &Arc<Inner>) -> Result<JoinHandle<()>> {
+/// Starts the compaction thread; returns what wakes it.
+fn spawn_compactor(weak: Weak<Inner>) -> std::io::Result<(SyncSender<()>, JoinHandle<()>)> {
     let (wake, woken): (SyncSender<()>, Receiver<()>) = sync_channel(1);
-    *lock(&inner.wake_compactor) = Some(wake);
-    let weak: Weak<Inner> = Arc::downgrade(inner);
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("sturdykv-compaction".into())
         .spawn(move || {
             while woken.recv().is_ok() {
@@ -341,8 +359,8 @@ fn spawn_compactor(inner: &Arc<Inner>) -> Result<JoinHandle<()>> {
                     );
                 }
             }
-        })
-        .map_err(|e| Error::io("start the compaction thread for", &inner.dir, e))
+        })?;
+    Ok((wake, thread))
 }
 
 impl fmt::Debug for Db {
@@ -597,8 +615,27 @@ impl Inner {
     }
 
     /// Wakes the background compaction thread (if it is already awake, it will look again).
+    /// Wakes the background compaction thread, starting it the first time (if it is already
+    /// awake, it will look again).
     pub(crate) fn wake_compactor(&self) {
-        if let Some(wake) = lock(&self.wake_compactor).as_ref() {
+        let mut compactor = lock(&self.compactor);
+        if compactor.wake.is_none() && compactor.allowed {
+            match spawn_compactor(self.me.clone()) {
+                Ok((wake, thread)) => {
+                    compactor.wake = Some(wake);
+                    compactor.thread = Some(thread);
+                }
+                Err(e) => {
+                    // Compaction still happens through `compact()`; the log grows until then.
+                    log::error!(
+                        "starting the compaction thread for {}: {e}",
+                        self.dir.display()
+                    );
+                    compactor.allowed = false;
+                }
+            }
+        }
+        if let Some(wake) = compactor.wake.as_ref() {
             match wake.try_send(()) {
                 Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
             }

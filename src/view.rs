@@ -112,10 +112,32 @@ impl View {
         forward: bool,
         limit: usize,
     ) -> Result<Chunk> {
-        // Up to `limit` entries (tombstones included) from each layer, upper layers first.
+        let far = if forward { hi } else { lo };
+        // The snapshot first: up to `limit` of its entries. If it has more, only keys up to its
+        // last one can be complete, so the memtables are read no further than that — reading
+        // them to their own `limit` would mostly fetch keys the next chunk reads again.
+        let mut from_snapshot = Vec::new();
+        if let Some(snapshot) = &self.snapshot {
+            let mut cursor = snapshot.cursor(lo, hi, forward)?;
+            while from_snapshot.len() < limit {
+                match cursor.next_entry()? {
+                    Some((k, v)) if within(&k, far, forward) => from_snapshot.push((k, v)),
+                    _ => break,
+                }
+            }
+        }
+        let snapshot_stop = (from_snapshot.len() >= limit)
+            .then(|| from_snapshot.last().map(|(k, _)| k.clone()))
+            .flatten();
+        let (mem_lo, mem_hi) = match (&snapshot_stop, forward) {
+            (Some(stop), true) => (lo, Bound::Included(&stop[..])),
+            (Some(stop), false) => (Bound::Included(&stop[..]), hi),
+            (None, _) => (lo, hi),
+        };
+        // Up to `limit` entries (tombstones included) from each memtable, upper layers first.
         let mut layers: Vec<Vec<(Bytes, Option<Bytes>)>> = Vec::with_capacity(3);
         let from_memtable = |m: &Memtable| -> Vec<(Bytes, Option<Bytes>)> {
-            let range = m.range(lo, hi);
+            let range = m.range(mem_lo, mem_hi);
             if forward {
                 range.take(limit).collect()
             } else {
@@ -126,32 +148,21 @@ impl View {
         if let Some(frozen) = &self.frozen {
             layers.push(from_memtable(frozen));
         }
-        let far = if forward { hi } else { lo };
-        if let Some(snapshot) = &self.snapshot {
-            let mut cursor = snapshot.cursor(lo, hi, forward)?;
+        if self.snapshot.is_some() {
             if layers.iter().all(Vec::is_empty) {
                 // Nothing in memory overlaps this stretch (e.g. a scan of a compacted store):
                 // the snapshot's entries are the answer, with nothing to merge.
-                let mut entries = Vec::with_capacity(limit);
-                while entries.len() < limit {
-                    match cursor.next_entry()? {
-                        Some((k, v)) if within(&k, far, forward) => entries.push((k, v)),
-                        _ => break,
-                    }
-                }
-                let horizon = (entries.len() >= limit)
-                    .then(|| entries.last().map(|(k, _)| k.clone()))
-                    .flatten();
-                return Ok(Chunk { entries, horizon });
+                return Ok(Chunk {
+                    entries: from_snapshot,
+                    horizon: snapshot_stop,
+                });
             }
-            let mut entries = Vec::new();
-            while entries.len() < limit {
-                match cursor.next_entry()? {
-                    Some((k, v)) if within(&k, far, forward) => entries.push((k, Some(v))),
-                    _ => break,
-                }
-            }
-            layers.push(entries);
+            layers.push(
+                from_snapshot
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(v)))
+                    .collect(),
+            );
         }
 
         // Every layer that may hold more stopped at its last key: only keys up to the nearest of

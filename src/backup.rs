@@ -221,16 +221,7 @@ fn try_parts(
     let mut next_seq = logs[0].2.first_seq;
     for (i, (name, file, header)) in logs.into_iter().enumerate() {
         let path = dir.join(&name);
-        if header.first_seq != next_seq {
-            return Err(Error::corruption(
-                &path,
-                16,
-                format!(
-                    "log starts at sequence {}, expected {next_seq}",
-                    header.first_seq
-                ),
-            ));
-        }
+        wal::check_continues(&path, &header, next_seq)?;
         let scan = wal::scan(
             file.as_ref(),
             &path,

@@ -391,16 +391,7 @@ fn load_once(
     let last = logs.len() - 1;
     let mut end = None;
     for (i, (path, file, header)) in logs.into_iter().enumerate() {
-        if header.first_seq != next_seq {
-            return Err(Error::corruption(
-                &path,
-                24,
-                format!(
-                    "log starts at sequence {} but the previous log ends at {next_seq}",
-                    header.first_seq
-                ),
-            ));
-        }
+        wal::check_continues(&path, &header, next_seq)?;
         let mut failed = None;
         let scan = wal::scan(
             file.as_ref(),

@@ -69,6 +69,25 @@ pub fn open(vfs: &dyn Vfs, path: &Path, mode: OpenMode) -> Result<(Arc<dyn VfsFi
     Ok((file, header))
 }
 
+/// Where a log header keeps its first sequence number (docs/FORMAT.md), for error reports.
+pub const FIRST_SEQ_OFFSET: u64 = 24;
+
+/// Checks that a log's first record follows on from the previous log, which ended before
+/// `next_seq`.
+pub fn check_continues(path: &Path, header: &WalHeader, next_seq: u64) -> Result<()> {
+    if header.first_seq == next_seq {
+        return Ok(());
+    }
+    Err(Error::corruption(
+        path,
+        FIRST_SEQ_OFFSET,
+        format!(
+            "log starts at sequence {} but the previous log ends at {next_seq}",
+            header.first_seq
+        ),
+    ))
+}
+
 /// Reads and validates a log header, naming `path` in any error.
 pub fn read_header(file: &dyn VfsFile, path: &Path) -> Result<WalHeader> {
     let mut bytes = [0u8; WAL_HEADER_LEN];

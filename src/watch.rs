@@ -11,8 +11,9 @@ use crate::error::{Error, Result};
 use crate::follow::{Followed, Position, read_until};
 use crate::format::OpRef;
 use crate::io::OpenMode;
-use crate::layout::{StoreFile, classify, wal_name};
+use crate::layout::wal_name;
 use crate::locking::COMMITTED_SEQ;
+use crate::recovery::list_store;
 use crate::wal;
 
 /// One change to a watched key.
@@ -187,18 +188,11 @@ impl Watcher {
     fn skip_gap(&mut self) -> Result<()> {
         let inner = &self.db.inner;
         let vfs = inner.options.vfs.as_ref();
-        let names = vfs
-            .list(&inner.dir)
-            .map_err(|e| Error::io("list", &inner.dir, e))?;
-        let oldest = names
-            .iter()
-            .filter_map(|name| match classify(name) {
-                StoreFile::Wal(generation) if generation > self.position.generation => {
-                    Some(generation)
-                }
-                _ => None,
-            })
-            .min();
+        // Logs are listed in generation order.
+        let oldest = list_store(vfs, &inner.dir)?
+            .wals
+            .into_iter()
+            .find(|&generation| generation > self.position.generation);
         let Some(generation) = oldest else {
             // Compactions only ever add a newer log before deleting older ones.
             return Err(Error::NotAStore {
@@ -212,7 +206,7 @@ impl Watcher {
         if header.first_seq < missed_from {
             return Err(Error::corruption(
                 &path,
-                16,
+                wal::FIRST_SEQ_OFFSET,
                 format!(
                     "log starts at sequence {}, before the end of generation {}",
                     header.first_seq, self.position.generation

@@ -209,6 +209,22 @@ fn child() {
     }
 }
 
+/// `writers` writer processes making `m` puts each; writer 0 compacts every 100 writes.
+fn spawn_writers(store: &str, writers: u32, m: u32) -> Vec<Child> {
+    (0..writers)
+        .map(|w| {
+            let every = if w == 0 { 100 } else { 0 };
+            let args = [
+                store.to_owned(),
+                w.to_string(),
+                m.to_string(),
+                every.to_string(),
+            ];
+            spawn("writer", &args)
+        })
+        .collect()
+}
+
 #[test]
 fn processes_incrementing_one_counter_in_transactions_lose_no_increment() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -240,20 +256,7 @@ fn writers_and_readers_in_separate_processes_see_every_acknowledged_write_across
         })
         .collect();
     // Writer 0 compacts every 100 writes, so readers see generations change under them.
-    let children: Vec<Child> = (0..writers)
-        .map(|w| {
-            let every = if w == 0 { 100 } else { 0 };
-            spawn(
-                "writer",
-                &[
-                    store.clone(),
-                    w.to_string(),
-                    m.to_string(),
-                    every.to_string(),
-                ],
-            )
-        })
-        .collect();
+    let children = spawn_writers(&store, writers, m);
     let mut acked = 0;
     for c in children {
         acked += finish(c).iter().filter(|l| l.starts_with("ack")).count();
@@ -282,21 +285,7 @@ fn a_watcher_process_receives_two_writer_processes_commits_in_order_across_compa
     );
     let mut lines = lines_of(&mut watcher);
     assert_eq!(lines.next().as_deref(), Some("ready"));
-    // Writer 0 compacts every 100 writes.
-    let children: Vec<Child> = (0..writers)
-        .map(|w| {
-            let every = if w == 0 { 100 } else { 0 };
-            spawn(
-                "writer",
-                &[
-                    store.clone(),
-                    w.to_string(),
-                    m.to_string(),
-                    every.to_string(),
-                ],
-            )
-        })
-        .collect();
+    let children = spawn_writers(&store, writers, m);
     for c in children {
         finish(c);
     }

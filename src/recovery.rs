@@ -15,7 +15,7 @@ use crate::locking::{
     StoreLock,
 };
 use crate::snapshot::Snapshot;
-use crate::view::View;
+use crate::view::{ReplayedOps, View};
 use crate::wal::{self, LogWriter, Stop};
 
 /// What recovery found and did, reported by [`Db::stats`](crate::Db::stats) and `kvctl stat`.
@@ -386,13 +386,13 @@ fn load_once(
         snapshot: base,
         ..View::default()
     };
+    let mut replayed = ReplayedOps::default();
     let mut replayed_records = 0;
     let mut next_seq = logs[0].2.first_seq;
     let last = logs.len() - 1;
     let mut end = None;
     for (i, (path, file, header)) in logs.into_iter().enumerate() {
         wal::check_continues(&path, &header, next_seq)?;
-        let mut failed = None;
         let scan = wal::scan(
             file.as_ref(),
             &path,
@@ -402,19 +402,13 @@ fn load_once(
             |record| {
                 replayed_records += 1;
                 for op in record.ops() {
-                    let applied = match op {
-                        OpRef::Put(key, value) => view.apply(key.into(), Some(value.into())),
-                        OpRef::Delete(key) => view.apply(key.into(), None),
-                    };
-                    if let Err(e) = applied {
-                        failed.get_or_insert(e);
+                    match op {
+                        OpRef::Put(key, value) => replayed.push(key.into(), Some(value.into())),
+                        OpRef::Delete(key) => replayed.push(key.into(), None),
                     }
                 }
             },
         )?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
         next_seq = scan.next_seq;
         let stopped_early = next_seq >= upto && upto != u64::MAX;
         // A clean stop must be followed by nothing but the preallocated zeros.
@@ -455,6 +449,7 @@ fn load_once(
                 .map_err(|e| Error::io("sync", path.as_path(), e))?;
         }
     }
+    view.replay(replayed)?;
     loaded.view = view;
     loaded.replayed_records = replayed_records;
     loaded.directory = directory;

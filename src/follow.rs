@@ -210,7 +210,14 @@ impl Inner {
     /// Rebuilds the view from the newest snapshot and the logs after it, up to `target`: when a
     /// log this handle needs was compacted away, or another process installed a new snapshot.
     pub(crate) fn reload(&self, position: &mut Position, target: u64) -> Result<()> {
-        let loaded = recovery::load(self.options.vfs.as_ref(), &self.dir, target, false, None)?;
+        let loaded = recovery::load(
+            self.options.vfs.as_ref(),
+            &self.dir,
+            target,
+            false,
+            None,
+            None,
+        )?;
         *self.write_state() = loaded.view;
         *position = loaded.position;
         Ok(())

@@ -114,19 +114,28 @@ pub fn open(
     };
 
     let mut report = RecoveryReport::default();
+    // Taken under the lock, a listing stays true while the lock is held: logs and snapshots are
+    // created and removed only under it. One listing serves the clean-up and the load.
+    let mut listing = None;
     if writable {
         // With no compaction running, nothing unfinished can be in progress: leftovers are
         // garbage. (A running compaction cleans up after itself.)
-        if let Some(_compacting) = compaction_lock.acquire(false)? {
-            report.removed_temporaries = remove_garbage(vfs, dir)?;
-        }
-        let now = list_store(vfs, dir)?;
+        let now = match compaction_lock.acquire(false)? {
+            Some(_compacting) => {
+                let (removed, left) = remove_garbage(vfs, dir)?;
+                report.removed_temporaries = removed;
+                left
+            }
+            None => list_store(vfs, dir)?,
+        };
         if now.wals.is_empty() && now.snapshots.is_empty() {
             let header = WalHeader {
                 generation: 0,
                 first_seq: 1,
             };
             wal::create(vfs, dir, header)?;
+        } else {
+            listing = Some(now);
         }
     }
 
@@ -134,7 +143,7 @@ pub fn open(
         synced_seq: store_lock.hint(SYNCED_SEQ),
         directory: store_lock.hint(DIRECTORY_SYNCED),
     };
-    let mut loaded = load(vfs, dir, u64::MAX, writable, Some(durable))?;
+    let mut loaded = load(vfs, dir, u64::MAX, writable, Some(durable), listing)?;
     report.replayed_records = loaded.replayed_records;
     report.quarantine_files = loaded.quarantine_files.clone();
     let last = loaded.position.clone();
@@ -204,9 +213,10 @@ pub fn open(
 }
 
 /// Removes unfinished temporaries and the files of generations older than the newest snapshot
-/// (a crash during a compaction's clean-up leaves them). Only with both locks held.
-fn remove_garbage(vfs: &dyn Vfs, dir: &Path) -> Result<u64> {
-    let listing = list_store(vfs, dir)?;
+/// (a crash during a compaction's clean-up leaves them). Only with both locks held. Returns how
+/// many it removed, and the store's files that are left.
+fn remove_garbage(vfs: &dyn Vfs, dir: &Path) -> Result<(u64, Listing)> {
+    let mut listing = list_store(vfs, dir)?;
     let start = listing.snapshots.last().copied().unwrap_or(0);
     let stale = listing
         .wals
@@ -229,7 +239,10 @@ fn remove_garbage(vfs: &dyn Vfs, dir: &Path) -> Result<u64> {
         vfs.sync_dir(dir)
             .map_err(|e| Error::io("sync the directory", dir, e))?;
     }
-    Ok(garbage.len() as u64)
+    listing.temporaries.clear();
+    listing.wals.retain(|&g| g >= start);
+    listing.snapshots.retain(|&g| g >= start);
+    Ok((garbage.len() as u64, listing))
 }
 
 /// A store's state as read from its files.
@@ -278,17 +291,23 @@ const LOAD_ATTEMPTS: usize = 100;
 /// Reads the store: the newest snapshot, then every later log, up to (not including) sequence
 /// number `upto`. With `sync_first`, makes the directory and the logs durable before reading
 /// them. Starts over if a compaction in another process removes a file it was about to open.
+/// `listing`, if the caller has one taken under `LOCK` (still held), saves listing again.
 pub fn load(
     vfs: &dyn Vfs,
     dir: &Path,
     upto: u64,
     writable: bool,
     sync_first: Option<AlreadyDurable>,
+    mut listing: Option<Listing>,
 ) -> Result<Loaded> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match load_once(vfs, dir, upto, writable, sync_first) {
+        let listing = match listing.take() {
+            Some(listing) => listing,
+            None => list_store(vfs, dir)?,
+        };
+        match load_once(vfs, dir, upto, writable, sync_first, listing) {
             Err(Error::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound && attempt < LOAD_ATTEMPTS => {}
             other => return other,
@@ -302,8 +321,8 @@ fn load_once(
     upto: u64,
     writable: bool,
     sync_first: Option<AlreadyDurable>,
+    listing: Listing,
 ) -> Result<Loaded> {
-    let listing = list_store(vfs, dir)?;
     // The newest snapshot is the base; a damaged one is an error, never silently skipped (the
     // logs it replaced may already be gone).
     let base = match listing.snapshots.last() {

@@ -57,13 +57,16 @@ impl Memtable {
         previous
     }
 
-    /// A table of `entries`, which must be sorted by key with no key twice. Building the tree
-    /// from sorted entries is linear, where inserting them one by one costs a search each.
-    pub fn from_sorted(entries: Vec<(Bytes, Option<Bytes>)>) -> Memtable {
-        debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
-        let mut index = HashIndex::with_capacity_and_hasher(entries.len(), Default::default());
+    /// A table of `entries`, which must be sorted by key with no key twice (`capacity`: about
+    /// how many there are). Building the tree from sorted entries is linear, where inserting
+    /// them one by one costs a search each.
+    pub fn from_sorted(
+        entries: impl IntoIterator<Item = (Bytes, Option<Bytes>)>,
+        capacity: usize,
+    ) -> Memtable {
+        let mut index = HashIndex::with_capacity_and_hasher(capacity, Default::default());
         let mut approximate_bytes = 0;
-        let map = entries
+        let map: BTreeMap<_, _> = entries
             .into_iter()
             .map(|(key, value)| {
                 approximate_bytes +=
@@ -173,7 +176,7 @@ mod tests {
         for (k, v) in entries.iter().rev() {
             one_by_one.insert(k.clone(), v.clone());
         }
-        let built = Memtable::from_sorted(entries);
+        let built = Memtable::from_sorted(entries, 0);
         assert_eq!(built.len(), one_by_one.len());
         assert_eq!(built.approximate_bytes(), one_by_one.approximate_bytes());
         let all = |m: &Memtable| {

@@ -14,16 +14,28 @@ use crate::snapshot::Snapshot;
 /// Operations read from the log during recovery, oldest first, for [`View::replay`].
 #[derive(Debug)]
 pub struct ReplayedOps {
-    ops: Vec<(Bytes, Option<Bytes>)>,
+    ops: Vec<ReplayedOp>,
+    /// Where the next operation comes in the log.
+    next_position: u64,
     /// Beyond this many operations, the ones overwritten are dropped as they come, so that a log
     /// of many writes to few keys is not held whole.
     squeeze_at: usize,
+}
+
+#[derive(Debug)]
+struct ReplayedOp {
+    /// The key's first eight bytes as an integer, so that sorting seldom follows a pointer.
+    prefix: u64,
+    position: u64,
+    key: Bytes,
+    value: Option<Bytes>,
 }
 
 impl Default for ReplayedOps {
     fn default() -> Self {
         ReplayedOps {
             ops: Vec::new(),
+            next_position: 0,
             squeeze_at: 1 << 20,
         }
     }
@@ -36,38 +48,27 @@ impl ReplayedOps {
             // Squeeze again only once as many more have come, so that squeezing stays linear.
             self.squeeze_at = self.squeeze_at.max(2 * self.ops.len());
         }
-        self.ops.push((key, value));
+        self.ops.push(ReplayedOp {
+            prefix: key_prefix(&key),
+            position: self.next_position,
+            key,
+            value,
+        });
+        self.next_position += 1;
     }
 
-    /// Sorts by key and keeps only the newest operation on each. The sort compares the keys'
-    /// first eight bytes as an integer kept beside each operation's position, and reads the keys
-    /// themselves only on a tie, so that it seldom follows a pointer; ties on the whole key go by
-    /// position, so the newest operation is the last of its run.
+    /// Sorts by key and keeps only the newest operation on each, in place. Keys are compared
+    /// whole only when their prefixes tie; equal keys sort newest first, and the first of each
+    /// run is kept.
     fn keep_newest(&mut self) {
-        let ops = &self.ops;
-        let mut order: Vec<(u64, usize)> = ops
-            .iter()
-            .enumerate()
-            .map(|(i, (key, _))| (key_prefix(key), i))
-            .collect();
-        order.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| ops[a.1].0.cmp(&ops[b.1].0))
-                .then(a.1.cmp(&b.1))
+        self.ops.sort_unstable_by(|a, b| {
+            a.prefix
+                .cmp(&b.prefix)
+                .then_with(|| a.key.cmp(&b.key))
+                .then(b.position.cmp(&a.position))
         });
-        let mut slots: Vec<Option<(Bytes, Option<Bytes>)>> = std::mem::take(&mut self.ops)
-            .into_iter()
-            .map(Some)
-            .collect();
-        let mut kept: Vec<(Bytes, Option<Bytes>)> = Vec::with_capacity(order.len());
-        for (_, i) in order {
-            let op = slots[i].take().expect("each position once");
-            match kept.last_mut() {
-                Some(last) if last.0 == op.0 => *last = op,
-                _ => kept.push(op),
-            }
-        }
-        self.ops = kept;
+        self.ops
+            .dedup_by(|later, kept| later.prefix == kept.prefix && later.key == kept.key);
     }
 }
 
@@ -173,22 +174,36 @@ impl View {
     pub fn replay(&mut self, mut ops: ReplayedOps) -> Result<()> {
         debug_assert_eq!(self.memtable.len(), 0);
         ops.keep_newest();
-        let mut entries = Vec::with_capacity(ops.ops.len());
-        for (key, value) in ops.ops {
-            let in_base = self.base_contains(&key)?;
-            match value {
+        let count = ops.ops.len();
+        let mut live_keys = self.live_keys;
+        let mut failed = None;
+        let view = &*self;
+        let entries = ops.ops.into_iter().map_while(|op| {
+            let in_base = match view.base_contains(&op.key) {
+                Ok(in_base) => in_base,
+                Err(e) => {
+                    failed = Some(e);
+                    return None;
+                }
+            };
+            Some(match op.value {
                 Some(value) => {
-                    self.live_keys += u64::from(!in_base);
-                    entries.push((key, Some(value)));
+                    live_keys += u64::from(!in_base);
+                    Some((op.key, Some(value)))
                 }
                 None if in_base => {
-                    self.live_keys -= 1;
-                    entries.push((key, None)); // a tombstone hides the older value
+                    live_keys -= 1;
+                    Some((op.key, None)) // a tombstone hides the older value
                 }
-                None => {}
-            }
+                None => None,
+            })
+        });
+        let memtable = Memtable::from_sorted(entries.flatten(), count);
+        if let Some(e) = failed {
+            return Err(e);
         }
-        self.memtable = Memtable::from_sorted(entries);
+        self.memtable = memtable;
+        self.live_keys = live_keys;
         Ok(())
     }
 
@@ -362,8 +377,8 @@ mod tests {
         };
         for squeeze_at in [usize::MAX, 1, 37] {
             let mut replayed = ReplayedOps {
-                ops: Vec::new(),
                 squeeze_at,
+                ..ReplayedOps::default()
             };
             let mut one_by_one = View::default();
             for _ in 0..3000 {

@@ -74,7 +74,7 @@ impl ReplayedOps {
 
 /// The key's first eight bytes, big-endian, zero-padded: comparing these orders keys as
 /// comparing the keys does, except where they are equal.
-fn key_prefix(key: &[u8]) -> u64 {
+pub(crate) fn key_prefix(key: &[u8]) -> u64 {
     let mut prefix = [0u8; 8];
     let n = key.len().min(8);
     prefix[..n].copy_from_slice(&key[..n]);

@@ -72,6 +72,37 @@ impl ReplayedOps {
     }
 }
 
+/// `upper` and `lower`, each sorted by `order` with no key twice, merged into one such run; where
+/// both hold a key, `upper`'s entry wins.
+fn merge_over(
+    upper: Vec<(Bytes, Option<Bytes>)>,
+    lower: Vec<(Bytes, Option<Bytes>)>,
+    order: impl Fn(&[u8], &[u8]) -> Ordering,
+) -> Vec<(Bytes, Option<Bytes>)> {
+    if upper.is_empty() {
+        return lower;
+    }
+    if lower.is_empty() {
+        return upper;
+    }
+    let mut out = Vec::with_capacity(upper.len() + lower.len());
+    let mut upper = upper.into_iter().peekable();
+    let mut lower = lower.into_iter().peekable();
+    while let (Some((u, _)), Some((l, _))) = (upper.peek(), lower.peek()) {
+        match order(u, l) {
+            Ordering::Less => out.extend(upper.next()),
+            Ordering::Greater => out.extend(lower.next()),
+            Ordering::Equal => {
+                lower.next();
+                out.extend(upper.next());
+            }
+        }
+    }
+    out.extend(upper);
+    out.extend(lower);
+    out
+}
+
 /// The key's first eight bytes, big-endian, zero-padded: comparing these orders keys as
 /// comparing the keys does, except where they are equal.
 pub(crate) fn key_prefix(key: &[u8]) -> u64 {
@@ -279,61 +310,21 @@ impl View {
             .filter_map(|l| l.last().map(|(k, _)| k.clone()))
             .min_by(|a, b| order(a, b));
 
-        // Only keys up to the horizon are complete in every layer.
-        let beyond = |key: &Bytes| {
-            horizon
-                .as_ref()
-                .is_some_and(|h| order(key, h) == Ordering::Greater)
-        };
-        let mut layers: Vec<std::collections::VecDeque<_>> = layers
-            .into_iter()
-            .filter(|l| !l.is_empty())
-            .map(Into::into)
-            .collect();
-        let mut out = Vec::new();
-        if layers.len() == 1 {
-            // The common case (e.g. a scan of a compacted store): nothing to merge.
-            out.extend(
-                layers[0]
-                    .drain(..)
-                    .take_while(|(k, _)| !beyond(k))
-                    .filter_map(|(k, v)| Some((k, v?))),
-            );
-        } else {
-            // Merge: repeatedly take the nearest head; the uppermost layer wins a tie, and the
-            // same key in lower layers is skipped.
-            loop {
-                let mut best: Option<usize> = None;
-                for (i, layer) in layers.iter().enumerate() {
-                    let Some((key, _)) = layer.front() else {
-                        continue;
-                    };
-                    if beyond(key) {
-                        continue;
-                    }
-                    let nearer = best.is_none_or(|b| {
-                        layers[b]
-                            .front()
-                            .is_some_and(|(bk, _)| order(key, bk) == Ordering::Less)
-                    });
-                    if nearer {
-                        best = Some(i);
-                    }
-                }
-                let Some(winner) = best else { break };
-                let Some((key, value)) = layers[winner].pop_front() else {
-                    break;
-                };
-                for layer in layers.iter_mut().skip(winner + 1) {
-                    if layer.front().is_some_and(|(k, _)| *k == key) {
-                        layer.pop_front();
-                    }
-                }
-                if let Some(value) = value {
-                    out.push((key, value));
-                }
+        // Only keys up to the horizon are complete in every layer: cut each layer there, then
+        // merge pairwise from the top, the upper layer winning a key found in both, and drop the
+        // tombstones last (until then they hide the keys below them).
+        let mut merged = Vec::new();
+        for mut layer in layers {
+            if let Some(h) = &horizon {
+                let keep = layer.partition_point(|(k, _)| order(k, h) != Ordering::Greater);
+                layer.truncate(keep);
             }
+            merged = merge_over(merged, layer, order);
         }
+        let out: Vec<(Bytes, Bytes)> = merged
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
         Ok(Chunk {
             entries: out,
             horizon,

@@ -405,6 +405,7 @@ impl Inner {
                     // Compactions elsewhere went past the next log too and removed it: every
                     // record before the newest log is in a snapshot, so go straight there.
                     *writer = self.open_newest_log()?;
+                    self.make_name_durable(writer.path())?;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -423,6 +424,7 @@ impl Inner {
                     ),
                 ));
             }
+            self.make_name_durable(&path)?;
             *writer = LogWriter::new(
                 path,
                 file,
@@ -440,6 +442,19 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// Before appending to a log another process created: syncs the directory, since that
+    /// process may have died between renaming the log into place and syncing the directory, and a
+    /// power cut would then take the log, and whatever we acknowledged in it, away. A failure
+    /// poisons the handle, as a failed `fdatasync` does: a retry could report success with the
+    /// name still not durable.
+    fn make_name_durable(&self, log: &std::path::Path) -> Result<()> {
+        self.options.vfs.sync_dir(&self.dir).map_err(|e| {
+            let e = Error::io("sync the directory of", log, e);
+            self.set_poison(e.to_string());
+            e
+        })
     }
 
     /// Whether anything lies at the writer's end of the log (another process appended, or left a

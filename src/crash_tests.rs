@@ -621,3 +621,46 @@ fn a_power_cut_or_a_fault_at_any_step_of_a_backup_leaves_no_half_copy() {
     eprintln!("{steps} backup steps: {images} power-cut images, {faults} fault cases");
     assert!(steps > 8, "only {steps} steps");
 }
+
+/// A process that dies in the middle of cutting a new log (after its rename, before the
+/// directory `fsync` that makes the rename durable) leaves a log whose name a power cut can take
+/// away. Another process that follows the log into it must make that name durable before it
+/// appends there: here a persistent EIO stops one handle at every step of a compaction, as a
+/// kill would, the other handle writes on, and a power cut that keeps nothing unsynced must keep
+/// every write it acknowledged.
+#[test]
+fn a_writer_that_follows_a_dead_writers_new_log_makes_its_name_durable() {
+    let history = |vfs: &SimVfs| {
+        let dying = open(vfs).expect("open");
+        let survivor = open(vfs).expect("open a second handle");
+        for i in 0..10 {
+            dying.put(format!("k{i:02}"), "before").expect("put");
+        }
+        (dying, survivor)
+    };
+    let dry = SimVfs::new();
+    let (dying, _survivor) = history(&dry);
+    let before = dry.ops();
+    dying.compact().expect("compact");
+    let steps = dry.ops() - before;
+    for at in 0..steps {
+        let vfs = SimVfs::new();
+        let (dying, survivor) = history(&vfs);
+        vfs.inject(vfs.ops() + at, Fault::Eio, true);
+        let _ = dying.compact();
+        vfs.clear_faults();
+        let what = format!("the compacting handle stopped at step {at} of {steps}");
+        survivor
+            .put("after", "acknowledged")
+            .unwrap_or_else(|e| panic!("{what}: the other handle could not write: {e}"));
+        let mut expected = dump(&survivor);
+        expected.insert(b"after".to_vec(), b"acknowledged".to_vec());
+        let image = vfs.crash_keeping(0);
+        let db = open(&image).unwrap_or_else(|e| panic!("{what}: no reopen: {e}"));
+        assert_eq!(
+            dump(&db),
+            expected,
+            "{what}, then a power cut: data was lost"
+        );
+    }
+}

@@ -80,6 +80,9 @@ impl Inner {
                 path: self.dir.clone(),
             });
         };
+        // Start from the newest snapshot: another process may have compacted since this handle
+        // last looked, and removed the snapshot its view is built on.
+        self.refresh()?;
         self.compact_locked(progress)
     }
 
@@ -199,9 +202,7 @@ impl Inner {
         let mut out =
             SnapshotWriter::create(self.options.vfs.as_ref(), &self.dir, generation, expected)?;
         let result = (|| -> Result<bool> {
-            let mut old = base
-                .map(|s| s.stream(self.options.vfs.as_ref()))
-                .transpose()?;
+            let mut old = base.map(Snapshot::stream);
             let mut new = frozen.range(Bound::Unbounded, Bound::Unbounded).peekable();
             let mut done = 0u64;
             loop {

@@ -42,12 +42,11 @@ pub fn snapshot(data: &[u8]) {
             }
         }
     }
-    if let Ok(mut stream) = snapshot.stream(&vfs) {
-        for _ in 0..10_000 {
-            match stream.next_entry() {
-                Ok(Some(_)) => {}
-                _ => break,
-            }
+    let mut stream = snapshot.stream();
+    for _ in 0..10_000 {
+        match stream.next_entry() {
+            Ok(Some(_)) => {}
+            _ => break,
         }
     }
 }

@@ -495,20 +495,18 @@ impl Snapshot {
 
     /// Reads the entries in order with `pread` rather than through the map, checking every
     /// block, so that a compaction streaming through a large snapshot does not make all of it
-    /// resident in this process.
-    pub fn stream(self: &Arc<Self>, vfs: &dyn Vfs) -> Result<Stream> {
-        let file = vfs
-            .open(&self.path, OpenMode::Read)
-            .map_err(|e| Error::io("open", &self.path, e))?;
-        Ok(Stream {
+    /// resident in this process. It reads through the descriptor opened with the snapshot, which
+    /// stays readable after another process's compaction has removed the file.
+    pub fn stream(self: &Arc<Self>) -> Stream {
+        Stream {
             snapshot: Arc::clone(self),
-            file,
+            file: Arc::clone(&self.file),
             next_block: 0,
             buf: Vec::new(),
             buf_start: 0,
             block: 0..0,
             at: 0,
-        })
+        }
     }
 }
 

@@ -667,10 +667,10 @@ fn a_writer_that_follows_a_dead_writers_new_log_makes_its_name_durable() {
 
 /// One handle dies (a persistent EIO from a random step on, as a kill would stop it) in the
 /// middle of whatever it was doing — a put, a batch, a transaction, a compaction — while the
-/// other, or a handle opened only then, writes and compacts on; then the power is cut. Every write either handle acknowledged
-/// is there after the cut, under every crash model, and nothing else is but the dead handle's
-/// last, unacknowledged one. Each key is written once with its own value, so that "there" is
-/// exact.
+/// other, or a handle opened only then, writes and compacts on; then the power is cut. Every
+/// write acknowledged by any handle is there after the cut, under every crash model, and nothing
+/// else is but the dead handle's last, unacknowledged one. Each key is written once with its own
+/// value, so that "there" is exact.
 #[test]
 fn a_handle_killed_mid_operation_then_a_power_cut_loses_nothing_acknowledged() {
     let mut images = 0;
@@ -717,7 +717,7 @@ fn a_handle_killed_mid_operation_then_a_power_cut_loses_nothing_acknowledged() {
             (result.is_ok(), keys)
         };
         // Both handles work for a while; then the first dies at a random step of its next few
-        // operations, and the second works on.
+        // operations, and a survivor works on.
         for _ in 0..rng.below(12) {
             let who = rng.below(2) as usize;
             op(&handles[who], &mut rng, &mut acked);

@@ -667,7 +667,8 @@ fn a_writer_that_follows_a_dead_writers_new_log_makes_its_name_durable() {
 
 /// One handle dies (a persistent EIO from a random step on, as a kill would stop it) in the
 /// middle of whatever it was doing — a put, a batch, a transaction, a compaction — while the
-/// other, or a handle opened only then, writes and compacts on; then the power is cut. Every
+/// other, or a handle opened only then, writes and compacts on (sometimes after a third one died
+/// in the middle of opening the store); then the power is cut. Every
 /// write acknowledged by any handle is there after the cut, under every crash model, and nothing
 /// else is but the dead handle's last, unacknowledged one. Each key is written once with its own
 /// value, so that "there" is exact.
@@ -722,7 +723,13 @@ fn a_handle_killed_mid_operation_then_a_power_cut_loses_nothing_acknowledged() {
             let who = rng.below(2) as usize;
             op(&handles[who], &mut rng, &mut acked);
         }
-        vfs.inject(vfs.ops() + rng.below(40), Fault::Eio, true);
+        // A kill can land inside a write, leaving part of it in the file.
+        let death = [
+            Fault::Eio,
+            Fault::ShortWrite(Kept::FirstByte),
+            Fault::ShortWrite(Kept::AllButLast),
+        ][rng.below(3) as usize];
+        vfs.inject(vfs.ops() + rng.below(40), death, true);
         let mut in_flight = Vec::new();
         for _ in 0..4 {
             let (ok, keys) = op(&handles[0], &mut rng, &mut acked);
@@ -732,8 +739,15 @@ fn a_handle_killed_mid_operation_then_a_power_cut_loses_nothing_acknowledged() {
             }
         }
         vfs.clear_faults();
+        // Sometimes a third process opens the store and dies in the middle of its recovery
+        // (repairing the dead one's torn tail, clearing its leftovers).
+        if rng.below(3) == 0 {
+            vfs.inject(vfs.ops() + rng.below(12), Fault::Eio, true);
+            let _ = open(&vfs);
+            vfs.clear_faults();
+        }
         // The survivor is the other handle, or a process that opens the store only now and
-        // must recover whatever the dead one left half done.
+        // must recover whatever the dead ones left half done.
         let fresh;
         let survivor = if rng.below(2) == 0 {
             &handles[1]

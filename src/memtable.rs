@@ -12,25 +12,26 @@ use crate::bytes::Bytes;
 const ENTRY_OVERHEAD: usize = 112;
 
 /// Key to entry, for point lookups.
-type HashIndex = HashMap<MemKey, Option<Arc<[u8]>>, foldhash::fast::RandomState>;
+type HashIndex = HashMap<Arc<[u8]>, Option<Arc<[u8]>>, foldhash::fast::RandomState>;
 
 /// A memtable key: the shared heap bytes, and their first eight bytes again as an integer kept
 /// in the tree's node, so that most comparisons while searching the tree read no memory but the
 /// node's. A bulk load into a tree of bare shared keys spent a fifth of its time in comparisons,
-/// each a cache miss on a key somewhere on the heap. Ordered, compared and hashed as its bytes.
+/// each a cache miss on a key somewhere on the heap. Ordered and compared as its bytes. (The hash
+/// index needs no prefix: it keeps the bare `Arc`.)
 #[derive(Clone)]
 struct MemKey {
     prefix: u64,
     bytes: Arc<[u8]>,
 }
 
-// Eight bytes more than a bare `Arc<[u8]>`, in the tree and in the index.
+// Eight bytes more than a bare `Arc<[u8]>`, in the tree only.
 const _: () = assert!(std::mem::size_of::<MemKey>() == 24);
 
 impl MemKey {
     fn new(key: Bytes) -> MemKey {
         MemKey {
-            prefix: crate::view::key_prefix(&key),
+            prefix: crate::format::key_prefix(&key),
             bytes: key.into_arc(),
         }
     }
@@ -70,13 +71,6 @@ impl Ord for MemKey {
         self.prefix
             .cmp(&other.prefix)
             .then_with(|| self.as_slice().cmp(other.as_slice()))
-    }
-}
-
-impl std::hash::Hash for MemKey {
-    // As the bytes hash, so that the index can be asked with a `&[u8]`.
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_slice().hash(state);
     }
 }
 
@@ -121,7 +115,7 @@ impl Memtable {
     fn insert_entry(&mut self, key: MemKey, value: Option<Arc<[u8]>>) -> Option<Option<Arc<[u8]>>> {
         let key_len = key.as_slice().len();
         let added = key_len + value.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD;
-        self.index.insert(key.clone(), value.clone());
+        self.index.insert(Arc::clone(&key.bytes), value.clone());
         let previous = self.map.insert(key, value);
         if let Some(old) = &previous {
             // Replacing an entry: take the old one off before adding the new one.
@@ -147,7 +141,7 @@ impl Memtable {
                 approximate_bytes +=
                     key.len() + value.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD;
                 let (key, value) = (MemKey::new(key), value.map(Bytes::into_arc));
-                index.insert(key.clone(), value.clone());
+                index.insert(Arc::clone(&key.bytes), value.clone());
                 (key, value)
             })
             .collect();

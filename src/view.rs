@@ -49,7 +49,7 @@ impl ReplayedOps {
             self.squeeze_at = self.squeeze_at.max(2 * self.ops.len());
         }
         self.ops.push(ReplayedOp {
-            prefix: key_prefix(&key),
+            prefix: crate::format::key_prefix(&key),
             position: self.next_position,
             key,
             value,
@@ -101,15 +101,6 @@ fn merge_over(
     out.extend(upper);
     out.extend(lower);
     out
-}
-
-/// The key's first eight bytes, big-endian, zero-padded: comparing these orders keys as
-/// comparing the keys does, except where they are equal.
-pub(crate) fn key_prefix(key: &[u8]) -> u64 {
-    let mut prefix = [0u8; 8];
-    let n = key.len().min(8);
-    prefix[..n].copy_from_slice(&key[..n]);
-    u64::from_be_bytes(prefix)
 }
 
 /// Readers' view of the store, behind the handle's `RwLock`.
@@ -399,6 +390,7 @@ mod tests {
 
     #[test]
     fn key_prefix_orders_as_the_keys_do() {
+        use crate::format::key_prefix;
         let keys: [&[u8]; 8] = [
             b"",
             b"\0",

@@ -783,3 +783,42 @@ fn a_handle_killed_mid_operation_then_a_power_cut_loses_nothing_acknowledged() {
     }
     eprintln!("{images} crash images after a handle was killed mid-operation");
 }
+
+/// A failed directory sync before appending to another process's new log poisons the handle, as
+/// a failed `fdatasync` does: a retry might report success with the name still not durable.
+#[test]
+fn a_failed_directory_sync_before_following_into_a_new_log_poisons_the_handle() {
+    let setup = |vfs: &SimVfs| {
+        let compacting = open(vfs).expect("open");
+        let follower = open(vfs).expect("open a second handle");
+        compacting.put("a", "1").expect("put");
+        compacting.compact().expect("compact");
+        follower
+    };
+    let dry = SimVfs::new();
+    let follower = setup(&dry);
+    let before = dry.ops();
+    follower.put("b", "2").expect("put");
+    let steps = dry.ops() - before;
+    let mut hit = 0;
+    for at in 0..steps {
+        let vfs = SimVfs::new();
+        let follower = setup(&vfs);
+        vfs.inject(vfs.ops() + at, Fault::Eio, false);
+        let Err(e) = follower.put("b", "2") else {
+            continue;
+        };
+        if !e.to_string().contains("sync the directory of") {
+            continue;
+        }
+        hit += 1;
+        assert!(
+            matches!(follower.put("c", "3"), Err(crate::Error::Poisoned { .. })),
+            "step {at}: the handle went on after a failed directory sync"
+        );
+    }
+    assert_eq!(
+        hit, 1,
+        "the follower's directory sync is one of its {steps} steps"
+    );
+}

@@ -25,8 +25,25 @@ use crate::error::{Error, Result};
 use crate::format::{WAL_HEADER_LEN, encode_record};
 use crate::io::{OpenMode, VfsFile};
 use crate::layout::{StoreFile, classify, wal_name};
-use crate::locking::{COMMITTED_SEQ, LockGuard, SNAPSHOT_GENERATION, SYNCED_SEQ};
+use crate::locking::{
+    APPENDED_SEQ, COMMITTED_SEQ, LAST_SYNC_OTHERS, LOG_GENERATION, LockGuard, SNAPSHOT_GENERATION,
+    SYNC_RUNNING, SYNCED_SEQ,
+};
 use crate::wal::{self, LogWriter, Stop};
+
+/// How long a store-wide sync may run before others give it up for dead (its process killed),
+/// at the least; more if syncs here are slow.
+const DEAD_SYNC_PATIENCE: Duration = Duration::from_millis(100);
+
+/// The longest [`Inner::gather_others`] waits for other processes' appends.
+const MAX_GATHER: Duration = Duration::from_micros(200);
+
+/// A token naming one store-wide sync: the process and a count, never 0.
+fn sync_token() -> u64 {
+    static SYNCS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let count = SYNCS.fetch_add(1, Ordering::Relaxed);
+    (u64::from(std::process::id()) << 32) | u64::from(count) | 1 << 63
+}
 
 /// Threads waiting to commit, and the order commits finish in.
 #[derive(Default)]
@@ -85,6 +102,7 @@ pub(crate) struct OwnRecord {
 pub(crate) struct Appended {
     path: PathBuf,
     file: Arc<dyn VfsFile>,
+    generation: u64,
     /// The sequence number after the last record appended.
     end_seq: u64,
 }
@@ -178,13 +196,18 @@ impl Inner {
         let mut writer = lock(&self.writer);
         let guard = self.store_lock.exclusive()?;
         self.follow_the_log(&mut writer, &guard)?;
-        self.append_records(&mut writer, batches)?;
+        self.append_records(&mut writer, &guard, batches)?;
         Ok(self.appended(&writer))
     }
 
     /// Appends one record per batch, and keeps the batches for [`Inner::catch_up`], which then
     /// applies them without reading them back from the log.
-    fn append_records(&self, writer: &mut LogWriter, batches: Vec<Batch>) -> Result<()> {
+    fn append_records(
+        &self,
+        writer: &mut LogWriter,
+        guard: &LockGuard<'_>,
+        batches: Vec<Batch>,
+    ) -> Result<()> {
         let (first_seq, start) = (writer.next_seq(), writer.end());
         let mut lens = Vec::with_capacity(batches.len());
         let appended = writer.append(|buf, first_seq| {
@@ -201,6 +224,8 @@ impl Inner {
             }
             return Err(e);
         }
+        self.store_lock
+            .note_append(guard, writer.generation(), writer.next_seq());
         self.commits
             .fetch_add(batches.len() as u64, Ordering::Relaxed);
         let mut own = lock(&self.own_records);
@@ -225,6 +250,7 @@ impl Inner {
         let appended = Appended {
             path: writer.path().to_owned(),
             file: writer.file_arc(),
+            generation: writer.generation(),
             end_seq: writer.next_seq(),
         };
         let mut syncs = lock(&self.sync_state);
@@ -291,13 +317,11 @@ impl Inner {
             };
             let covered = syncs.uncovered();
             syncs.covered_so_far = syncs.appended;
+            let last_took = syncs.last_took;
             drop(syncs);
             let started = Instant::now();
-            let synced = self.sync_file(&target.path, target.file.as_ref());
+            let synced = self.sync_for_store(&target, covered, last_took);
             let took = started.elapsed();
-            if synced.is_ok() {
-                self.store_lock.raise_hint(SYNCED_SEQ, target.end_seq);
-            }
             syncs = lock(&self.sync_state);
             syncs.running = false;
             if synced.is_ok() {
@@ -436,12 +460,89 @@ impl Inner {
         }
         // The files are the truth: a hint ahead of the log (a damaged page, a lost tail) would
         // send readers looking for records that are not there.
-        for word in [COMMITTED_SEQ, SYNCED_SEQ] {
+        for word in [COMMITTED_SEQ, SYNCED_SEQ, APPENDED_SEQ] {
             if self.store_lock.hint(word) > writer.next_seq() {
                 self.store_lock.correct_hint(guard, word, writer.next_seq());
             }
         }
+        if self.store_lock.hint(LOG_GENERATION) > writer.generation() {
+            self.store_lock
+                .correct_hint(guard, LOG_GENERATION, writer.generation());
+        }
         Ok(())
+    }
+
+    /// About to sync for the store, when the last such sync covered other processes' records
+    /// too: gives them a moment to append their next ones (until the log of `generation`
+    /// reaches sequence `enough`), so that this sync covers them as well rather than leave them
+    /// a sync of their own. Otherwise processes fall into turns, each waiting out the other's
+    /// sync. The wait is short (a third of a sync, at most [`MAX_GATHER`]), and yields the CPU
+    /// rather than sleep: waking a sleeper would take about as long.
+    fn gather_others(&self, generation: u64, enough: u64, last_took: Duration) {
+        let deadline = Instant::now() + (last_took / 3).min(MAX_GATHER);
+        while self.store_lock.appended_in(generation) < enough && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Makes `target` durable, sharing `fdatasync`s with writers in other processes: while one
+    /// runs, others wait for it rather than queue their own behind it (the disk would run them
+    /// one after the other anyway), and the next one covers every record appended meanwhile, by
+    /// anyone. Nothing here is trusted for correctness but [`SYNCED_SEQ`], which is raised only
+    /// after a successful sync, to what it covered; a sync claimed by a process that died is
+    /// given up for dead after a while, and the waiter syncs itself.
+    fn sync_for_store(&self, target: &Appended, own: u64, last_took: Duration) -> Result<()> {
+        let store = &self.store_lock;
+        if !store.is_shared() {
+            self.sync_file(&target.path, target.file.as_ref())?;
+            store.raise_hint(SYNCED_SEQ, target.end_seq);
+            return Ok(());
+        }
+        let patience = DEAD_SYNC_PATIENCE.max(last_took * 8);
+        let mut waiting_for: Option<(u64, Instant)> = None;
+        loop {
+            if store.hint(SYNCED_SEQ) >= target.end_seq {
+                return Ok(()); // another process's sync covered it
+            }
+            self.check_poison()?;
+            // The count first: a sync that ends after this read wakes the wait below.
+            let finished = store.syncs_finished();
+            let running = store.hint(SYNC_RUNNING);
+            if running != 0 {
+                let since = match waiting_for {
+                    Some((token, since)) if token == running => since,
+                    _ => waiting_for.insert((running, Instant::now())).1,
+                };
+                let left = patience.saturating_sub(since.elapsed());
+                if !left.is_zero() {
+                    store.wait_for_sync(finished, left);
+                    continue;
+                }
+                log::warn!(
+                    "{}: a sync by another process has not finished in {patience:?}; syncing here",
+                    target.path.display()
+                );
+            }
+            let token = sync_token();
+            if !store.claim_sync(running, token) {
+                continue;
+            }
+            let synced_before = store.hint(SYNCED_SEQ);
+            let others = store.hint(LAST_SYNC_OTHERS);
+            if others > 0 {
+                self.gather_others(target.generation, synced_before + own + others, last_took);
+            }
+            // Everything appended to this log so far is written: the sync covers it all.
+            let covers = store.appended_in(target.generation).max(target.end_seq);
+            let synced = self.sync_file(&target.path, target.file.as_ref());
+            if synced.is_ok() {
+                store.raise_hint(SYNCED_SEQ, covers);
+                let others = (covers - synced_before.min(covers)).saturating_sub(own);
+                store.set_hint(LAST_SYNC_OTHERS, others);
+            }
+            store.end_sync(token);
+            return synced;
+        }
     }
 
     /// Before appending to a log another process created: syncs the directory, since that
@@ -550,11 +651,133 @@ impl Inner {
             return Ok(value);
         }
         batch.check_limits()?;
-        self.append_records(&mut writer, vec![batch])?;
+        self.append_records(&mut writer, &guard, vec![batch])?;
         let appended = self.appended(&writer);
         drop((guard, writer));
         turn.stop_appending();
         self.make_durable(&appended)?;
         Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::campaign::{dump, open};
+    use crate::sim::SimVfs;
+
+    fn one_put(key: &str) -> Vec<Batch> {
+        let mut batch = Batch::new();
+        batch.put(key, "v");
+        vec![batch]
+    }
+
+    /// A store-wide sync covers what other processes appended to the same log before it started
+    /// (raising the synced sequence over their records, which a power cut then keeps), but never
+    /// records in a newer log, which the file it syncs does not hold.
+    #[test]
+    fn a_store_wide_sync_covers_other_processes_appends_to_its_log_and_no_newer_one() {
+        let vfs = SimVfs::new();
+        let (a, b) = (open(&vfs).expect("open"), open(&vfs).expect("open"));
+        a.put("0", "v").expect("put");
+        let mine = a.inner.append(one_put("a")).expect("append");
+        let theirs = b.inner.append(one_put("b")).expect("append");
+        assert!(theirs.end_seq > mine.end_seq);
+        a.inner
+            .sync_for_store(&mine, 1, Duration::ZERO)
+            .expect("sync");
+        assert_eq!(a.inner.store_lock.hint(SYNCED_SEQ), theirs.end_seq);
+        let image = vfs.crash_keeping(0);
+        let keys: Vec<_> = dump(&open(&image).expect("reopen")).into_keys().collect();
+        assert_eq!(keys, [b"0".to_vec(), b"a".to_vec(), b"b".to_vec()]);
+
+        // Now the other process cuts a new log and appends to it between this process's append
+        // and its sync. (The cut makes the old log durable and says so; the sync below runs as
+        // if it had looked before that.)
+        let mine = a.inner.append(one_put("c")).expect("append");
+        b.compact().expect("compact");
+        let theirs = b.inner.append(one_put("d")).expect("append");
+        assert!(theirs.generation > mine.generation);
+        let synced = mine.end_seq - 1;
+        {
+            let guard = a.inner.store_lock.exclusive().expect("lock");
+            a.inner.store_lock.correct_hint(&guard, SYNCED_SEQ, synced);
+        }
+        a.inner
+            .sync_for_store(&mine, 1, Duration::ZERO)
+            .expect("sync");
+        assert!(
+            a.inner.store_lock.hint(SYNCED_SEQ) < theirs.end_seq,
+            "a sync of generation {} claimed a record of generation {} (synced sequence {synced} \
+             before)",
+            mine.generation,
+            theirs.generation
+        );
+    }
+
+    /// A writer that finds another process's sync running waits for it, and when that sync
+    /// covers its record, acknowledges without a sync of its own.
+    #[test]
+    fn a_writer_waits_for_another_processs_sync_and_shares_it() {
+        let vfs = SimVfs::new();
+        let (waiter, other) = (open(&vfs).expect("open"), open(&vfs).expect("open"));
+        waiter.put("0", "v").expect("put");
+        let token = sync_token();
+        assert!(other.inner.store_lock.claim_sync(0, token));
+        let syncs_before = waiter.stats().expect("stats").syncs;
+        let (done, finished) = mpsc::channel();
+        let writer = waiter.clone();
+        std::thread::spawn(move || done.send(writer.put("k", "v")));
+        // Once the waiter waits (its record is in the log), the other process syncs the log and
+        // ends its sync.
+        while vfs.shared_waiters() == 0 {
+            std::thread::yield_now();
+        }
+        {
+            let log = lock(&other.inner.writer);
+            other.inner.sync_file(log.path(), log.file()).expect("sync");
+            let end = other.inner.store_lock.appended_in(log.generation());
+            other.inner.store_lock.raise_hint(SYNCED_SEQ, end);
+        }
+        other.inner.store_lock.end_sync(token);
+        finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the put returned")
+            .expect("put");
+        assert_eq!(
+            waiter.stats().expect("stats").syncs,
+            syncs_before,
+            "the waiter synced itself instead of sharing the other process's sync"
+        );
+        assert_eq!(waiter.get("k").expect("get").as_deref(), Some(&b"v"[..]));
+    }
+
+    /// A sync claimed by a process that died (the claim never ends) holds writers up only for a
+    /// while: then one takes the claim over and syncs.
+    #[test]
+    fn a_sync_claimed_by_a_dead_process_is_taken_over() {
+        let vfs = SimVfs::new();
+        let db = open(&vfs).expect("open");
+        db.put("0", "v").expect("put");
+        assert!(db.inner.store_lock.claim_sync(0, sync_token()));
+        let (done, finished) = mpsc::channel();
+        let writer = db.clone();
+        std::thread::spawn(move || done.send(writer.put("k", "v")));
+        finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the put returned despite the dead claim")
+            .expect("put");
+        assert_eq!(db.inner.store_lock.hint(SYNC_RUNNING), 0);
+        let image = vfs.crash_keeping(0);
+        assert_eq!(
+            open(&image)
+                .expect("reopen")
+                .get("k")
+                .expect("get")
+                .as_deref(),
+            Some(&b"v"[..])
+        );
     }
 }

@@ -11,7 +11,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 /// How to open a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +54,15 @@ pub trait SharedWords: Send + Sync + fmt::Debug {
     fn fetch_max(&self, index: usize, value: u64);
     /// Sets word `index` (release).
     fn store(&self, index: usize, value: u64);
+    /// Sets word `index` to `new` if it holds `current`; whether it did (acquire and release).
+    fn compare_exchange(&self, index: usize, current: u64, new: u64) -> bool;
+    /// The counter in the first four bytes of word `index` (acquire).
+    fn counter(&self, index: usize) -> u32;
+    /// Adds one to that counter and wakes every [`SharedWords::wait_counter`] on it.
+    fn bump_counter(&self, index: usize);
+    /// Waits, for at most `timeout`, while that counter still reads `seen`. May return early
+    /// (callers check what they wait for again).
+    fn wait_counter(&self, index: usize, seen: u32, timeout: Duration);
 }
 
 /// How many bytes of a file [`VfsFile::map_shared`] maps: one page.
@@ -380,6 +390,17 @@ impl StdSharedWords {
         unsafe { AtomicU64::from_ptr(base.add(index * 8).cast_mut().cast::<u64>()) }
     }
 
+    #[expect(
+        unsafe_code,
+        reason = "views mapped memory as atomics: see the SAFETY note"
+    )]
+    fn counter_word(&self, index: usize) -> &AtomicU32 {
+        let word = self.word(index);
+        // SAFETY: the first four bytes of an in-bounds, 8-byte aligned word of the mapping, which
+        // lives as long as `self`; this half of the word is only ever accessed as an AtomicU32.
+        unsafe { AtomicU32::from_ptr(word.as_ptr().cast::<u32>()) }
+    }
+
     fn writable(&self) -> bool {
         matches!(self.0, SharedMap::ReadWrite(_))
     }
@@ -398,6 +419,53 @@ impl SharedWords for StdSharedWords {
     fn store(&self, index: usize, value: u64) {
         assert!(self.writable(), "store through a read-only shared mapping");
         self.word(index).store(value, Ordering::Release);
+    }
+
+    fn compare_exchange(&self, index: usize, current: u64, new: u64) -> bool {
+        assert!(self.writable(), "store through a read-only shared mapping");
+        self.word(index)
+            .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn counter(&self, index: usize) -> u32 {
+        self.counter_word(index).load(Ordering::Acquire)
+    }
+
+    fn bump_counter(&self, index: usize) {
+        assert!(self.writable(), "store through a read-only shared mapping");
+        let counter = self.counter_word(index);
+        counter.fetch_add(1, Ordering::AcqRel);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            // Not FUTEX_PRIVATE_FLAG: the waiters are in other processes.
+            let _ = rustix::thread::futex::wake(
+                counter,
+                rustix::thread::futex::Flags::empty(),
+                u32::MAX,
+            );
+        }
+    }
+
+    fn wait_counter(&self, index: usize, seen: u32, timeout: Duration) {
+        let counter = self.counter_word(index);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            use rustix::thread::futex;
+            let timeout = futex::Timespec {
+                tv_sec: futex::Secs::try_from(timeout.as_secs()).unwrap_or(futex::Secs::MAX),
+                // Below 10^9, so it fits a 32-bit `long` too.
+                tv_nsec: timeout.subsec_nanos() as futex::Nsecs,
+            };
+            // Returns on a wake-up, a change of the counter (EAGAIN), a signal or the timeout,
+            // all of which the caller handles by looking again.
+            let _ = futex::wait(counter, futex::Flags::empty(), seen, Some(&timeout));
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        if counter.load(Ordering::Acquire) == seen {
+            // No portable cross-process wait: poll.
+            std::thread::sleep(timeout.min(Duration::from_micros(50)));
+        }
     }
 }
 

@@ -39,6 +39,18 @@ pub const SYNCED_SEQ: usize = 2;
 /// Hint word: a fingerprint of the store's log and snapshot names when an open last `fsync`ed
 /// the directory (0: unknown). An open that finds the same names need not sync it again.
 pub const DIRECTORY_SYNCED: usize = 3;
+/// Hint word: the sequence number after the last record appended (its write returned), raised
+/// under `LOCK` after [`LOG_GENERATION`]. An `fdatasync` of that log started later covers it.
+pub const APPENDED_SEQ: usize = 4;
+/// Hint word: the generation of the log the last append went to.
+pub const LOG_GENERATION: usize = 5;
+/// Hint word: nonzero while a process runs an `fdatasync` of the log for every writer (a token
+/// naming that sync). Others wait for it instead of queueing syncs of their own behind it.
+pub const SYNC_RUNNING: usize = 6;
+/// Hint word: its first four bytes count finished store-wide syncs (a futex: waiters sleep on it).
+pub const SYNCS_FINISHED: usize = 7;
+/// Hint word: how many other processes' records the last store-wide sync covered.
+pub const LAST_SYNC_OTHERS: usize = 8;
 
 /// How a handle uses the lock file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,6 +196,56 @@ impl StoreLock {
         if self.access != Access::ReadOnly {
             self.hint.fetch_max(index, value);
         }
+    }
+
+    /// Sets hint word `index`, a statistic that needs no lock.
+    pub fn set_hint(&self, index: usize, value: u64) {
+        if self.access != Access::ReadOnly {
+            self.hint.store(index, value);
+        }
+    }
+
+    /// Notes, holding `LOCK`, that the log of `generation` now ends at sequence `end_seq`.
+    pub fn note_append(&self, _guard: &LockGuard<'_>, generation: u64, end_seq: u64) {
+        if self.access == Access::Shared {
+            // The generation first: whoever reads the sequence then finds its generation.
+            self.hint.fetch_max(LOG_GENERATION, generation);
+            self.hint.fetch_max(APPENDED_SEQ, end_seq);
+        }
+    }
+
+    /// Where the log of `generation` is known to end (records appended by anyone), or 0 if the
+    /// last append went to another log.
+    pub fn appended_in(&self, generation: u64) -> u64 {
+        // The sequence first: its generation was raised before it.
+        let end_seq = self.hint.load(APPENDED_SEQ);
+        if self.hint.load(LOG_GENERATION) == generation {
+            end_seq
+        } else {
+            0
+        }
+    }
+
+    /// Claims the store-wide sync, if it still holds `current` (0, or a sync given up for dead).
+    pub fn claim_sync(&self, current: u64, token: u64) -> bool {
+        self.hint.compare_exchange(SYNC_RUNNING, current, token)
+    }
+
+    /// Ends the store-wide sync claimed with `token`, and wakes those waiting for it.
+    pub fn end_sync(&self, token: u64) {
+        // If another process took it over meanwhile, the claim is theirs to end.
+        self.hint.compare_exchange(SYNC_RUNNING, token, 0);
+        self.hint.bump_counter(SYNCS_FINISHED);
+    }
+
+    /// How many store-wide syncs have finished (wrapping), to wait on with [`Self::wait_for_sync`].
+    pub fn syncs_finished(&self) -> u32 {
+        self.hint.counter(SYNCS_FINISHED)
+    }
+
+    /// Waits for at most `timeout` while no store-wide sync finishes after the count `seen`.
+    pub fn wait_for_sync(&self, seen: u32, timeout: std::time::Duration) {
+        self.hint.wait_counter(SYNCS_FINISHED, seen, timeout);
     }
 
     /// Sets hint word `index` to the truth, found under the exclusive lock.

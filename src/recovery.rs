@@ -11,8 +11,8 @@ use crate::format::{OpRef, WAL_HEADER_LEN, WalHeader};
 use crate::io::{EntryKind, OpenMode, Vfs};
 use crate::layout::{StoreFile, classify, snapshot_name, wal_name};
 use crate::locking::{
-    Access, COMMITTED_SEQ, CompactionLock, DIRECTORY_SYNCED, SNAPSHOT_GENERATION, SYNCED_SEQ,
-    StoreLock,
+    APPENDED_SEQ, Access, COMMITTED_SEQ, CompactionLock, DIRECTORY_SYNCED, LOG_GENERATION,
+    SNAPSHOT_GENERATION, SYNCED_SEQ, StoreLock,
 };
 use crate::snapshot::Snapshot;
 use crate::view::{ReplayedOps, View};
@@ -180,6 +180,8 @@ pub fn open(
         // Everything read was synced first.
         store_lock.correct_hint(&guard, COMMITTED_SEQ, last.next_seq);
         store_lock.correct_hint(&guard, SYNCED_SEQ, last.next_seq);
+        store_lock.correct_hint(&guard, APPENDED_SEQ, last.next_seq);
+        store_lock.correct_hint(&guard, LOG_GENERATION, last.generation);
         store_lock.correct_hint(&guard, DIRECTORY_SYNCED, loaded.directory);
         // Raised, never lowered: a compaction elsewhere may have installed a newer snapshot
         // since this open listed the directory.

@@ -17,7 +17,8 @@ use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::io::{
     EntryKind, LockKind, Mapping, OpenMode, SHARED_BYTES, SHARED_WORDS, SharedWords, Vfs, VfsFile,
@@ -111,6 +112,20 @@ struct Inode {
 #[derive(Debug)]
 struct SimShared {
     words: Vec<AtomicU64>,
+    /// Wakes [`SharedWords::wait_counter`]s (the futex of the real page).
+    bumped: (Mutex<()>, Condvar),
+    /// How many threads are in [`SharedWords::wait_counter`].
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl SimShared {
+    fn new() -> SimShared {
+        SimShared {
+            words: (0..SHARED_WORDS).map(|_| Default::default()).collect(),
+            bumped: Default::default(),
+            waiting: Default::default(),
+        }
+    }
 }
 
 impl SharedWords for SimShared {
@@ -122,6 +137,28 @@ impl SharedWords for SimShared {
     }
     fn store(&self, index: usize, value: u64) {
         self.words[index].store(value, Ordering::Release);
+    }
+    fn compare_exchange(&self, index: usize, current: u64, new: u64) -> bool {
+        self.words[index]
+            .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+    fn counter(&self, index: usize) -> u32 {
+        // The low half of the word: the first four bytes of the little-endian page.
+        self.words[index].load(Ordering::Acquire) as u32
+    }
+    fn bump_counter(&self, index: usize) {
+        let _guard = self.bumped.0.lock().unwrap_or_else(|e| e.into_inner());
+        self.words[index].fetch_add(1, Ordering::AcqRel);
+        self.bumped.1.notify_all();
+    }
+    fn wait_counter(&self, index: usize, seen: u32, timeout: Duration) {
+        let guard = self.bumped.0.lock().unwrap_or_else(|e| e.into_inner());
+        if self.counter(index) == seen {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let _ = self.bumped.1.wait_timeout(guard, timeout);
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -138,6 +175,18 @@ impl SharedWords for ReadOnlyShared {
     }
     fn store(&self, _: usize, _: u64) {
         panic!("store through a read-only shared mapping");
+    }
+    fn compare_exchange(&self, _: usize, _: u64, _: u64) -> bool {
+        panic!("store through a read-only shared mapping");
+    }
+    fn counter(&self, index: usize) -> u32 {
+        self.0.counter(index)
+    }
+    fn bump_counter(&self, _: usize) {
+        panic!("store through a read-only shared mapping");
+    }
+    fn wait_counter(&self, index: usize, seen: u32, timeout: Duration) {
+        self.0.wait_counter(index, seen, timeout);
     }
 }
 
@@ -338,6 +387,17 @@ impl SimVfs {
     /// `persistent`).
     pub fn inject(&self, at: u64, fault: Fault, persistent: bool) {
         self.lock().fault = Some((at, fault, persistent));
+    }
+
+    /// How many threads wait on a counter of the shared page of some file.
+    pub fn shared_waiters(&self) -> usize {
+        let state = self.lock();
+        state
+            .inodes
+            .values()
+            .filter_map(|inode| inode.shared.as_ref())
+            .map(|shared| shared.waiting.load(Ordering::SeqCst))
+            .sum()
     }
 
     /// The files in the disk's namespace, with their sizes.
@@ -892,11 +952,9 @@ impl VfsFile for SimFile {
                     "the file is shorter than the shared page",
                 ));
             }
-            let shared = inode.shared.get_or_insert_with(|| {
-                Arc::new(SimShared {
-                    words: (0..SHARED_WORDS).map(|_| Default::default()).collect(),
-                })
-            });
+            let shared = inode
+                .shared
+                .get_or_insert_with(|| Arc::new(SimShared::new()));
             Ok(if writable {
                 Arc::clone(shared) as Arc<dyn SharedWords>
             } else {

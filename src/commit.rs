@@ -5,7 +5,9 @@
 //! 1. **Append**, holding the handle's writer and `LOCK`: bring the log writer up to date with
 //!    what other processes appended (repairing a torn tail a killed one left), then append.
 //! 2. **Sync**, holding nothing: `fdatasync`. Meanwhile the next group (of this or another
-//!    process) appends, and its sync covers both, so syncs overlap instead of queueing.
+//!    process) appends and waits; the next sync covers all of them. A commit's sync is claimed
+//!    for the whole store in the hint page, so that writers of other processes wait for it
+//!    rather than queue their own behind it (`Inner::sync_for_store`).
 //! 3. **Publish**: whoever ran the sync raises the shared committed-sequence hint and applies the
 //!    log up to the end of what it covered to the handle's view; every commit it covered is then
 //!    acknowledged. A sync covers every earlier record of the file, so a commit is never
@@ -43,6 +45,19 @@ fn sync_token() -> u64 {
     static SYNCS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let count = SYNCS.fetch_add(1, Ordering::Relaxed);
     (u64::from(std::process::id()) << 32) | u64::from(count) | 1 << 63
+}
+
+/// Whether the process that claimed a sync with `token` is certainly gone: no process has its
+/// id. (A reused id, or one from another PID namespace, only makes writers wait longer.)
+fn claimer_is_gone(token: u64) -> bool {
+    let pid = (token >> 32) & 0x7fff_ffff;
+    if pid == u64::from(std::process::id()) {
+        return false; // another handle of this process
+    }
+    i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .is_some_and(|pid| rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH))
 }
 
 /// Threads waiting to commit, and the order commits finish in.
@@ -513,15 +528,26 @@ impl Inner {
                     Some((token, since)) if token == running => since,
                     _ => waiting_for.insert((running, Instant::now())).1,
                 };
-                let left = patience.saturating_sub(since.elapsed());
-                if !left.is_zero() {
-                    store.wait_for_sync(finished, left);
+                // Past a normal sync's time, ask whether its process still exists: a killed
+                // one would otherwise hold every writer up for the whole patience.
+                let waited = since.elapsed();
+                let overdue = waited >= last_took * 2;
+                if overdue && claimer_is_gone(running) {
+                    log::warn!(
+                        "{}: the process that claimed the running sync is gone; syncing here",
+                        target.path.display()
+                    );
+                } else if waited < patience {
+                    let slice = if overdue { patience } else { last_took * 2 };
+                    store.wait_for_sync(finished, (patience - waited).min(slice));
                     continue;
+                } else {
+                    log::warn!(
+                        "{}: a sync by another process has not finished in {patience:?}; \
+                         syncing here",
+                        target.path.display()
+                    );
                 }
-                log::warn!(
-                    "{}: a sync by another process has not finished in {patience:?}; syncing here",
-                    target.path.display()
-                );
             }
             let token = sync_token();
             if !store.claim_sync(running, token) {
@@ -752,6 +778,21 @@ mod tests {
             "the waiter synced itself instead of sharing the other process's sync"
         );
         assert_eq!(waiter.get("k").expect("get").as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn a_claim_names_its_process_and_a_gone_process_is_recognised() {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let gone = u64::from(child.id());
+        child.wait().expect("wait");
+        let with_pid = |pid: u64| (1 << 63) | (pid << 32) | 7;
+        assert!(claimer_is_gone(with_pid(gone)));
+        assert!(!claimer_is_gone(with_pid(1)), "init is never gone");
+        assert!(!claimer_is_gone(sync_token()), "nor is this process");
+        assert_eq!(
+            sync_token() >> 32 & 0x7fff_ffff,
+            u64::from(std::process::id())
+        );
     }
 
     /// A sync claimed by a process that died (the claim never ends) holds writers up only for a

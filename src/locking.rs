@@ -6,9 +6,12 @@
 //!   [`Options::exclusive`](crate::Options::exclusive)). Recovery and reloads take it shared.
 //! - Its first page is mapped shared by every handle: word [`COMMITTED_SEQ`] is the sequence number
 //!   after the last record committed (visible), word [`SNAPSHOT_GENERATION`] the newest installed
-//!   snapshot, word [`SYNCED_SEQ`] the sequence number after the last record known durable. A handle compares them with what it has applied before every operation (two atomic
-//!   loads) and reads the log only when they moved. The hint is never trusted over the files: it
-//!   only says where to look, and every writer corrects it under the lock.
+//!   snapshot, word [`SYNCED_SEQ`] the sequence number after the last record known durable. A
+//!   handle compares them with what it has applied before every operation (two atomic loads) and
+//!   reads the log only when they moved. The hint is never trusted over the files: it only says
+//!   where to look, and every writer corrects it under the lock.
+//! - Further words let processes share `fdatasync`s ([`SYNC_RUNNING`] and its neighbours; see
+//!   `Inner::sync_for_store`): they decide who syncs, never what is acknowledged.
 //! - `LOCK.compaction` is held (exclusively, without waiting in the background) for the whole of a
 //!   compaction, so that one runs at a time and nobody deletes its temporary file.
 //! - `LOCK.handles` is held for a handle's whole life: shared by ordinary and read-only handles,

@@ -780,6 +780,7 @@ mod tests {
         assert_eq!(waiter.get("k").expect("get").as_deref(), Some(&b"v"[..]));
     }
 
+    /// A claim names its process, so that writers can take over at once from a killed one.
     #[test]
     fn a_claim_names_its_process_and_a_gone_process_is_recognised() {
         let mut child = std::process::Command::new("true").spawn().expect("spawn");
@@ -795,8 +796,8 @@ mod tests {
         );
     }
 
-    /// A sync claimed by a process that died (the claim never ends) holds writers up only for a
-    /// while: then one takes the claim over and syncs.
+    /// A claim that never ends (its process died, or, as here, it names a process that cannot be
+    /// checked: this one) holds writers up only for a while: then one takes it over and syncs.
     #[test]
     fn a_sync_claimed_by_a_dead_process_is_taken_over() {
         let vfs = SimVfs::new();

@@ -202,10 +202,20 @@ impl Snapshot {
         Ok(IndexEntry::decode(self.meta(at, INDEX_ENTRY_LEN)?))
     }
 
-    /// The 8-byte prefix of block `i`'s first key, as a number.
-    fn prefix(&self, i: usize) -> Result<u64> {
+    /// The 8-byte prefix of block `i`'s first key, as a number. The binary search of every
+    /// lookup calls this a dozen times or more, so the common case is a bit test and a load:
+    /// the meta region's length is computed from the block count (so the array always fits it,
+    /// and the region was found to fit the file at open), and an 8-byte prefix never straddles
+    /// two meta pages. `bytes` is the mapping's, looked up once per search.
+    fn prefix(&self, bytes: &[u8], i: usize) -> Result<u64> {
+        let at = i * PREFIX_LEN;
+        let page = at / META_PAGE_LEN;
+        if self.meta_verified[page / 64].load(Ordering::Relaxed) & (1 << (page % 64)) == 0 {
+            self.meta(at, PREFIX_LEN)?;
+        }
+        let start = self.meta_offset + at;
         let mut b = [0u8; PREFIX_LEN];
-        b.copy_from_slice(self.meta(i * PREFIX_LEN, PREFIX_LEN)?);
+        b.copy_from_slice(&bytes[start..start + PREFIX_LEN]);
         Ok(u64::from_be_bytes(b))
     }
 
@@ -250,15 +260,15 @@ impl Snapshot {
     /// the dense prefix array; full keys are compared only among blocks sharing the prefix.
     fn block_for(&self, key: &[u8]) -> Result<usize> {
         let prefix = format::key_prefix(key);
+        let bytes = self.map.bytes();
+        let prefix_of = |i| self.prefix(bytes, i);
         // Blocks [0, below) have a smaller prefix, [below, upto) the same one.
-        let below = self.partition(0, self.block_count, |i| Ok(self.prefix(i)? < prefix))?;
+        let below = self.partition(0, self.block_count, |i| Ok(prefix_of(i)? < prefix))?;
         // Usually no block shares the prefix: one look settles it without a second search.
-        let upto = if below == self.block_count || self.prefix(below)? != prefix {
+        let upto = if below == self.block_count || prefix_of(below)? != prefix {
             below
         } else {
-            self.partition(below + 1, self.block_count, |i| {
-                Ok(self.prefix(i)? == prefix)
-            })?
+            self.partition(below + 1, self.block_count, |i| Ok(prefix_of(i)? == prefix))?
         };
         let at_or_below = self.partition(below, upto, |i| Ok(self.first_key(i)? <= key))?;
         Ok(at_or_below.saturating_sub(1))

@@ -219,8 +219,8 @@ impl Snapshot {
         Ok(u64::from_be_bytes(b))
     }
 
-    /// The body of block `i` (without its CRC), checking the CRC on first use.
-    fn block(&self, i: usize) -> Result<&[u8]> {
+    /// Block `i`'s index entry and body (without its CRC), checking the CRC on first use.
+    fn block(&self, i: usize) -> Result<(IndexEntry, &[u8])> {
         let entry = self.index_entry(i)?;
         let start = usize::try_from(entry.offset).unwrap_or(usize::MAX);
         let end = start.saturating_add(entry.len as usize);
@@ -239,7 +239,7 @@ impl Snapshot {
             format::check_block(block, entry.entries)
                 .map_err(|reason| Error::corruption(&self.path, entry.offset, reason))
         })?;
-        Ok(&block[..block.len() - BLOCK_CRC_LEN])
+        Ok((entry, &block[..block.len() - BLOCK_CRC_LEN]))
     }
 
     /// The first key of block `i`, from the index.
@@ -294,8 +294,7 @@ impl Snapshot {
 
     /// Entry positions of block `i`, offset to the whole file.
     fn entries(&self, i: usize) -> Result<Vec<EntryPos>> {
-        let block = self.block(i)?;
-        let entry = self.index_entry(i)?;
+        let (entry, block) = self.block(i)?;
         let base = entry.offset as usize;
         let mut out = Vec::with_capacity(entry.entries as usize);
         // `block` passed `check_block`: its entries parse back to back to its end.
@@ -322,8 +321,8 @@ impl Snapshot {
             return Ok(None);
         }
         let i = self.block_for(key)?;
-        let block = self.block(i)?;
-        let base = self.index_entry(i)?.offset as usize;
+        let (entry, block) = self.block(i)?;
+        let base = entry.offset as usize;
         // `block` passed `check_block`: its offsets and entries are consistent.
         Ok(Self::search_block(block, key)
             .map(|e| Bytes::mapped(&self.map, base + e.value, e.value_len)))
@@ -339,7 +338,7 @@ impl Snapshot {
         let i = self.block_for(key)?;
         if self.verified[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0 {
             // Read through the map before, so already resident: no need for a system call.
-            return Ok(Self::search_block(self.block(i)?, key).is_some());
+            return Ok(Self::search_block(self.block(i)?.1, key).is_some());
         }
         let entry = self.index_entry(i)?;
         let mut block = vec![0u8; entry.len as usize];
@@ -627,8 +626,8 @@ pub struct Cursor {
 impl Cursor {
     fn load(&mut self, i: usize) -> Result<()> {
         if self.forward {
-            let body = self.snapshot.block(i)?;
-            let base = self.snapshot.index_entry(i)?.offset as usize;
+            let (entry, body) = self.snapshot.block(i)?;
+            let base = entry.offset as usize;
             self.at = base + format::entries_start(body).unwrap_or(body.len());
             self.end = base + body.len();
         } else {

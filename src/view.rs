@@ -243,7 +243,9 @@ impl View {
         // The snapshot first: up to `limit` of its entries. If it has more, only keys up to its
         // last one can be complete, so the memtables are read no further than that — reading
         // them to their own `limit` would mostly fetch keys the next chunk reads again.
-        let mut from_snapshot = Vec::new();
+        // Sized up front (a chunk is at most a thousand or so): growing these vectors by
+        // doubling cost a tenth of a scan's instructions.
+        let mut from_snapshot = Vec::with_capacity(if self.snapshot.is_some() { limit } else { 0 });
         if let Some(snapshot) = &self.snapshot {
             let mut cursor = snapshot.cursor(lo, hi, forward)?;
             while from_snapshot.len() < limit {
@@ -265,11 +267,13 @@ impl View {
         let mut layers: Vec<Vec<(Bytes, Option<Bytes>)>> = Vec::with_capacity(3);
         let from_memtable = |m: &Memtable| -> Vec<(Bytes, Option<Bytes>)> {
             let range = m.range(mem_lo, mem_hi);
+            let mut out = Vec::with_capacity(limit.min(m.len()));
             if forward {
-                range.take(limit).collect()
+                out.extend(range.take(limit));
             } else {
-                range.rev().take(limit).collect()
+                out.extend(range.rev().take(limit));
             }
+            out
         };
         layers.push(from_memtable(&self.memtable));
         if let Some(frozen) = &self.frozen {

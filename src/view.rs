@@ -244,7 +244,7 @@ impl View {
         // last one can be complete, so the memtables are read no further than that — reading
         // them to their own `limit` would mostly fetch keys the next chunk reads again.
         // Sized up front (a chunk is at most a thousand or so): growing these vectors by
-        // doubling cost a tenth of a scan's instructions.
+        // doubling cost about 5 % of a first scan's instructions.
         let mut from_snapshot = Vec::with_capacity(if self.snapshot.is_some() { limit } else { 0 });
         if let Some(snapshot) = &self.snapshot {
             let mut cursor = snapshot.cursor(lo, hi, forward)?;

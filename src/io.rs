@@ -390,15 +390,27 @@ impl StdSharedWords {
         unsafe { AtomicU64::from_ptr(base.add(index * 8).cast_mut().cast::<u64>()) }
     }
 
+    /// The counter of word `index`: its first four bytes.
+    fn counter_word(&self, index: usize) -> &AtomicU32 {
+        self.half_word(index, 0)
+    }
+
+    /// How many threads (of any process) wait on the counter of word `index`: its last four bytes.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn waiters_word(&self, index: usize) -> &AtomicU32 {
+        self.half_word(index, 1)
+    }
+
     #[expect(
         unsafe_code,
         reason = "views mapped memory as atomics: see the SAFETY note"
     )]
-    fn counter_word(&self, index: usize) -> &AtomicU32 {
+    fn half_word(&self, index: usize, half: usize) -> &AtomicU32 {
         let word = self.word(index);
-        // SAFETY: the first four bytes of an in-bounds, 8-byte aligned word of the mapping, which
-        // lives as long as `self`; this half of the word is only ever accessed as an AtomicU32.
-        unsafe { AtomicU32::from_ptr(word.as_ptr().cast::<u32>()) }
+        // SAFETY: four bytes at offset 0 or 4 of an in-bounds, 8-byte aligned word of the
+        // mapping, which lives as long as `self`; words used as counters are only ever accessed
+        // as two AtomicU32 halves.
+        unsafe { AtomicU32::from_ptr(word.as_ptr().cast::<u32>().add(half)) }
     }
 
     fn writable(&self) -> bool {
@@ -435,9 +447,13 @@ impl SharedWords for StdSharedWords {
     fn bump_counter(&self, index: usize) {
         assert!(self.writable(), "store through a read-only shared mapping");
         let counter = self.counter_word(index);
-        counter.fetch_add(1, Ordering::AcqRel);
+        // Sequentially consistent with the waiters' count in `wait_counter`: either this load
+        // sees a waiter, or that waiter's futex wait sees the new count and does not sleep. So
+        // the wake-up system call is made only when someone waits (a sync nobody waits for,
+        // the usual case, makes none).
+        counter.fetch_add(1, Ordering::SeqCst);
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        {
+        if self.waiters_word(index).load(Ordering::SeqCst) != 0 {
             // Not FUTEX_PRIVATE_FLAG: the waiters are in other processes.
             let _ = rustix::thread::futex::wake(
                 counter,
@@ -458,8 +474,17 @@ impl SharedWords for StdSharedWords {
                 tv_nsec: timeout.subsec_nanos() as futex::Nsecs,
             };
             // Returns on a wake-up, a change of the counter (EAGAIN), a signal or the timeout,
-            // all of which the caller handles by looking again.
+            // all of which the caller handles by looking again. A waiter killed meanwhile leaves
+            // the count raised, which only costs wake-ups that find no one.
+            let waiters = self.waiters_word(index);
+            let writable = self.writable();
+            if writable {
+                waiters.fetch_add(1, Ordering::SeqCst);
+            }
             let _ = futex::wait(counter, futex::Flags::empty(), seen, Some(&timeout));
+            if writable {
+                waiters.fetch_sub(1, Ordering::SeqCst);
+            }
         }
         #[cfg(not(any(target_os = "linux", target_os = "android")))]
         if counter.load(Ordering::Acquire) == seen {
@@ -635,5 +660,58 @@ pub(crate) mod faulty {
         fn map_shared(&self, writable: bool) -> io::Result<Arc<dyn SharedWords>> {
             self.inner.map_shared(writable)
         }
+    }
+}
+
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+mod shared_words_tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A bump wakes a thread sleeping on the counter, though bumps skip the wake-up system call
+    /// when nobody waits: the waiter's count must be seen. (Without the wake-up the waiter would
+    /// sleep out its hour, and the test would fail after a minute.)
+    #[test]
+    fn a_bump_wakes_a_waiter_and_the_waiters_are_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = StdVfs
+            .open(&dir.path().join("page"), OpenMode::ReadWriteCreate)
+            .expect("open");
+        file.set_len(SHARED_BYTES).expect("size");
+        let words = file.map_shared(true).expect("map");
+        // The word read whole: on this little-endian page, the waiters are its high half.
+        let waiters = || words.load(3) >> 32;
+        let seen = words.counter(3);
+        let (done, woken) = mpsc::channel();
+        let (tell_tid, tid) = mpsc::channel();
+        let waiter = Arc::clone(&words);
+        std::thread::spawn(move || {
+            tell_tid
+                .send(rustix::thread::gettid().as_raw_nonzero())
+                .expect("send");
+            waiter.wait_counter(3, seen, Duration::from_secs(3600));
+            done.send(()).expect("send");
+        });
+        // Bump only once the waiter is counted and asleep in the kernel (state S), so that the
+        // bump's wake-up, not a changed counter, is what ends its wait.
+        let stat = format!("/proc/self/task/{}/stat", tid.recv().expect("tid"));
+        let asleep = || {
+            let text = std::fs::read_to_string(&stat).expect("read the waiter's stat");
+            text.rsplit(") ")
+                .next()
+                .is_some_and(|rest| rest.starts_with('S'))
+        };
+        while waiters() == 0 || !asleep() {
+            std::thread::yield_now();
+        }
+        words.bump_counter(3);
+        woken
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the bump woke the waiter");
+        assert_eq!(words.counter(3), seen.wrapping_add(1));
+        assert_eq!(waiters(), 0);
+        // No one waits now: a bump still counts.
+        words.bump_counter(3);
+        assert_eq!(words.counter(3), seen.wrapping_add(2));
     }
 }

@@ -614,7 +614,6 @@ impl Inner {
         lock(&self.poison).get_or_insert(cause);
     }
 
-    /// Wakes the background compaction thread (if it is already awake, it will look again).
     /// Wakes the background compaction thread, starting it the first time (if it is already
     /// awake, it will look again).
     pub(crate) fn wake_compactor(&self) {

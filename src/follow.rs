@@ -157,7 +157,11 @@ impl Inner {
                 && record.generation == moved.generation
                 && record.offset == moved.offset
             {
-                ops.extend(record.ops);
+                if ops.is_empty() {
+                    ops = record.ops; // the usual case: one record of ours, taken as it is
+                } else {
+                    ops.extend(record.ops);
+                }
                 moved.offset += record.len;
                 moved.next_seq += 1;
                 continue;
@@ -201,7 +205,7 @@ impl Inner {
         };
         let mut state = self.write_state();
         for ((key, value), known) in ops.into_iter().zip(in_base) {
-            state.apply_knowing(key, value, Some(known))?;
+            state.apply(key, value, known);
         }
         *position = moved;
         Ok(())

@@ -107,6 +107,14 @@ impl Memtable {
         self.index.get(key).map(Option::is_some)
     }
 
+    /// An empty table whose index has room for `entries` without growing.
+    pub fn with_capacity(entries: usize) -> Memtable {
+        Memtable {
+            index: HashIndex::with_capacity_and_hasher(entries, Default::default()),
+            ..Memtable::default()
+        }
+    }
+
     /// Records `key = value` (or a tombstone) and returns the previous entry.
     pub fn insert(&mut self, key: Bytes, value: Option<Bytes>) -> Option<Option<Arc<[u8]>>> {
         self.insert_entry(MemKey::new(key), value.map(Bytes::into_arc))

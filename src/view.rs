@@ -149,34 +149,24 @@ impl View {
     }
 
     /// Applies one committed operation, keeping the live key count; a delete leaves a tombstone
-    /// only where a lower layer still holds the key. `known_in_base` says (if the caller looked
-    /// it up already) whether a lower layer holds the key, so that no disk read happens here.
-    pub fn apply_knowing(
-        &mut self,
-        key: Bytes,
-        value: Option<Bytes>,
-        known_in_base: Option<bool>,
-    ) -> Result<()> {
-        let in_memtable = self.memtable.knows(&key);
-        // The lower layers matter only for a delete (does it need a tombstone?) and for a put
-        // of a key the memtable does not know (is it new?).
-        let in_base = match (in_memtable, &value) {
-            (Some(_), Some(_)) => None,
-            _ => Some(match known_in_base {
-                Some(known) => known,
-                None => self.base_contains(&key)?,
-            }),
-        };
-        let existed = in_memtable.or(in_base).unwrap_or(false);
+    /// only where a lower layer still holds the key. `in_base` says whether a lower layer holds
+    /// the key: the caller looks that up beforehand (it can take a disk read), under the read
+    /// lock rather than this write lock.
+    pub fn apply(&mut self, key: Bytes, value: Option<Bytes>, in_base: bool) {
         match value {
+            // The insert itself tells whether the memtable knew the key: no lookup before it.
             Some(value) => {
-                self.memtable.insert(key, Some(value));
+                let existed = match self.memtable.insert(key, Some(value)) {
+                    Some(previous) => previous.is_some(),
+                    None => in_base,
+                };
                 if !existed {
                     self.live_keys += 1;
                 }
             }
             None => {
-                if in_base == Some(true) {
+                let existed = self.memtable.knows(&key).unwrap_or(in_base);
+                if in_base {
                     self.memtable.insert(key, None);
                 } else {
                     self.memtable.remove(&key);
@@ -186,11 +176,10 @@ impl View {
                 }
             }
         }
-        Ok(())
     }
 
     /// Applies a replayed log's operations, in log order, to a view whose memtable is empty:
-    /// the same end state as [`View::apply_knowing`] on each in turn, built in one go — the newest
+    /// the same end state as [`View::apply`] on each in turn, built in one go — the newest
     /// operation on each key picked out by a sort, then the tree built from sorted entries
     /// (replaying a loaded store's log one insert at a time spent most of an open comparing keys).
     pub fn replay(&mut self, mut ops: ReplayedOps) -> Result<()> {
@@ -374,7 +363,8 @@ mod tests {
                     Bytes::from(format!("{:0w$}", r % 61, w = (r >> 8) as usize % 12).as_str());
                 let value = (r % 5 != 0).then(|| Bytes::from(r.to_le_bytes().to_vec()));
                 replayed.push(key.clone(), value.clone());
-                one_by_one.apply_knowing(key, value, None).expect("apply");
+                let in_base = one_by_one.base_contains(&key).expect("look below");
+                one_by_one.apply(key, value, in_base);
             }
             let mut at_once = View::default();
             at_once.replay(replayed).expect("replay");
@@ -389,6 +379,49 @@ mod tests {
                 at_once.memtable.approximate_bytes(),
                 one_by_one.memtable.approximate_bytes()
             );
+        }
+    }
+
+    /// Applying operations over a lower layer keeps the live count and the tombstones right: a
+    /// put over a tombstone adds a key, a delete leaves a tombstone only over a key below.
+    #[test]
+    fn applying_over_a_lower_layer_keeps_the_live_count() {
+        let mut below = Memtable::default();
+        for k in 0..20u8 {
+            below.insert(Bytes::from(vec![k]), Some(Bytes::from(vec![k])));
+        }
+        let mut view = View {
+            frozen: Some(Arc::new(below)),
+            live_keys: 20,
+            ..View::default()
+        };
+        let mut model: std::collections::BTreeSet<u8> = (0..20).collect();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = (x % 40) as u8;
+            let key = Bytes::from(vec![k]);
+            let in_base = view.base_contains(&key).expect("look below");
+            let value = (x >> 32) % 3 != 0;
+            view.apply(key, value.then(|| Bytes::from(vec![0])), in_base);
+            if value {
+                model.insert(k);
+            } else {
+                model.remove(&k);
+            }
+            assert_eq!(view.live_keys, model.len() as u64);
+        }
+        for k in 0..40u8 {
+            let entry = view.memtable.get(&[k]);
+            match (model.contains(&k), k < 20) {
+                (true, _) => assert!(matches!(entry, Some(Some(_))), "{k}"),
+                (false, true) => {
+                    assert_eq!(entry, Some(None), "{k}: a tombstone over the key below")
+                }
+                (false, false) => assert_eq!(entry, None, "{k}: nothing to hide"),
+            }
         }
     }
 

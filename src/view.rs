@@ -404,7 +404,7 @@ mod tests {
             let k = (x % 40) as u8;
             let key = Bytes::from(vec![k]);
             let in_base = view.base_contains(&key).expect("look below");
-            let value = (x >> 32) % 3 != 0;
+            let value = !(x >> 32).is_multiple_of(3);
             view.apply(key, value.then(|| Bytes::from(vec![0])), in_base);
             if value {
                 model.insert(k);

@@ -1,5 +1,6 @@
-//! Many writers: durable `put` throughput with 1, 4 and 8 threads; one writer process against two;
-//! and the cost of `get` while another process writes. Every figure is a ratio against a baseline
+//! Many writers: durable `put` throughput with 1, 4 and 8 threads (and with 4 threads whose waits
+//! sleep at once instead of spinning first), with the CPU time each put cost; one writer process
+//! against two; and the cost of `get` while another process writes. Every figure is a ratio against a baseline
 //! measured in the same run, on the same disk (16-byte keys, 100-byte values).
 //!
 //! Run: `cargo bench --bench concurrency` (`BENCH_SECONDS` sets each measurement's length,
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sturdykv::Db;
+use sturdykv::{Db, Options};
 
 const VALUE_LEN: usize = 100;
 const ROLE_ENV: &str = "STURDYKV_BENCH_ROLE";
@@ -42,8 +43,16 @@ fn key(writer: u64, i: u64) -> [u8; 16] {
     k
 }
 
-/// Durable puts from `threads` threads of one handle for `time`; returns puts per second.
-fn put_rate(db: &Db, threads: u64, time: Duration, writer_base: u64) -> f64 {
+/// CPU time this process has used so far (all threads, user and kernel), in seconds.
+fn cpu_seconds() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+/// Durable puts from `threads` threads of one handle for `time`; returns puts per second and
+/// the CPU time per put in microseconds.
+fn put_rate(db: &Db, threads: u64, time: Duration, writer_base: u64) -> (f64, f64) {
+    let cpu_before = cpu_seconds();
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..threads)
@@ -66,7 +75,9 @@ fn put_rate(db: &Db, threads: u64, time: Duration, writer_base: u64) -> f64 {
     for w in workers {
         w.join().expect("writer");
     }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    let puts = done.load(Ordering::Relaxed) as f64;
+    let cpu_per_put = (cpu_seconds() - cpu_before) * 1e6 / puts.max(1.0);
+    (puts / start.elapsed().as_secs_f64(), cpu_per_put)
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -167,40 +178,49 @@ fn main() {
     let time = seconds();
     println!("each figure: median of {ROUNDS} runs of {time:?}\n");
 
-    // Threads of one process.
-    let dir = bench_dir("threads");
-    let db = Db::open(&dir).expect("open");
-    let mut rates = [Vec::new(), Vec::new(), Vec::new()];
-    let mut per_sync = [0.0; 3];
+    // Threads of one process: writers that spin while they wait for each other (the default),
+    // and, for comparison, writers that sleep at once (`Options::spin_wait(ZERO)`).
+    let spinning = Db::open(bench_dir("threads")).expect("open");
+    let sleeping = Options::new()
+        .spin_wait(Duration::ZERO)
+        .open(bench_dir("threads-sleeping"))
+        .expect("open");
+    let slots = [
+        ("1 thread", &spinning, 1u64),
+        ("4 threads", &spinning, 4),
+        ("8 threads", &spinning, 8),
+        ("4 threads, sleeping waiters", &sleeping, 4),
+    ];
+    let mut rates = vec![Vec::new(); slots.len()];
+    let mut per_sync = vec![0.0; slots.len()];
+    let mut cpu = vec![0.0; slots.len()];
     for round in 0..ROUNDS {
-        for (slot, threads) in [1u64, 4, 8].into_iter().enumerate() {
+        for (slot, &(_, db, threads)) in slots.iter().enumerate() {
             let before = db.stats().expect("stats");
-            rates[slot].push(put_rate(
-                &db,
-                threads,
-                time,
-                (round * 100 + slot * 10) as u64,
-            ));
+            let (rate, cpu_per_put) = put_rate(db, threads, time, (round * 100 + slot * 10) as u64);
+            rates[slot].push(rate);
+            cpu[slot] += cpu_per_put / ROUNDS as f64;
             let after = db.stats().expect("stats");
             per_sync[slot] += (after.commits - before.commits) as f64
                 / (after.syncs - before.syncs).max(1) as f64
                 / ROUNDS as f64;
         }
     }
-    let [one, four, eight] = rates.map(median);
-    drop(db);
-    println!("durable put, threads of one process (commits per fdatasync)");
-    println!("  1 thread    {one:>9.0}/s           ({:.1})", per_sync[0]);
-    println!(
-        "  4 threads   {four:>9.0}/s   {:.2}x   ({:.1})",
-        four / one,
-        per_sync[1]
-    );
-    println!(
-        "  8 threads   {eight:>9.0}/s   {:.2}x   ({:.1})\n",
-        eight / one,
-        per_sync[2]
-    );
+    let rates: Vec<f64> = rates.into_iter().map(median).collect();
+    println!("durable put, threads of one process (commits per fdatasync, CPU time per put)");
+    for (slot, &(name, _, _)) in slots.iter().enumerate() {
+        let ratio = if slot == 0 {
+            String::new()
+        } else {
+            format!("{:.2}x", rates[slot] / rates[0])
+        };
+        println!(
+            "  {name:<28} {:>9.0}/s  {ratio:>6}  ({:.1}, {:.0} µs)",
+            rates[slot], per_sync[slot], cpu[slot]
+        );
+    }
+    println!();
+    drop((spinning, sleeping));
 
     // Processes.
     let dir = bench_dir("processes");

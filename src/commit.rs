@@ -18,7 +18,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::batch::Batch;
@@ -169,6 +169,7 @@ impl Inner {
         let mut queue = lock(&self.queue);
         queue.pending.push(batch);
         let group = Arc::clone(&queue.forming);
+        let mut spin_until = None;
         loop {
             if let Some(outcome) = group.outcome.get() {
                 return outcome
@@ -181,11 +182,27 @@ impl Inner {
                 let turn = self.take_turn(queue);
                 return self.lead(turn, &group, batches);
             }
-            queue = self
-                .queue_changed
-                .wait(queue)
-                .unwrap_or_else(|e| e.into_inner());
+            queue = self.wait_for_change(&self.queue, queue, &self.queue_changed, &mut spin_until);
         }
+    }
+
+    /// Waits for a change to what `guard` holds, which another thread signals on `changed`: first
+    /// (for up to [`Options::spin_wait`](crate::Options::spin_wait) from the first call with this
+    /// `spin_until`) by yielding the CPU and returning to look again, then by sleeping.
+    fn wait_for_change<'a, T>(
+        &self,
+        mutex: &'a Mutex<T>,
+        guard: MutexGuard<'a, T>,
+        changed: &Condvar,
+        spin_until: &mut Option<Instant>,
+    ) -> MutexGuard<'a, T> {
+        let until = *spin_until.get_or_insert_with(|| Instant::now() + self.options.spin_wait);
+        if Instant::now() < until {
+            drop(guard);
+            std::thread::yield_now();
+            return lock(mutex);
+        }
+        changed.wait(guard).unwrap_or_else(|e| e.into_inner())
     }
 
     /// Commits a group: append, sync, publish, acknowledge.
@@ -271,8 +288,9 @@ impl Inner {
         let mut syncs = lock(&self.sync_state);
         syncs.latest = Some(appended.clone());
         syncs.appended += 1;
-        // Only a sync about to start waits for more appends (see `make_durable`).
-        let gathering = syncs.running;
+        // Only a sync about to start waits for more appends (see `make_durable`), and it sleeps
+        // only when writers do not spin.
+        let gathering = syncs.running && self.options.spin_wait.is_zero();
         drop(syncs);
         if gathering {
             self.more_appended.notify_one();
@@ -288,6 +306,7 @@ impl Inner {
             return self.publish(appended.end_seq);
         }
         let mut syncs = lock(&self.sync_state);
+        let mut spin_until = None;
         loop {
             if syncs.published_below >= appended.end_seq {
                 return Ok(());
@@ -299,10 +318,8 @@ impl Inner {
                 return self.publish(appended.end_seq);
             }
             if syncs.running {
-                syncs = self
-                    .sync_done
-                    .wait(syncs)
-                    .unwrap_or_else(|e| e.into_inner());
+                syncs =
+                    self.wait_for_change(&self.sync_state, syncs, &self.sync_done, &mut spin_until);
                 continue;
             }
             syncs.running = true;
@@ -317,11 +334,19 @@ impl Inner {
                     if now >= deadline {
                         break;
                     }
-                    syncs = self
-                        .more_appended
-                        .wait_timeout(syncs, deadline - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                    // The writers it waits for are awake when they spin (see `wait_for_change`):
+                    // look again after they had the CPU. Asleep, they are woken by `appended`.
+                    if self.options.spin_wait.is_zero() {
+                        syncs = self
+                            .more_appended
+                            .wait_timeout(syncs, deadline - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    } else {
+                        drop(syncs);
+                        std::thread::yield_now();
+                        syncs = lock(&self.sync_state);
+                    }
                 }
             }
             // Sync the newest log up to its newest record: older logs were synced when the
@@ -653,11 +678,10 @@ impl Inner {
         self.check_poison()?;
         let queue = {
             let mut queue = lock(&self.queue);
+            let mut spin_until = None;
             while queue.appending {
-                queue = self
-                    .queue_changed
-                    .wait(queue)
-                    .unwrap_or_else(|e| e.into_inner());
+                queue =
+                    self.wait_for_change(&self.queue, queue, &self.queue_changed, &mut spin_until);
             }
             queue
         };

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::batch::{Batch, check_key, check_value};
 use crate::bytes::Bytes;
@@ -36,6 +37,8 @@ pub enum Durability {
 pub const DEFAULT_COMPACTION_MIN_WAL_BYTES: u64 = 16 << 20;
 /// Default for [`Options::compaction_ratio`].
 pub const DEFAULT_COMPACTION_RATIO: f64 = 0.25;
+/// Default for [`Options::spin_wait`]: 500 µs, a little over two `fdatasync`s of a fast SSD.
+pub const DEFAULT_SPIN_WAIT: Duration = Duration::from_micros(500);
 
 /// How to open a store. Start from [`Options::new`], finish with [`Options::open`].
 #[derive(Clone)]
@@ -45,6 +48,7 @@ pub struct Options {
     pub(crate) compaction_min_wal_bytes: u64,
     pub(crate) compaction_ratio: f64,
     pub(crate) background_compaction: bool,
+    pub(crate) spin_wait: Duration,
     exclusive: bool,
     read_only: bool,
     pub(crate) vfs: Arc<dyn Vfs>,
@@ -58,6 +62,7 @@ impl fmt::Debug for Options {
             .field("compaction_min_wal_bytes", &self.compaction_min_wal_bytes)
             .field("compaction_ratio", &self.compaction_ratio)
             .field("background_compaction", &self.background_compaction)
+            .field("spin_wait", &self.spin_wait)
             .field("exclusive", &self.exclusive)
             .field("read_only", &self.read_only)
             .finish_non_exhaustive()
@@ -80,6 +85,7 @@ impl Options {
             compaction_min_wal_bytes: DEFAULT_COMPACTION_MIN_WAL_BYTES,
             compaction_ratio: DEFAULT_COMPACTION_RATIO,
             background_compaction: true,
+            spin_wait: DEFAULT_SPIN_WAIT,
             exclusive: false,
             read_only: false,
             vfs: Arc::new(StdVfs),
@@ -121,6 +127,19 @@ impl Options {
     /// `false`, only [`Db::compact`] compacts.
     pub fn background_compaction(mut self, enabled: bool) -> Self {
         self.background_compaction = enabled;
+        self
+    }
+
+    /// How long a writer thread that waits for another thread's commit or `fdatasync` keeps
+    /// yielding the CPU and looking again before it sleeps (default [`DEFAULT_SPIN_WAIT`]).
+    ///
+    /// A sleeping thread takes 20–40 µs to wake on a virtual machine, and after each shared sync
+    /// every writer it covered wakes in turn; looking instead of sleeping cut that gap, and
+    /// durable puts from 4 threads rose by about a fifth, from 8 threads by a third. The price
+    /// is CPU: with 4 writer threads, about 1.7× the CPU time per put (DECISIONS 39). A single
+    /// writer never waits, so it never spins. `Duration::ZERO` sleeps at once.
+    pub fn spin_wait(mut self, spin: Duration) -> Self {
+        self.spin_wait = spin;
         self
     }
 

@@ -68,8 +68,8 @@ pub use backup::BackupReport;
 pub use batch::Batch;
 pub use bytes::Bytes;
 pub use db::{
-    DEFAULT_COMPACTION_MIN_WAL_BYTES, DEFAULT_COMPACTION_RATIO, Db, Durability, Iter, Options,
-    Stats,
+    DEFAULT_COMPACTION_MIN_WAL_BYTES, DEFAULT_COMPACTION_RATIO, DEFAULT_SPIN_WAIT, Db, Durability,
+    Iter, Options, Stats,
 };
 pub use error::{Error, Result};
 pub use limits::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};

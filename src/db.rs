@@ -135,9 +135,10 @@ impl Options {
     ///
     /// A sleeping thread takes 20–40 µs to wake on a virtual machine, and after each shared sync
     /// every writer it covered wakes in turn; looking instead of sleeping cut that gap, and
-    /// durable puts from 4 threads rose by about a fifth, from 8 threads by a third. The price
-    /// is CPU: with 4 writer threads, about 1.7× the CPU time per put (DECISIONS 39). A single
-    /// writer never waits, so it never spins. `Duration::ZERO` sleeps at once.
+    /// durable puts from 4 threads rose by a fifth to a half, from 8 threads by a third or more.
+    /// The price is CPU: with 4 writer threads about 1.7× the CPU time per put, with 2 threads
+    /// (where spinning gains nothing) about 2× (DECISIONS 39). A single writer never waits, so
+    /// it never spins. `Duration::ZERO` sleeps at once.
     pub fn spin_wait(mut self, spin: Duration) -> Self {
         self.spin_wait = spin;
         self

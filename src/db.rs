@@ -39,6 +39,8 @@ pub const DEFAULT_COMPACTION_MIN_WAL_BYTES: u64 = 16 << 20;
 pub const DEFAULT_COMPACTION_RATIO: f64 = 0.25;
 /// Default for [`Options::spin_wait`]: 500 µs, a little over two `fdatasync`s of a fast SSD.
 pub const DEFAULT_SPIN_WAIT: Duration = Duration::from_micros(500);
+/// The most [`Options::spin_wait`] takes (a deadline that far off cannot overflow an `Instant`).
+const MAX_SPIN_WAIT: Duration = Duration::from_secs(1);
 
 /// How to open a store. Start from [`Options::new`], finish with [`Options::open`].
 #[derive(Clone)]
@@ -138,9 +140,9 @@ impl Options {
     /// durable puts from 4 threads rose by a fifth to a half, from 8 threads by a third or more.
     /// The price is CPU: with 4 writer threads about 1.7× the CPU time per put, with 2 threads
     /// (where spinning gains nothing) about 2× (DECISIONS 39). A single writer never waits, so
-    /// it never spins. `Duration::ZERO` sleeps at once.
+    /// it never spins. `Duration::ZERO` sleeps at once; more than a second counts as a second.
     pub fn spin_wait(mut self, spin: Duration) -> Self {
-        self.spin_wait = spin;
+        self.spin_wait = spin.min(MAX_SPIN_WAIT);
         self
     }
 

@@ -573,10 +573,16 @@ fn db_is_clone_send_sync_and_shared_across_threads() {
 
 /// Writer threads that wait for each other's commits and syncs by spinning (the default) and by
 /// sleeping at once (`spin_wait(ZERO)`) both end with every acknowledged write in place, after a
-/// reopen too, and puts and transactions mixed.
+/// reopen too, and puts and transactions mixed; a spin of `Duration::MAX` neither overflows nor
+/// hangs.
 #[test]
 fn writers_that_spin_or_sleep_while_waiting_lose_nothing() {
-    for spin in [std::time::Duration::ZERO, sturdykv::DEFAULT_SPIN_WAIT] {
+    // `Duration::MAX` too: a deadline that far off must not overflow.
+    for spin in [
+        std::time::Duration::ZERO,
+        sturdykv::DEFAULT_SPIN_WAIT,
+        std::time::Duration::MAX,
+    ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Options::new()
             .spin_wait(spin)

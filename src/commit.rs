@@ -196,8 +196,8 @@ impl Inner {
         changed: &Condvar,
         spin_until: &mut Option<Instant>,
     ) -> MutexGuard<'a, T> {
-        let until = *spin_until.get_or_insert_with(|| Instant::now() + self.options.spin_wait);
-        if Instant::now() < until {
+        let now = Instant::now();
+        if now < *spin_until.get_or_insert(now + self.options.spin_wait) {
             drop(guard);
             std::thread::yield_now();
             return lock(mutex);

@@ -71,6 +71,50 @@ impl Inner {
         Ok(())
     }
 
+    /// Compacts if this handle wrote much of the live log itself, before it closes
+    /// ([`Options::compact_on_close`](crate::Options::compact_on_close), DECISIONS 41). Another
+    /// process's running compaction is not waited for. Failures are logged: the log still
+    /// holds everything.
+    pub(crate) fn compact_before_closing(&self) {
+        let result: Result<()> = (|| {
+            if self.options.read_only || self.check_poison().is_err() {
+                return Ok(());
+            }
+            let _one_at_a_time = lock(&self.compaction);
+            let Some(_across_processes) = self.compaction_lock.acquire(false)? else {
+                return Ok(());
+            };
+            self.refresh()?;
+            if self.wrote_much_of_the_log() {
+                self.compact_locked(|_, _| {})?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            log::warn!(
+                "compacting {} before closing failed (the log keeps every write): {e}",
+                self.dir.display()
+            );
+        }
+    }
+
+    /// Whether this handle appended at least a quarter of the compaction trigger to the live
+    /// log (not counting an older log another process has compacted since).
+    fn wrote_much_of_the_log(&self) -> bool {
+        let writer = lock(&self.writer);
+        let live = lock(&self.position).generation;
+        let snapshot_bytes = self
+            .read_state()
+            .snapshot
+            .as_ref()
+            .map_or(0, |s| s.file_bytes());
+        let threshold = (self.options.compaction_ratio / 4.0 * snapshot_bytes as f64) as u64;
+        let threshold = threshold.max(self.options.compaction_min_wal_bytes / 4);
+        writer.generation() == live
+            && writer.appended_here() > 0
+            && writer.appended_here() >= threshold
+    }
+
     /// Compacts now (waiting for a running compaction, here or in another process, to finish
     /// first).
     pub(crate) fn compact(&self, progress: impl FnMut(u64, u64)) -> Result<()> {
@@ -430,5 +474,190 @@ mod tests {
         // Sync of the old log; the new log's tmp write, sync, rename, directory sync; the
         // snapshot's writes, sync, rename, directory sync; the removals and their directory sync.
         assert!(steps >= 12, "only {steps} crash points were exercised");
+    }
+
+    /// Options under which closing compacts a log of 256 KiB or more that the handle wrote, and
+    /// the background thread (at 1 MiB) never starts.
+    fn closing_compacts() -> Options {
+        Options::new().compaction_min_wal_bytes(1 << 20)
+    }
+
+    /// Writes about 330 KiB of log through `db` in batches; returns what the store holds.
+    fn write_a_third_of_a_megabyte(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        for b in 0..30u32 {
+            let mut batch = Batch::new();
+            for i in 0..100u32 {
+                let value = format!(
+                    "{b}-{i} and some padding to make the value about a hundred bytes long, like the benchmark's"
+                );
+                batch.put(format!("k{:06}", (i * 7919 + b) % 2500), value);
+            }
+            db.write(batch).expect("write");
+        }
+        dump(db)
+    }
+
+    fn log_bytes(dir: &Path) -> u64 {
+        let db = Options::new().read_only(true).open(dir).expect("open");
+        db.stats().expect("stats").wal_bytes
+    }
+
+    #[test]
+    fn closing_a_handle_that_wrote_much_of_the_log_compacts_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = closing_compacts().open(dir.path()).expect("open");
+        let expected = write_a_third_of_a_megabyte(&db);
+        assert_eq!(
+            db.stats().expect("stats").compactions,
+            0,
+            "no background compaction"
+        );
+        let clone = db.clone();
+        drop(db);
+        assert!(
+            log_bytes(dir.path()) > 256 << 10,
+            "a clone keeps the handle open"
+        );
+        drop(clone);
+
+        let db = closing_compacts().open(dir.path()).expect("reopen");
+        let stats = db.stats().expect("stats");
+        assert_eq!(
+            stats.wal_bytes,
+            crate::format::WAL_HEADER_LEN as u64,
+            "the log is empty"
+        );
+        assert_eq!(stats.snapshot_keys, expected.len() as u64);
+        assert_eq!(stats.recovery.replayed_records, 0);
+        assert_eq!(dump(&db), expected);
+    }
+
+    #[test]
+    fn closing_a_handle_that_read_or_wrote_little_leaves_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = closing_compacts()
+            .compact_on_close(false)
+            .open(dir.path())
+            .expect("open");
+        let mut expected = write_a_third_of_a_megabyte(&db);
+        drop(db);
+        let logged = log_bytes(dir.path());
+        assert!(logged > 256 << 10, "compact_on_close(false) left the log");
+
+        // A handle that only reads, then one that writes a little, close at once.
+        let reader = closing_compacts().open(dir.path()).expect("open");
+        assert_eq!(dump(&reader), expected);
+        drop(reader);
+        assert_eq!(log_bytes(dir.path()), logged);
+        let writer = closing_compacts().open(dir.path()).expect("open");
+        writer.put("one", "more").expect("put");
+        drop(writer);
+        expected.insert(b"one".to_vec(), b"more".to_vec());
+        assert!(log_bytes(dir.path()) > logged);
+
+        let db = closing_compacts().open(dir.path()).expect("reopen");
+        assert_eq!(db.stats().expect("stats").snapshot_keys, 0);
+        assert_eq!(dump(&db), expected);
+    }
+
+    /// A compaction the background thread was woken for when the handle closes is finished,
+    /// not abandoned.
+    #[test]
+    fn closing_right_after_a_compaction_is_due_completes_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Options::new()
+            .compaction_min_wal_bytes(128 << 10)
+            .compaction_ratio(0.0)
+            .open(dir.path())
+            .expect("open");
+        let mut batch = Batch::new();
+        let mut expected = BTreeMap::new();
+        for i in 0..10_000u32 {
+            let (key, value) = (
+                format!("k{i:06}"),
+                "a value of a hundred bytes or so, the same size as the benchmark's values are",
+            );
+            batch.put(&key, value);
+            expected.insert(key.into_bytes(), value.as_bytes().to_vec());
+        }
+        db.write(batch).expect("write");
+        drop(db);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("wal-") || n.starts_with("snap-"))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["snap-0000000000000001", "wal-0000000000000001"]);
+        let db = Options::new().open(dir.path()).expect("reopen");
+        assert_eq!(
+            db.stats().expect("stats").wal_bytes,
+            crate::format::WAL_HEADER_LEN as u64
+        );
+        assert_eq!(dump(&db), expected);
+    }
+
+    /// A closing compaction that finds the disk full gives up, and loses nothing.
+    #[test]
+    fn a_closing_compaction_on_a_full_disk_loses_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vfs = FaultyVfs::default();
+        let faults = std::sync::Arc::clone(&vfs.faults);
+        let db = closing_compacts()
+            .vfs(std::sync::Arc::new(vfs))
+            .open(dir.path())
+            .expect("open");
+        let expected = write_a_third_of_a_megabyte(&db);
+        lock(&faults).enospc_after = Some(4 << 10);
+        drop(db);
+        let journal = std::mem::take(&mut lock(&faults).journal);
+        assert!(
+            journal.iter().any(|op| op.starts_with("write snap-")),
+            "the close tried to compact: {journal:?}"
+        );
+        assert!(
+            !dir.path().join("snap-0000000000000001.tmp").exists(),
+            "the partial snapshot is removed"
+        );
+        let db = closing_compacts().open(dir.path()).expect("reopen");
+        assert_eq!(db.stats().expect("stats").snapshot_keys, 0);
+        assert_eq!(dump(&db), expected);
+    }
+
+    /// Kills a closing compaction (the disk freezes) after each of its file operations in turn.
+    #[test]
+    fn a_crash_at_every_step_of_a_closing_compaction_recovers_the_acknowledged_state() {
+        let mut steps = 0;
+        for crash_at in 0.. {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let vfs = FaultyVfs::default();
+            let faults = std::sync::Arc::clone(&vfs.faults);
+            let db = closing_compacts()
+                .vfs(std::sync::Arc::new(vfs))
+                .open(dir.path())
+                .expect("open");
+            let expected = write_a_third_of_a_megabyte(&db);
+            {
+                let mut f = lock(&faults);
+                f.journal.clear();
+                f.freeze_after = Some(crash_at);
+            }
+            drop(db);
+            let journal = std::mem::take(&mut lock(&faults).journal);
+
+            let db = closing_compacts()
+                .compact_on_close(false)
+                .open(dir.path())
+                .unwrap_or_else(|e| {
+                    panic!("crash after {journal:?}: the store must reopen, got {e}")
+                });
+            assert_eq!(dump(&db), expected, "crash after {journal:?}");
+            drop(db);
+            if journal.len() < crash_at {
+                break;
+            }
+            steps += 1;
+        }
+        assert!(steps >= 10, "only {steps} crash points were exercised");
     }
 }

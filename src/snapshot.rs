@@ -828,14 +828,20 @@ impl<'a> SnapshotWriter<'a> {
         self.out.extend_from_slice(&meta);
         self.out.extend_from_slice(&crcs);
         self.out.extend_from_slice(&footer.encode());
-        self.flush()?;
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io("sync", &self.tmp_path, e))?;
         let path = self.dir.join(snapshot_name(self.generation));
-        self.vfs
-            .rename(&self.tmp_path, &path)
-            .map_err(|e| Error::io("rename into place", &self.tmp_path, e))?;
+        let written = self.flush().and_then(|()| {
+            self.file
+                .sync_data()
+                .map_err(|e| Error::io("sync", &self.tmp_path, e))?;
+            self.vfs
+                .rename(&self.tmp_path, &path)
+                .map_err(|e| Error::io("rename into place", &self.tmp_path, e))
+        });
+        if let Err(e) = written {
+            // A full disk must not keep the partial file until the next open.
+            let _ = self.vfs.remove_file(&self.tmp_path);
+            return Err(e);
+        }
         self.vfs
             .sync_dir(&self.dir)
             .map_err(|e| Error::io("sync the directory", &self.dir, e))?;

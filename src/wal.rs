@@ -296,6 +296,8 @@ pub struct LogWriter {
     allocated: u64,
     /// Reused encoding buffer.
     scratch: Vec<u8>,
+    /// Bytes this writer appended itself (other processes' appends not included).
+    appended_here: u64,
 }
 
 impl LogWriter {
@@ -317,6 +319,7 @@ impl LogWriter {
             next_seq,
             allocated: allocated.max(end),
             scratch: Vec::new(),
+            appended_here: 0,
         }
     }
 
@@ -341,6 +344,11 @@ impl LogWriter {
         self.end = end;
         self.next_seq = next_seq;
         self.allocated = allocated.max(end);
+    }
+
+    /// Bytes of this log that this writer appended itself.
+    pub fn appended_here(&self) -> u64 {
+        self.appended_here
     }
 
     /// The generation of the log.
@@ -373,6 +381,7 @@ impl LogWriter {
         }
         result?;
         self.end += written;
+        self.appended_here += written;
         self.next_seq += count;
         Ok(())
     }

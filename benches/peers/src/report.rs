@@ -61,6 +61,13 @@ const ROWS: &[Row] = &[
         sled_comparable: true,
     },
     Row {
+        key: "close_after_load_s",
+        label: "close after the load (drop of the handle, s)",
+        higher_is_better: false,
+        baseline: None,
+        sled_comparable: true,
+    },
+    Row {
         key: "reopen_s",
         label: "reopen after the load + first get (s)",
         higher_is_better: false,

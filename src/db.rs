@@ -530,7 +530,7 @@ impl Db {
         if let crate::wal::Stop::Damaged { offset, reason } = scan.stop {
             return Err(Error::corruption(path, offset, reason));
         }
-        if let Some(at) = crate::wal::first_nonzero(file, path, scan.end)? {
+        if let Some(at) = crate::wal::first_nonzero(file, path, scan.end, scan.size)? {
             return Err(Error::corruption(
                 path,
                 at,

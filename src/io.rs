@@ -114,8 +114,9 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     fn lock(&self, kind: LockKind, wait: bool) -> io::Result<bool>;
     /// Releases the lock taken by [`VfsFile::lock`].
     fn unlock(&self) -> io::Result<()>;
-    /// Maps the whole file read-only. Only for files that are never modified again (snapshots).
-    fn map(&self) -> io::Result<Arc<dyn Mapping>>;
+    /// Maps the whole file read-only, given its size (from [`VfsFile::size`]: the mapping saves
+    /// asking again). Only for files that are never modified again (snapshots).
+    fn map(&self, size: u64) -> io::Result<Arc<dyn Mapping>>;
     /// Maps the file's first [`SHARED_BYTES`] as shared memory: stores through one mapping are
     /// seen by every other mapping of the file at once. The file must be at least that long.
     /// With `writable == false` the stores are refused (a read-only handle never writes).
@@ -348,13 +349,16 @@ impl VfsFile for StdFile {
         unsafe_code,
         reason = "memmap2::Mmap::map is unsafe: see the SAFETY note"
     )]
-    fn map(&self) -> io::Result<Arc<dyn Mapping>> {
+    fn map(&self, size: u64) -> io::Result<Arc<dyn Mapping>> {
+        let len = usize::try_from(size)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large to map"))?;
         // SAFETY: a mapping is undefined behaviour if the file changes underneath it. sturdykv maps
         // only snapshots, which are written once under a temporary name, synced and renamed, and
         // never written, truncated or reused afterwards (a new generation gets a new file; the old
-        // one is unlinked, which keeps its pages alive for existing mappings). Only another
-        // program tampering with the store's files could break this.
-        let map = unsafe { memmap2::Mmap::map(&self.0)? };
+        // one is unlinked, which keeps its pages alive for existing mappings), so `size`, read
+        // from the open file, stays true. Only another program tampering with the store's files
+        // could break this.
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&self.0)? };
         // Point reads touch a page here and there: without this hint the kernel maps (and counts
         // as resident) the 64 KiB around every touched page, which on a random workload soon
         // means the whole file.
@@ -425,7 +429,14 @@ impl SharedWords for StdSharedWords {
 
     fn fetch_max(&self, index: usize, value: u64) {
         assert!(self.writable(), "store through a read-only shared mapping");
-        self.word(index).fetch_max(value, Ordering::AcqRel);
+        let word = self.word(index);
+        // Most raises find the value there already (every open raises the snapshot generation,
+        // every commit the log generation). An atomic read-modify-write writes even then: to a
+        // page the process has not written yet, that is a write fault, and it dirties the lock
+        // file's page for writeback.
+        if word.load(Ordering::Acquire) < value {
+            word.fetch_max(value, Ordering::AcqRel);
+        }
     }
 
     fn store(&self, index: usize, value: u64) {
@@ -654,8 +665,8 @@ pub(crate) mod faulty {
         fn unlock(&self) -> io::Result<()> {
             self.inner.unlock()
         }
-        fn map(&self) -> io::Result<Arc<dyn Mapping>> {
-            self.inner.map()
+        fn map(&self, size: u64) -> io::Result<Arc<dyn Mapping>> {
+            self.inner.map(size)
         }
         fn map_shared(&self, writable: bool) -> io::Result<Arc<dyn SharedWords>> {
             self.inner.map_shared(writable)

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::follow::Position;
 use crate::format::{OpRef, WAL_HEADER_LEN, WalHeader};
 use crate::io::{EntryKind, OpenMode, Vfs};
-use crate::layout::{StoreFile, classify, snapshot_name, wal_name};
+use crate::layout::{HANDLES_LOCK_NAME, StoreFile, classify, snapshot_name, wal_name};
 use crate::locking::{
     APPENDED_SEQ, Access, COMMITTED_SEQ, CompactionLock, DIRECTORY_SYNCED, LOG_GENERATION,
     SNAPSHOT_GENERATION, SYNCED_SEQ, StoreLock,
@@ -51,55 +51,64 @@ pub fn open(
     create_if_missing: bool,
     access: Access,
 ) -> Result<Recovered> {
-    match vfs
-        .entry_kind(dir)
-        .map_err(|e| Error::io("look at", dir, e))?
-    {
-        Some(EntryKind::Dir) => {}
-        Some(EntryKind::File) => {
-            return Err(Error::NotAStore {
-                path: dir.to_owned(),
-                reason: "it is a file; a store is a directory".into(),
-            });
+    // `LOCK.handles` is created only by an open that passed the checks below, and never removed
+    // (unlike `LOCK`, the name is ours alone: LevelDB and RocksDB directories hold a `LOCK`).
+    // Where it exists, the directory is a store and the checks, a dozen system calls, are
+    // skipped. A newer format is still refused before anything is removed (`remove_garbage`)
+    // or written (the load reads the log's header before the hints are corrected).
+    let marker = dir.join(HANDLES_LOCK_NAME);
+    if vfs.entry_kind(&marker).ok().flatten() != Some(EntryKind::File) {
+        match vfs
+            .entry_kind(dir)
+            .map_err(|e| Error::io("look at", dir, e))?
+        {
+            Some(EntryKind::Dir) => {}
+            Some(EntryKind::File) => {
+                return Err(Error::NotAStore {
+                    path: dir.to_owned(),
+                    reason: "it is a file; a store is a directory".into(),
+                });
+            }
+            None if create_if_missing && access != Access::ReadOnly => {
+                vfs.create_dir_all(dir)
+                    .map_err(|e| Error::io("create the store directory", dir, e))?;
+                // The new directory's own entry must be durable too, or a power loss could take the
+                // whole store (and every acknowledged write in it) away.
+                let parent = match dir.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    _ => Path::new("."),
+                };
+                vfs.sync_dir(parent)
+                    .map_err(|e| Error::io("sync the directory", parent, e))?;
+            }
+            None => {
+                return Err(Error::NotAStore {
+                    path: dir.to_owned(),
+                    reason: "no such directory".into(),
+                });
+            }
         }
-        None if create_if_missing && access != Access::ReadOnly => {
-            vfs.create_dir_all(dir)
-                .map_err(|e| Error::io("create the store directory", dir, e))?;
-            // The new directory's own entry must be durable too, or a power loss could take the
-            // whole store (and every acknowledged write in it) away.
-            let parent = match dir.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            vfs.sync_dir(parent)
-                .map_err(|e| Error::io("sync the directory", parent, e))?;
-        }
-        None => {
-            return Err(Error::NotAStore {
-                path: dir.to_owned(),
-                reason: "no such directory".into(),
-            });
-        }
-    }
 
-    // Look before writing anything: a directory that holds something else is left untouched.
-    let listing = list_store(vfs, dir)?;
-    if listing.foreign > 0 && !listing.has_store_files() {
-        return Err(Error::NotAStore {
-            path: dir.to_owned(),
-            reason: "the directory is not empty and holds no sturdykv files".into(),
-        });
-    }
-    if access == Access::ReadOnly && !listing.has_store_files() {
-        return Err(Error::NotAStore {
-            path: dir.to_owned(),
-            reason: "it holds no sturdykv files (a read-only open does not create a store)".into(),
-        });
-    }
-    // Any damage found below must be in the files themselves: refuse a newer format before
-    // taking locks or writing anything.
-    if let Some(&generation) = listing.wals.last() {
-        wal::open(vfs, &dir.join(wal_name(generation)), OpenMode::Read)?;
+        // Look before writing anything: a directory that holds something else is left untouched.
+        let listing = list_store(vfs, dir)?;
+        if listing.foreign > 0 && !listing.has_store_files() {
+            return Err(Error::NotAStore {
+                path: dir.to_owned(),
+                reason: "the directory is not empty and holds no sturdykv files".into(),
+            });
+        }
+        if access == Access::ReadOnly && !listing.has_store_files() {
+            return Err(Error::NotAStore {
+                path: dir.to_owned(),
+                reason: "it holds no sturdykv files (a read-only open does not create a store)"
+                    .into(),
+            });
+        }
+        // Any damage found below must be in the files themselves: refuse a newer format before
+        // taking locks or writing anything.
+        if let Some(&generation) = listing.wals.last() {
+            wal::open(vfs, &dir.join(wal_name(generation)), OpenMode::Read)?;
+        }
     }
 
     let store_lock = StoreLock::open(vfs, dir, access)?;
@@ -147,6 +156,7 @@ pub fn open(
     report.replayed_records = loaded.replayed_records;
     report.quarantine_files = loaded.quarantine_files.clone();
     let last = loaded.position.clone();
+    let mut allocated = Some(loaded.log_size);
     if let Some((offset, reason)) = loaded.damage {
         if writable {
             let header = WalHeader {
@@ -168,6 +178,7 @@ pub fn open(
                 repair.truncated_bytes
             );
             report.truncated_bytes += repair.truncated_bytes;
+            allocated = None; // the repair changed the file's size
             report.quarantine_files.extend(repair.quarantined_to);
         } else {
             log::warn!(
@@ -192,10 +203,13 @@ pub fn open(
     }
     drop(guard);
 
-    let allocated = last
-        .file
-        .size()
-        .map_err(|e| Error::io("read the size of", &last.path, e))?;
+    let allocated = match allocated {
+        Some(size) => size,
+        None => last
+            .file
+            .size()
+            .map_err(|e| Error::io("read the size of", &last.path, e))?,
+    };
     let writer = LogWriter::new(
         last.path.clone(),
         Arc::clone(&last.file),
@@ -233,6 +247,12 @@ fn remove_garbage(vfs: &dyn Vfs, dir: &Path) -> Result<(u64, Listing)> {
                 .map(|&g| snapshot_name(g)),
         );
     let garbage: Vec<String> = listing.temporaries.iter().cloned().chain(stale).collect();
+    if !garbage.is_empty()
+        && let Some(&generation) = listing.wals.last()
+    {
+        // Not the files of a newer sturdykv, whose names may mean something else.
+        wal::open(vfs, &dir.join(wal_name(generation)), OpenMode::Read)?;
+    }
     for name in &garbage {
         vfs.remove_file(&dir.join(name))
             .map_err(|e| Error::io("remove leftover file", dir.join(name), e))?;
@@ -256,6 +276,8 @@ pub struct Loaded {
     pub first_seq_of_last: u64,
     /// Where reading the newest log stopped early, if it did (a torn or damaged tail).
     pub damage: Option<(u64, &'static str)>,
+    /// The newest log's size in bytes, preallocated zeros included, as it was read.
+    pub log_size: u64,
     pub replayed_records: u64,
     pub quarantine_files: Vec<PathBuf>,
     /// The fingerprint of the store's file names as read (see [`directory_fingerprint`]).
@@ -436,7 +458,7 @@ fn load_once(
         let damage = match scan.stop {
             _ if stopped_early => None,
             Stop::Damaged { offset, reason } => Some((offset, reason)),
-            Stop::Clean => wal::first_nonzero(file.as_ref(), &path, scan.end)?
+            Stop::Clean => wal::first_nonzero(file.as_ref(), &path, scan.end, scan.size)?
                 .map(|_| (scan.end, "non-zero bytes after the end of the log")),
         };
         if i != last {
@@ -456,6 +478,7 @@ fn load_once(
             },
             first_seq_of_last: header.first_seq,
             damage,
+            log_size: scan.size,
             replayed_records: 0,
             quarantine_files: listing.quarantine.iter().map(|n| dir.join(n)).collect(),
             directory: 0,

@@ -963,11 +963,15 @@ impl VfsFile for SimFile {
         })
     }
 
-    fn map(&self) -> io::Result<Arc<dyn Mapping>> {
+    fn map(&self, size: u64) -> io::Result<Arc<dyn Mapping>> {
         // Mapped files (snapshots) are immutable, so a copy is as good as a mapping.
         self.with(|state, ino| {
             state.read()?;
-            Ok(Arc::new(SimMapping(state.inodes[&ino].live.clone())) as Arc<dyn Mapping>)
+            let live = &state.inodes[&ino].live;
+            if live.len() as u64 != size {
+                return Err(io::Error::other("mapping a file whose size changed"));
+            }
+            Ok(Arc::new(SimMapping(live.clone())) as Arc<dyn Mapping>)
         })
     }
 }

@@ -88,7 +88,9 @@ impl Snapshot {
                 "snapshot shorter than header and footer",
             ));
         }
-        let map = file.map().map_err(|e| Error::io("memory-map", path, e))?;
+        let map = file
+            .map(size)
+            .map_err(|e| Error::io("memory-map", path, e))?;
         let bytes = map.bytes();
         let header = SnapHeader::decode(bytes).map_err(|e| header_error(path, e, 0))?;
         let footer_at = bytes.len() - SNAP_FOOTER_LEN;

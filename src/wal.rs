@@ -49,6 +49,8 @@ pub struct Scan {
     pub next_seq: u64,
     /// Why reading stopped.
     pub stop: Stop,
+    /// The file's size when reading began.
+    pub size: u64,
 }
 
 /// What a repair did to a damaged tail.
@@ -175,14 +177,13 @@ pub fn scan(
         end: offset,
         next_seq: seq,
         stop,
+        size,
     })
 }
 
-/// Returns the offset of the first non-zero byte at or after `from`, if any.
-pub fn first_nonzero(file: &dyn VfsFile, path: &Path, from: u64) -> Result<Option<u64>> {
-    let size = file
-        .size()
-        .map_err(|e| Error::io("read the size of", path, e))?;
+/// Returns the offset of the first non-zero byte at or after `from` and before `size` (the
+/// file's size, as a [`Scan`] saw it), if any.
+pub fn first_nonzero(file: &dyn VfsFile, path: &Path, from: u64, size: u64) -> Result<Option<u64>> {
     let mut reader = ChunkReader::new(file, path, size);
     let mut offset = from;
     while offset < size {

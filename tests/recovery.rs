@@ -237,7 +237,17 @@ fn a_log_from_a_future_version_is_refused_as_such() {
     store_with(dir.path(), 1);
     let before = std::fs::read(wal_path(dir.path())).expect("read");
     write_at(&wal_path(dir.path()), 8, &2u32.to_le_bytes());
+    // What would be garbage to this version may not be to the newer one.
+    let leftover = dir.path().join("snap-0000000000000009.tmp");
+    std::fs::write(&leftover, b"the newer version's").expect("write");
+    let hints = std::fs::read(dir.path().join("LOCK")).expect("read");
     let err = Db::open(dir.path()).expect_err("future version");
+    assert!(leftover.exists(), "nothing was removed");
+    assert_eq!(
+        std::fs::read(dir.path().join("LOCK")).expect("read"),
+        hints,
+        "no hint was written"
+    );
     assert!(
         matches!(
             err,

@@ -33,7 +33,8 @@ impl Batch {
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Self {
         let (key, value) = (key.as_ref(), value.as_ref());
         self.encoded_len += OpRef::Put(key, value).encoded_len() as u64;
-        self.ops.push((Bytes::from(key), Some(Bytes::from(value))));
+        let (key, value) = Bytes::pair(key, value);
+        self.ops.push((key, Some(value)));
         self
     }
 

@@ -180,7 +180,10 @@ impl Inner {
                 stop,
                 |record| {
                     ops.extend(record.ops().map(|op| match op {
-                        OpRef::Put(key, value) => (Bytes::from(key), Some(Bytes::from(value))),
+                        OpRef::Put(key, value) => {
+                            let (key, value) = Bytes::pair(key, value);
+                            (key, Some(value))
+                        }
                         OpRef::Delete(key) => (Bytes::from(key), None),
                     }));
                 },

@@ -1,87 +1,115 @@
 //! The in-memory view of the writes since the last snapshot: an ordered map from key to value, or
 //! to a tombstone where a delete must hide an older value underneath.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashSet};
+use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::bytes::Bytes;
 
 /// Bytes of bookkeeping charged per entry on top of key and value, for `approximate_bytes`: the
-/// tree's share and the hash index's.
+/// tree's share, the hash index's and the allocation's header.
 const ENTRY_OVERHEAD: usize = 112;
 
-/// Key to entry, for point lookups.
-type HashIndex = HashMap<Arc<[u8]>, Option<Arc<[u8]>>, foldhash::fast::RandomState>;
-
-/// A memtable key: the shared heap bytes, and their first eight bytes again as an integer kept
-/// in the tree's node, so that most comparisons while searching the tree read no memory but the
-/// node's. A bulk load into a tree of bare shared keys spent a fifth of its time in comparisons,
-/// each a cache miss on a key somewhere on the heap. Ordered and compared as its bytes. (The hash
-/// index needs no prefix: it keeps the bare `Arc`.)
+/// One write: the key and the value in a single shared allocation, the key first (a bulk load
+/// spent a fifth of its time in `malloc` and `free` when they were two); the key's first eight
+/// bytes again as an integer, kept in the tree's node, so that most comparisons while searching
+/// the tree read no memory but the node's (a tree of bare shared keys spent a fifth of a bulk
+/// load in comparisons, each a cache miss somewhere on the heap); and whether it is a tombstone.
+/// Ordered, compared and hashed as its key's bytes, so both the tree and the hash index look it
+/// up by a bare `&[u8]`.
 #[derive(Clone)]
-struct MemKey {
+struct Entry {
     prefix: u64,
     bytes: Arc<[u8]>,
+    key_len: u32,
+    live: bool,
 }
 
-// Eight bytes more than a bare `Arc<[u8]>`, in the tree only.
-const _: () = assert!(std::mem::size_of::<MemKey>() == 24);
+// The tree and the index each hold 32 bytes per entry, and share its allocation.
+const _: () = assert!(std::mem::size_of::<Entry>() == 32);
+// Keys fit `key_len`.
+const _: () = assert!(crate::limits::MAX_KEY_LEN <= u32::MAX as usize);
 
-impl MemKey {
-    fn new(key: Bytes) -> MemKey {
-        MemKey {
+impl Entry {
+    /// Takes over the allocation of a key and value made by [`Bytes::pair`] (every batch's
+    /// puts, and replayed records, are), or copies them into one.
+    fn new(key: Bytes, value: Option<Bytes>) -> Entry {
+        let bytes = Bytes::key_and_value(&key, value.as_ref())
+            .unwrap_or_else(|| crate::bytes::joined(&key, value.as_deref().unwrap_or_default()));
+        Entry {
             prefix: crate::format::key_prefix(&key),
-            bytes: key.into_arc(),
+            bytes,
+            key_len: key.len() as u32,
+            live: value.is_some(),
         }
     }
 
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes
+    fn key(&self) -> &[u8] {
+        &self.bytes[..self.key_len as usize]
     }
 
-    fn to_bytes(&self) -> Bytes {
-        Bytes::from_arc(Arc::clone(&self.bytes))
+    fn key_bytes(&self) -> Bytes {
+        Bytes::shared(&self.bytes, 0, self.key_len as usize)
+    }
+
+    /// The value, or `None` for a tombstone.
+    fn value(&self) -> Option<Bytes> {
+        let key_len = self.key_len as usize;
+        self.live
+            .then(|| Bytes::shared(&self.bytes, key_len, self.bytes.len() - key_len))
+    }
+
+    /// What the entry counts for in [`Memtable::approximate_bytes`].
+    fn footprint(&self) -> usize {
+        self.bytes.len() + ENTRY_OVERHEAD
     }
 }
 
-impl std::borrow::Borrow<[u8]> for MemKey {
+impl std::borrow::Borrow<[u8]> for Entry {
     fn borrow(&self) -> &[u8] {
-        self.as_slice()
+        self.key()
     }
 }
 
-impl PartialEq for MemKey {
+impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
-        self.prefix == other.prefix && self.as_slice() == other.as_slice()
+        self.prefix == other.prefix && self.key() == other.key()
     }
 }
 
-impl Eq for MemKey {}
+impl Eq for Entry {}
 
-impl PartialOrd for MemKey {
+impl PartialOrd for Entry {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl Ord for MemKey {
+impl Ord for Entry {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         // Prefixes order as the keys do wherever they differ (see `key_prefix`).
         self.prefix
             .cmp(&other.prefix)
-            .then_with(|| self.as_slice().cmp(other.as_slice()))
+            .then_with(|| self.key().cmp(other.key()))
     }
 }
 
-impl std::fmt::Debug for MemKey {
+impl Hash for Entry {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `[u8]` hashes, so the index finds an entry by a bare key.
+        self.key().hash(state);
+    }
+}
+
+impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", Bytes::copy_from_slice(self.as_slice()))
+        write!(f, "{:?} = {:?}", self.key_bytes(), self.value())
     }
 }
 
-/// Ordered writes: `Some(value)` for a put, `None` for a tombstone. Keys are [`MemKey`]s; values
-/// are bare `Arc<[u8]>` (16 bytes in the tree), shared with the `Bytes` handed to readers.
+/// Ordered writes, each a put or a tombstone.
 ///
 /// Point lookups go through a hash index of the same entries: a miss in the tree costs a dozen
 /// key comparisons, each chasing a pointer to the key's bytes, and most point reads miss here
@@ -89,49 +117,46 @@ impl std::fmt::Debug for MemKey {
 /// of random gets. The index hashes with foldhash, seeded at random per process (DECISIONS 31).
 #[derive(Debug, Default)]
 pub struct Memtable {
-    map: BTreeMap<MemKey, Option<Arc<[u8]>>>,
-    index: HashIndex,
+    map: BTreeSet<Entry>,
+    index: HashSet<Entry, foldhash::fast::RandomState>,
     approximate_bytes: usize,
 }
 
 impl Memtable {
     /// The entry for `key`: `None` if this table knows nothing of it, `Some(None)` for a tombstone.
     pub fn get(&self, key: &[u8]) -> Option<Option<Bytes>> {
-        self.index
-            .get(key)
-            .map(|v| v.as_ref().map(|v| Bytes::from_arc(Arc::clone(v))))
+        self.index.get(key).map(Entry::value)
     }
 
     /// Whether this table has `key`: `Some(true)` live, `Some(false)` a tombstone, `None` unknown.
     pub fn knows(&self, key: &[u8]) -> Option<bool> {
-        self.index.get(key).map(Option::is_some)
+        self.index.get(key).map(|entry| entry.live)
     }
 
     /// An empty table whose index has room for `entries` without growing.
     pub fn with_capacity(entries: usize) -> Memtable {
         Memtable {
-            index: HashIndex::with_capacity_and_hasher(entries, Default::default()),
+            index: HashSet::with_capacity_and_hasher(entries, Default::default()),
             ..Memtable::default()
         }
     }
 
-    /// Records `key = value` (or a tombstone) and returns the previous entry.
-    pub fn insert(&mut self, key: Bytes, value: Option<Bytes>) -> Option<Option<Arc<[u8]>>> {
-        self.insert_entry(MemKey::new(key), value.map(Bytes::into_arc))
+    /// Records `key = value` (or a tombstone). Returns what the table held for the key before:
+    /// `Some(true)` a value, `Some(false)` a tombstone, `None` nothing.
+    pub fn insert(&mut self, key: Bytes, value: Option<Bytes>) -> Option<bool> {
+        self.insert_entry(Entry::new(key, value))
     }
 
-    fn insert_entry(&mut self, key: MemKey, value: Option<Arc<[u8]>>) -> Option<Option<Arc<[u8]>>> {
-        let key_len = key.as_slice().len();
-        let added = key_len + value.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD;
-        self.index.insert(Arc::clone(&key.bytes), value.clone());
-        let previous = self.map.insert(key, value);
+    fn insert_entry(&mut self, entry: Entry) -> Option<bool> {
+        let added = entry.footprint();
+        self.index.replace(entry.clone());
+        let previous = self.map.replace(entry);
         if let Some(old) = &previous {
             // Replacing an entry: take the old one off before adding the new one.
-            self.approximate_bytes -=
-                key_len + ENTRY_OVERHEAD + old.as_ref().map_or(0, |v| v.len());
+            self.approximate_bytes -= old.footprint();
         }
         self.approximate_bytes += added;
-        previous
+        previous.map(|old| old.live)
     }
 
     /// A table of `entries`, which must be sorted by key with no key twice (`capacity`: about
@@ -141,16 +166,15 @@ impl Memtable {
         entries: impl IntoIterator<Item = (Bytes, Option<Bytes>)>,
         capacity: usize,
     ) -> Memtable {
-        let mut index = HashIndex::with_capacity_and_hasher(capacity, Default::default());
+        let mut index = HashSet::with_capacity_and_hasher(capacity, Default::default());
         let mut approximate_bytes = 0;
-        let map: BTreeMap<_, _> = entries
+        let map: BTreeSet<Entry> = entries
             .into_iter()
             .map(|(key, value)| {
-                approximate_bytes +=
-                    key.len() + value.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD;
-                let (key, value) = (MemKey::new(key), value.map(Bytes::into_arc));
-                index.insert(Arc::clone(&key.bytes), value.clone());
-                (key, value)
+                let entry = Entry::new(key, value);
+                approximate_bytes += entry.footprint();
+                index.insert(entry.clone());
+                entry
             })
             .collect();
         Memtable {
@@ -168,20 +192,19 @@ impl Memtable {
             index: self.index.clone(),
             approximate_bytes: self.approximate_bytes,
         };
-        for (key, value) in upper.map {
-            merged.insert_entry(key, value);
+        for entry in upper.map {
+            merged.insert_entry(entry);
         }
         merged
     }
 
-    /// Forgets `key` entirely (used when no older value needs hiding).
-    pub fn remove(&mut self, key: &[u8]) -> Option<Option<Arc<[u8]>>> {
+    /// Forgets `key` entirely (used when no older value needs hiding). Returns what the table
+    /// held for it, as [`Memtable::insert`] does.
+    pub fn remove(&mut self, key: &[u8]) -> Option<bool> {
         self.index.remove(key);
-        let previous = self.map.remove_entry(key);
-        previous.map(|(k, v)| {
-            self.approximate_bytes -=
-                k.as_slice().len() + v.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD;
-            v
+        self.map.take(key).map(|old| {
+            self.approximate_bytes -= old.footprint();
+            old.live
         })
     }
 
@@ -196,12 +219,7 @@ impl Memtable {
             .then(|| self.map.range::<[u8], _>((lo, hi)))
             .into_iter()
             .flatten()
-            .map(|(k, v)| {
-                (
-                    k.to_bytes(),
-                    v.as_ref().map(|v| Bytes::from_arc(Arc::clone(v))),
-                )
-            })
+            .map(|entry| (entry.key_bytes(), entry.value()))
     }
 
     /// Number of entries, tombstones included.
@@ -240,7 +258,7 @@ mod tests {
         assert_eq!(m.approximate_bytes(), 3 + 1 + ENTRY_OVERHEAD);
         m.insert(Bytes::from("key"), None);
         assert_eq!(m.approximate_bytes(), 3 + ENTRY_OVERHEAD);
-        assert!(matches!(m.remove(b"key"), Some(None)));
+        assert_eq!(m.remove(b"key"), Some(false));
         assert_eq!(m.approximate_bytes(), 0);
     }
 

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::follow::Position;
 use crate::format::{OpRef, WAL_HEADER_LEN, WalHeader};
@@ -446,7 +447,10 @@ fn load_once(
                 replayed_records += 1;
                 for op in record.ops() {
                     match op {
-                        OpRef::Put(key, value) => replayed.push(key.into(), Some(value.into())),
+                        OpRef::Put(key, value) => {
+                            let (key, value) = Bytes::pair(key, value);
+                            replayed.push(key, Some(value));
+                        }
                         OpRef::Delete(key) => replayed.push(key.into(), None),
                     }
                 }

@@ -156,10 +156,7 @@ impl View {
         match value {
             // The insert itself tells whether the memtable knew the key: no lookup before it.
             Some(value) => {
-                let existed = match self.memtable.insert(key, Some(value)) {
-                    Some(previous) => previous.is_some(),
-                    None => in_base,
-                };
+                let existed = self.memtable.insert(key, Some(value)).unwrap_or(in_base);
                 if !existed {
                     self.live_keys += 1;
                 }

@@ -252,8 +252,14 @@ mod tests {
             assert_eq!(&both[3..], &value[..]);
 
             let (other_k, other_v) = Bytes::pair(b"key", &value);
-            assert!(Bytes::key_and_value(&k, Some(&other_v)).is_none(), "two allocations");
-            assert!(Bytes::key_and_value(&other_v, Some(&other_k)).is_none(), "swapped");
+            assert!(
+                Bytes::key_and_value(&k, Some(&other_v)).is_none(),
+                "two allocations"
+            );
+            assert!(
+                Bytes::key_and_value(&other_v, Some(&other_k)).is_none(),
+                "swapped"
+            );
             assert_eq!(
                 Bytes::key_and_value(&k, None).is_some(),
                 value_len == 0,
@@ -261,7 +267,10 @@ mod tests {
             );
         }
         let whole = Bytes::from("key");
-        assert!(Bytes::key_and_value(&whole, None).is_some(), "a tombstone's key");
+        assert!(
+            Bytes::key_and_value(&whole, None).is_some(),
+            "a tombstone's key"
+        );
         assert!(Bytes::key_and_value(&whole, Some(&Bytes::from("v"))).is_none());
     }
 }

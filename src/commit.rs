@@ -17,7 +17,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,35 @@ fn claimer_is_gone(token: u64) -> bool {
         .ok()
         .and_then(rustix::process::Pid::from_raw)
         .is_some_and(|pid| rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH))
+}
+
+/// A condition variable that makes no system call when no thread sleeps on it. std's
+/// `notify_all` always makes one (a futex wake), and a lone writer's commit notified three times:
+/// the turn to append, the group's outcome, the sync's end. Both sides must hold the mutex that
+/// guards the state: a sleeper counts itself under it before it sleeps, and a notifier changes the
+/// state under it, so either the sleeper sees the change or the notifier sees the sleeper.
+#[derive(Default)]
+pub(crate) struct Signal {
+    condvar: Condvar,
+    sleepers: AtomicUsize,
+}
+
+impl Signal {
+    /// Sleeps until notified (or spuriously woken), releasing `guard`'s mutex meanwhile.
+    fn wait<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+        // Relaxed: the mutex orders this against the notifier's look.
+        self.sleepers.fetch_add(1, Ordering::Relaxed);
+        let guard = self.condvar.wait(guard).unwrap_or_else(|e| e.into_inner());
+        self.sleepers.fetch_sub(1, Ordering::Relaxed);
+        guard
+    }
+
+    /// Wakes every sleeper, if there is one. Call after changing the state under its mutex.
+    pub(crate) fn notify_all(&self) {
+        if self.sleepers.load(Ordering::Relaxed) != 0 {
+            self.condvar.notify_all();
+        }
+    }
 }
 
 /// Threads waiting to commit, and the order commits finish in.
@@ -193,7 +222,7 @@ impl Inner {
         &self,
         mutex: &'a Mutex<T>,
         guard: MutexGuard<'a, T>,
-        changed: &Condvar,
+        changed: &Signal,
         spin_until: &mut Option<Instant>,
     ) -> MutexGuard<'a, T> {
         let now = Instant::now();
@@ -202,7 +231,7 @@ impl Inner {
             std::thread::yield_now();
             return lock(mutex);
         }
-        changed.wait(guard).unwrap_or_else(|e| e.into_inner())
+        changed.wait(guard)
     }
 
     /// Commits a group: append, sync, publish, acknowledge.

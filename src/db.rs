@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::batch::{Batch, check_key, check_value};
 use crate::bytes::Bytes;
-use crate::commit::{OwnRecord, Queue, Syncs};
+use crate::commit::{OwnRecord, Queue, Signal, Syncs};
 use crate::error::{Error, Result};
 use crate::follow::Position;
 use crate::format::WAL_HEADER_LEN;
@@ -212,10 +212,10 @@ impl Options {
             seen_seq: AtomicU64::new(seen_seq),
             seen_snapshot: AtomicU64::new(seen_snapshot),
             queue: Mutex::new(Queue::default()),
-            queue_changed: Condvar::new(),
+            queue_changed: Signal::default(),
             own_records: Mutex::default(),
             sync_state: Mutex::new(Syncs::default()),
-            sync_done: Condvar::new(),
+            sync_done: Signal::default(),
             more_appended: Condvar::new(),
             writer: Mutex::new(recovered.writer),
             compaction: Mutex::new(()),
@@ -364,12 +364,12 @@ pub(crate) struct Inner {
     pub(crate) seen_snapshot: AtomicU64,
     /// Writers waiting to be committed by a group leader.
     pub(crate) queue: Mutex<Queue>,
-    pub(crate) queue_changed: Condvar,
+    pub(crate) queue_changed: Signal,
     /// Records this handle appended and has not applied to its view yet, by sequence number.
     pub(crate) own_records: Mutex<std::collections::BTreeMap<u64, OwnRecord>>,
     /// Which records are durable, and whether a sync is running.
     pub(crate) sync_state: Mutex<Syncs>,
-    pub(crate) sync_done: Condvar,
+    pub(crate) sync_done: Signal,
     /// A record was appended (wakes a sync that waits to cover more writers).
     pub(crate) more_appended: Condvar,
     /// The appending end of the log, held by a group leader while it appends.

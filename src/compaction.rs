@@ -99,7 +99,8 @@ impl Inner {
     }
 
     /// Whether this handle appended at least a quarter of the compaction trigger to the live
-    /// log (not counting an older log another process has compacted since).
+    /// log (not counting an older log another process has compacted since), and the snapshot is
+    /// small enough to rewrite while the caller waits.
     fn wrote_much_of_the_log(&self) -> bool {
         let writer = lock(&self.writer);
         let live = lock(&self.position).generation;
@@ -111,6 +112,7 @@ impl Inner {
         let threshold = (self.options.compaction_ratio / 4.0 * snapshot_bytes as f64) as u64;
         let threshold = threshold.max(self.options.compaction_min_wal_bytes / 4);
         writer.generation() == live
+            && snapshot_bytes <= self.options.close_compaction_max_snapshot
             && writer.appended_here() > 0
             && writer.appended_here() >= threshold
     }
@@ -558,6 +560,32 @@ mod tests {
         let db = closing_compacts().open(dir.path()).expect("reopen");
         assert_eq!(db.stats().expect("stats").snapshot_keys, 0);
         assert_eq!(dump(&db), expected);
+    }
+
+    /// A store whose snapshot is over the size limit is not compacted at close.
+    #[test]
+    fn closing_leaves_the_log_of_a_store_too_large_to_rewrite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = closing_compacts().open(dir.path()).expect("open");
+        db.put("first", "into the snapshot").expect("put");
+        db.compact().expect("compact");
+        let snapshot = db.stats().expect("stats").snapshot_bytes;
+        drop(db);
+        let db = closing_compacts()
+            .close_compaction_max_snapshot(snapshot - 1)
+            .open(dir.path())
+            .expect("open");
+        let expected = write_a_third_of_a_megabyte(&db);
+        drop(db);
+        assert!(log_bytes(dir.path()) > 256 << 10, "the log was left");
+        // At the limit, it does.
+        let db = closing_compacts()
+            .close_compaction_max_snapshot(snapshot)
+            .open(dir.path())
+            .expect("open");
+        assert_eq!(write_a_third_of_a_megabyte(&db), expected);
+        drop(db);
+        assert_eq!(log_bytes(dir.path()), crate::format::WAL_HEADER_LEN as u64);
     }
 
     /// A compaction the background thread was woken for when the handle closes is finished,

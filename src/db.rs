@@ -39,6 +39,10 @@ pub const DEFAULT_COMPACTION_MIN_WAL_BYTES: u64 = 16 << 20;
 pub const DEFAULT_COMPACTION_RATIO: f64 = 0.25;
 /// Default for [`Options::spin_wait`]: 500 µs, a little over two `fdatasync`s of a fast SSD.
 pub const DEFAULT_SPIN_WAIT: Duration = Duration::from_micros(500);
+/// Closing compacts only stores whose snapshot is at most this large (256 MiB): a compaction
+/// rewrites the whole snapshot, about 1 s per 100 MB here, and beyond that a close would keep its
+/// caller waiting much longer than the replay it saves the next open.
+const CLOSE_COMPACTION_MAX_SNAPSHOT: u64 = 256 << 20;
 /// The most [`Options::spin_wait`] takes (a deadline that far off cannot overflow an `Instant`).
 const MAX_SPIN_WAIT: Duration = Duration::from_secs(1);
 
@@ -51,6 +55,8 @@ pub struct Options {
     pub(crate) compaction_ratio: f64,
     pub(crate) background_compaction: bool,
     pub(crate) compact_on_close: bool,
+    /// Closing compacts only stores whose snapshot is at most this large.
+    pub(crate) close_compaction_max_snapshot: u64,
     pub(crate) spin_wait: Duration,
     exclusive: bool,
     pub(crate) read_only: bool,
@@ -90,6 +96,7 @@ impl Options {
             compaction_ratio: DEFAULT_COMPACTION_RATIO,
             background_compaction: true,
             compact_on_close: true,
+            close_compaction_max_snapshot: CLOSE_COMPACTION_MAX_SNAPSHOT,
             spin_wait: DEFAULT_SPIN_WAIT,
             exclusive: false,
             read_only: false,
@@ -145,9 +152,10 @@ impl Options {
     /// of the compaction trigger to the live log (`max(compaction_min_wal_bytes / 4,
     /// compaction_ratio / 4 × snapshot)`, 4 MiB by default), the drop compacts before it returns.
     /// That takes about as long as [`Db::compact`], a second or so per 100 MB of store on an
-    /// SSD. A handle that only read, or wrote little, closes at once. A failure is logged and
-    /// loses nothing: the log still holds every write. With `false`, closing abandons a running
-    /// compaction at its next check and never starts one.
+    /// SSD, so it is done only while the snapshot is at most 256 MiB: a larger store's next open
+    /// replays its log instead. A handle that only read, or wrote little, closes at once. A
+    /// failure is logged and loses nothing: the log still holds every write. With `false`,
+    /// closing abandons a running compaction at its next check and never starts one.
     pub fn compact_on_close(mut self, enabled: bool) -> Self {
         self.compact_on_close = enabled;
         self
@@ -183,6 +191,13 @@ impl Options {
     /// every commit other processes make. Default `false`.
     pub fn read_only(mut self, read_only: bool) -> Self {
         self.read_only = read_only;
+        self
+    }
+
+    /// Lowers the snapshot size up to which closing compacts (tests).
+    #[cfg(test)]
+    pub(crate) fn close_compaction_max_snapshot(mut self, bytes: u64) -> Self {
+        self.close_compaction_max_snapshot = bytes;
         self
     }
 

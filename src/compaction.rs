@@ -60,12 +60,18 @@ impl Inner {
     /// Compacts if the trigger still holds once this thread has the compaction to itself, and no
     /// other process is compacting.
     pub(crate) fn compact_if_due(&self) -> Result<()> {
+        self.compact_if(Inner::compaction_due)
+    }
+
+    /// Compacts if `due` says so once this thread has the compaction to itself and has caught
+    /// up; not at all if another process is compacting.
+    fn compact_if(&self, due: impl Fn(&Inner) -> bool) -> Result<()> {
         let _one_at_a_time = lock(&self.compaction);
         let Some(_across_processes) = self.compaction_lock.acquire(false)? else {
             return Ok(());
         };
         self.refresh()?;
-        if self.compaction_due() {
+        if due(self) {
             self.compact_locked(|_, _| {})?;
         }
         Ok(())
@@ -76,21 +82,10 @@ impl Inner {
     /// process's running compaction is not waited for. Failures are logged: the log still
     /// holds everything.
     pub(crate) fn compact_before_closing(&self) {
-        let result: Result<()> = (|| {
-            if self.options.read_only || self.check_poison().is_err() {
-                return Ok(());
-            }
-            let _one_at_a_time = lock(&self.compaction);
-            let Some(_across_processes) = self.compaction_lock.acquire(false)? else {
-                return Ok(());
-            };
-            self.refresh()?;
-            if self.wrote_much_of_the_log() {
-                self.compact_locked(|_, _| {})?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
+        if self.options.read_only || self.check_poison().is_err() {
+            return;
+        }
+        if let Err(e) = self.compact_if(Inner::wrote_much_of_the_log) {
             log::warn!(
                 "compacting {} before closing failed (the log keeps every write): {e}",
                 self.dir.display()

@@ -37,6 +37,9 @@ use crate::wal::{self, LogWriter, Stop};
 /// at the least; more if syncs here are slow.
 const DEAD_SYNC_PATIENCE: Duration = Duration::from_millis(100);
 
+/// The longest a would-be leader waits for the commits it expects to join its group.
+const MAX_LEAD_GATHER: Duration = Duration::from_micros(50);
+
 /// The longest [`Inner::gather_others`] waits for other processes' appends.
 const MAX_GATHER: Duration = Duration::from_micros(200);
 
@@ -98,6 +101,10 @@ pub(crate) struct Queue {
     forming: Arc<Group>,
     /// A leader is appending (syncs of earlier commits may still run).
     appending: bool,
+    /// How many commits the recent syncs covered, and for how long a would-be leader that finds
+    /// fewer queued waits for the rest, so that they are appended together (DECISIONS 45).
+    expected: u64,
+    lead_gather: Duration,
 }
 
 /// The outcome of one group, shared by its members.
@@ -199,6 +206,7 @@ impl Inner {
         queue.pending.push(batch);
         let group = Arc::clone(&queue.forming);
         let mut spin_until = None;
+        let arrived = Instant::now();
         loop {
             if let Some(outcome) = group.outcome.get() {
                 return outcome
@@ -206,6 +214,17 @@ impl Inner {
                     .map_or(Ok(()), |e| Err(e.for_group_member()));
             }
             if !queue.appending && Arc::ptr_eq(&queue.forming, &group) {
+                // Fewer commits queued than the last syncs covered: give the rest a moment to
+                // join, so that one append carries them all. Yielding, never sleeping: a queued
+                // commit wakes nobody, and neither does the end of this wait.
+                if (queue.pending.len() as u64) < queue.expected
+                    && arrived.elapsed() < queue.lead_gather
+                {
+                    drop(queue);
+                    std::thread::yield_now();
+                    queue = lock(&self.queue);
+                    continue;
+                }
                 let batches = std::mem::take(&mut queue.pending);
                 queue.forming = Arc::default();
                 let turn = self.take_turn(queue);
@@ -397,7 +416,17 @@ impl Inner {
                 syncs.covered = [covered, syncs.covered[0]];
                 syncs.last_took = took;
             }
+            let expected = syncs.covered[0].max(syncs.covered[1]);
+            // Writers that sleep at once (`spin_wait` zero) would not be awake to join.
+            let lead_gather = if self.options.spin_wait.is_zero() {
+                Duration::ZERO
+            } else {
+                (syncs.last_took / 4).min(MAX_LEAD_GATHER)
+            };
             drop(syncs);
+            let mut queue = lock(&self.queue);
+            (queue.expected, queue.lead_gather) = (expected, lead_gather);
+            drop(queue);
             // The next sync may start while this one's commits are published.
             let result = synced.and_then(|()| self.publish(target.end_seq));
             syncs = lock(&self.sync_state);

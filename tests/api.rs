@@ -577,9 +577,11 @@ fn db_is_clone_send_sync_and_shared_across_threads() {
 /// hangs.
 #[test]
 fn writers_that_spin_or_sleep_while_waiting_lose_nothing() {
-    // `Duration::MAX` too: a deadline that far off must not overflow.
+    // `Duration::MAX` too: a deadline that far off must not overflow. And a spin shorter than
+    // a would-be leader's wait for more commits, which must then end with the spin.
     for spin in [
         std::time::Duration::ZERO,
+        std::time::Duration::from_micros(5),
         sturdykv::DEFAULT_SPIN_WAIT,
         std::time::Duration::MAX,
     ] {
@@ -635,4 +637,50 @@ fn errors_say_what_to_do() {
         "Display must not be Debug: {text}"
     );
     drop(db);
+}
+
+/// A writer that finds fewer commits queued than the last syncs covered waits a moment for the
+/// rest (DECISIONS 45). When the threads that made those groups are gone, the wait must end by
+/// itself, whatever `spin_wait` is: nobody else is left to wake it.
+#[test]
+fn a_writer_expecting_a_bigger_group_than_comes_does_not_stall() {
+    for spin in [
+        std::time::Duration::ZERO,
+        std::time::Duration::from_micros(5),
+        sturdykv::DEFAULT_SPIN_WAIT,
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Options::new()
+            .spin_wait(spin)
+            .open(dir.path())
+            .expect("open");
+        // Eight writers, whose last puts start together: the last syncs cover several each.
+        let together = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            for t in 0..8u32 {
+                let (db, together) = (&db, &together);
+                s.spawn(move || {
+                    for i in 0..40u32 {
+                        if i >= 38 {
+                            together.wait();
+                        }
+                        db.put(format!("big-{t}-{i}"), "v").expect("put");
+                    }
+                });
+            }
+        });
+        // Then one writer alone, which always finds fewer queued than expected.
+        let (done, finished) = std::sync::mpsc::channel();
+        let alone = db.clone();
+        std::thread::spawn(move || {
+            for i in 0..20u32 {
+                alone.put(format!("small-{i}"), "v").expect("put");
+            }
+            done.send(()).expect("send");
+        });
+        finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("a lone writer stalled with spin_wait {spin:?}"));
+        assert_eq!(db.len().expect("len"), 8 * 40 + 20);
+    }
 }

@@ -318,6 +318,9 @@ pub struct VerifyReport {
 ///
 /// Readers never wait for a writer's `fdatasync`: a write becomes visible only once it is durable
 /// (as [`Durability`] defines it), and then at once to every clone.
+///
+/// Dropping the last clone closes the store. A handle that wrote much of the log compacts it
+/// first, which can take a second or so per 100 MB of store ([`Options::compact_on_close`]).
 #[derive(Clone)]
 pub struct Db {
     pub(crate) inner: Arc<Inner>,

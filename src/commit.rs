@@ -63,6 +63,14 @@ fn claimer_is_gone(token: u64) -> bool {
         .is_some_and(|pid| rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH))
 }
 
+/// Lets go of `guard`, gives the CPU to another thread, and takes the mutex again: a look that
+/// spins instead of sleeping.
+fn yield_then_lock<'a, T>(mutex: &'a Mutex<T>, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    drop(guard);
+    std::thread::yield_now();
+    lock(mutex)
+}
+
 /// A condition variable that makes no system call when no thread sleeps on it. std's
 /// `notify_all` always makes one (a futex wake), and a lone writer's commit notified three times:
 /// the turn to append, the group's outcome, the sync's end. Both sides must hold the mutex that
@@ -220,9 +228,7 @@ impl Inner {
                 if (queue.pending.len() as u64) < queue.expected
                     && arrived.elapsed() < queue.lead_gather
                 {
-                    drop(queue);
-                    std::thread::yield_now();
-                    queue = lock(&self.queue);
+                    queue = yield_then_lock(&self.queue, queue);
                     continue;
                 }
                 let batches = std::mem::take(&mut queue.pending);
@@ -246,9 +252,7 @@ impl Inner {
     ) -> MutexGuard<'a, T> {
         let now = Instant::now();
         if now < *spin_until.get_or_insert(now + self.options.spin_wait) {
-            drop(guard);
-            std::thread::yield_now();
-            return lock(mutex);
+            return yield_then_lock(mutex, guard);
         }
         changed.wait(guard)
     }
@@ -391,9 +395,7 @@ impl Inner {
                             .unwrap_or_else(|e| e.into_inner())
                             .0;
                     } else {
-                        drop(syncs);
-                        std::thread::yield_now();
-                        syncs = lock(&self.sync_state);
+                        syncs = yield_then_lock(&self.sync_state, syncs);
                     }
                 }
             }
@@ -482,6 +484,8 @@ impl Inner {
                     u64::MAX,
                     |_| {},
                 )?;
+                // The file's size, as the scan read it, unless a repair changes it.
+                let mut allocated = scan.size;
                 if let Stop::Damaged { offset, reason } = scan.stop {
                     let header = wal::read_header(writer.file(), writer.path())?;
                     let repair = wal::repair_tail(
@@ -500,11 +504,11 @@ impl Inner {
                         writer.path().display(),
                         repair.truncated_bytes
                     );
+                    allocated = writer
+                        .file()
+                        .size()
+                        .map_err(|e| Error::io("read the size of", writer.path(), e))?;
                 }
-                let allocated = writer
-                    .file()
-                    .size()
-                    .map_err(|e| Error::io("read the size of", writer.path(), e))?;
                 writer.moved_to(scan.end, scan.next_seq, allocated);
             }
 

@@ -44,17 +44,24 @@ struct Cut {
 const PROGRESS_EVERY: u64 = 4096;
 
 impl Inner {
-    /// Whether the log this handle has applied should be compacted:
-    /// `wal_bytes > max(min_wal_bytes, ratio × snapshot_bytes)`.
+    /// Whether the log this handle has applied should be compacted: it is over the trigger.
     pub(crate) fn compaction_due(&self) -> bool {
         let wal_bytes = lock(&self.position).offset;
-        let snapshot_bytes = self
-            .read_state()
+        wal_bytes > self.trigger_bytes(self.snapshot_bytes())
+    }
+
+    /// The log size past which a compaction is due: `max(min_wal_bytes, ratio × snapshot)`.
+    fn trigger_bytes(&self, snapshot_bytes: u64) -> u64 {
+        let threshold = (self.options.compaction_ratio * snapshot_bytes as f64) as u64;
+        self.options.compaction_min_wal_bytes.max(threshold)
+    }
+
+    /// The size of the snapshot this handle reads (0 without one).
+    fn snapshot_bytes(&self) -> u64 {
+        self.read_state()
             .snapshot
             .as_ref()
-            .map_or(0, |s| s.file_bytes());
-        let threshold = (self.options.compaction_ratio * snapshot_bytes as f64) as u64;
-        wal_bytes > self.options.compaction_min_wal_bytes.max(threshold)
+            .map_or(0, |s| s.file_bytes())
     }
 
     /// Compacts if the trigger still holds once this thread has the compaction to itself, and no
@@ -99,17 +106,11 @@ impl Inner {
     fn wrote_much_of_the_log(&self) -> bool {
         let writer = lock(&self.writer);
         let live = lock(&self.position).generation;
-        let snapshot_bytes = self
-            .read_state()
-            .snapshot
-            .as_ref()
-            .map_or(0, |s| s.file_bytes());
-        let threshold = (self.options.compaction_ratio / 4.0 * snapshot_bytes as f64) as u64;
-        let threshold = threshold.max(self.options.compaction_min_wal_bytes / 4);
+        let snapshot_bytes = self.snapshot_bytes();
         writer.generation() == live
             && snapshot_bytes <= self.options.close_compaction_max_snapshot
             && writer.appended_here() > 0
-            && writer.appended_here() >= threshold
+            && writer.appended_here() >= self.trigger_bytes(snapshot_bytes) / 4
     }
 
     /// Compacts now (waiting for a running compaction, here or in another process, to finish
@@ -340,7 +341,7 @@ mod tests {
     use std::path::Path;
 
     use crate::db::{Db, Options, lock};
-    use crate::io::faulty::FaultyVfs;
+    use crate::io::faulty::{Faults, FaultyVfs};
     use crate::{Batch, Error};
 
     fn dump(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
@@ -376,13 +377,8 @@ mod tests {
     #[test]
     fn a_compaction_that_fills_the_disk_fails_cleanly_and_is_retried() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let vfs = FaultyVfs::default();
-        let faults = std::sync::Arc::clone(&vfs.faults);
-        let db = Options::new()
-            .background_compaction(false)
-            .vfs(std::sync::Arc::new(vfs))
-            .open(dir.path())
-            .expect("open");
+        let (db, faults) =
+            on_a_faulty_disk(dir.path(), Options::new().background_compaction(false));
         let mut batch = Batch::new();
         for i in 0..20_000u32 {
             batch.put(
@@ -425,6 +421,43 @@ mod tests {
         assert_eq!(dump(&db), after);
     }
 
+    /// Opens `dir` with `options` on a disk whose faults the test sets.
+    fn on_a_faulty_disk(
+        dir: &Path,
+        options: Options,
+    ) -> (Db, std::sync::Arc<std::sync::Mutex<Faults>>) {
+        let vfs = FaultyVfs::default();
+        let faults = std::sync::Arc::clone(&vfs.faults);
+        let db = options
+            .vfs(std::sync::Arc::new(vfs))
+            .open(dir)
+            .expect("open");
+        (db, faults)
+    }
+
+    /// Makes the disk freeze (as if the process died) after `crash_at` more file operations,
+    /// and starts a fresh journal of them.
+    fn freeze_after(faults: &std::sync::Mutex<Faults>, crash_at: usize) {
+        let mut f = lock(faults);
+        f.journal.clear();
+        f.freeze_after = Some(crash_at);
+    }
+
+    /// Reopens `dir` (compaction off) after a crash that followed `journal`, and checks that it
+    /// holds `expected`.
+    fn reopen_after_crash(
+        dir: &Path,
+        expected: &BTreeMap<Vec<u8>, Vec<u8>>,
+        journal: &[String],
+    ) -> Db {
+        let db = Options::new()
+            .background_compaction(false)
+            .open(dir)
+            .unwrap_or_else(|e| panic!("crash after {journal:?}: the store must reopen, got {e}"));
+        assert_eq!(&dump(&db), expected, "crash after {journal:?}");
+        db
+    }
+
     /// Kills the compaction (the disk freezes) after each of its file operations in turn, then
     /// reopens: every acknowledged write is there, whatever step the crash interrupted.
     #[test]
@@ -433,29 +466,14 @@ mod tests {
         for crash_at in 0.. {
             let dir = tempfile::tempdir().expect("tempdir");
             let expected = prepare(dir.path());
-            let vfs = FaultyVfs::default();
-            let faults = std::sync::Arc::clone(&vfs.faults);
-            let db = Options::new()
-                .background_compaction(false)
-                .vfs(std::sync::Arc::new(vfs))
-                .open(dir.path())
-                .expect("open");
-            {
-                let mut f = lock(&faults);
-                f.journal.clear();
-                f.freeze_after = Some(crash_at);
-            }
+            let (db, faults) =
+                on_a_faulty_disk(dir.path(), Options::new().background_compaction(false));
+            freeze_after(&faults, crash_at);
             let result = db.compact();
             let journal = std::mem::take(&mut lock(&faults).journal);
             drop(db);
 
-            let db = Options::new()
-                .background_compaction(false)
-                .open(dir.path())
-                .unwrap_or_else(|e| {
-                    panic!("crash after {journal:?}: the store must reopen, got {e}")
-                });
-            assert_eq!(dump(&db), expected, "crash after {journal:?}");
+            let db = reopen_after_crash(dir.path(), &expected, &journal);
             assert_eq!(db.len().expect("len"), expected.len() as u64);
             // A later compaction completes from whatever the crash left behind.
             db.compact().expect("compact after recovery");
@@ -624,12 +642,7 @@ mod tests {
     #[test]
     fn a_closing_compaction_on_a_full_disk_loses_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let vfs = FaultyVfs::default();
-        let faults = std::sync::Arc::clone(&vfs.faults);
-        let db = closing_compacts()
-            .vfs(std::sync::Arc::new(vfs))
-            .open(dir.path())
-            .expect("open");
+        let (db, faults) = on_a_faulty_disk(dir.path(), closing_compacts());
         let expected = write_a_third_of_a_megabyte(&db);
         lock(&faults).enospc_after = Some(4 << 10);
         drop(db);
@@ -653,29 +666,13 @@ mod tests {
         let mut steps = 0;
         for crash_at in 0.. {
             let dir = tempfile::tempdir().expect("tempdir");
-            let vfs = FaultyVfs::default();
-            let faults = std::sync::Arc::clone(&vfs.faults);
-            let db = closing_compacts()
-                .vfs(std::sync::Arc::new(vfs))
-                .open(dir.path())
-                .expect("open");
+            let (db, faults) = on_a_faulty_disk(dir.path(), closing_compacts());
             let expected = write_a_third_of_a_megabyte(&db);
-            {
-                let mut f = lock(&faults);
-                f.journal.clear();
-                f.freeze_after = Some(crash_at);
-            }
+            freeze_after(&faults, crash_at);
             drop(db);
             let journal = std::mem::take(&mut lock(&faults).journal);
 
-            let db = closing_compacts()
-                .compact_on_close(false)
-                .open(dir.path())
-                .unwrap_or_else(|e| {
-                    panic!("crash after {journal:?}: the store must reopen, got {e}")
-                });
-            assert_eq!(dump(&db), expected, "crash after {journal:?}");
-            drop(db);
+            drop(reopen_after_crash(dir.path(), &expected, &journal));
             if journal.len() < crash_at {
                 break;
             }

@@ -57,59 +57,8 @@ pub fn open(
     // Where it exists, the directory is a store and the checks, a dozen system calls, are
     // skipped. A newer format is still refused before anything is removed (`remove_garbage`)
     // or written (the load reads the log's header before the hints are corrected).
-    let marker = dir.join(HANDLES_LOCK_NAME);
-    if vfs.entry_kind(&marker).ok().flatten() != Some(EntryKind::File) {
-        match vfs
-            .entry_kind(dir)
-            .map_err(|e| Error::io("look at", dir, e))?
-        {
-            Some(EntryKind::Dir) => {}
-            Some(EntryKind::File) => {
-                return Err(Error::NotAStore {
-                    path: dir.to_owned(),
-                    reason: "it is a file; a store is a directory".into(),
-                });
-            }
-            None if create_if_missing && access != Access::ReadOnly => {
-                vfs.create_dir_all(dir)
-                    .map_err(|e| Error::io("create the store directory", dir, e))?;
-                // The new directory's own entry must be durable too, or a power loss could take the
-                // whole store (and every acknowledged write in it) away.
-                let parent = match dir.parent() {
-                    Some(p) if !p.as_os_str().is_empty() => p,
-                    _ => Path::new("."),
-                };
-                vfs.sync_dir(parent)
-                    .map_err(|e| Error::io("sync the directory", parent, e))?;
-            }
-            None => {
-                return Err(Error::NotAStore {
-                    path: dir.to_owned(),
-                    reason: "no such directory".into(),
-                });
-            }
-        }
-
-        // Look before writing anything: a directory that holds something else is left untouched.
-        let listing = list_store(vfs, dir)?;
-        if listing.foreign > 0 && !listing.has_store_files() {
-            return Err(Error::NotAStore {
-                path: dir.to_owned(),
-                reason: "the directory is not empty and holds no sturdykv files".into(),
-            });
-        }
-        if access == Access::ReadOnly && !listing.has_store_files() {
-            return Err(Error::NotAStore {
-                path: dir.to_owned(),
-                reason: "it holds no sturdykv files (a read-only open does not create a store)"
-                    .into(),
-            });
-        }
-        // Any damage found below must be in the files themselves: refuse a newer format before
-        // taking locks or writing anything.
-        if let Some(&generation) = listing.wals.last() {
-            wal::open(vfs, &dir.join(wal_name(generation)), OpenMode::Read)?;
-        }
+    if vfs.entry_kind(&dir.join(HANDLES_LOCK_NAME)).ok().flatten() != Some(EntryKind::File) {
+        check_before_locking(vfs, dir, create_if_missing, access)?;
     }
 
     let store_lock = StoreLock::open(vfs, dir, access)?;
@@ -227,6 +176,67 @@ pub fn open(
         view: std::mem::take(&mut loaded.view),
         report,
     })
+}
+
+/// The checks an open makes before it creates or locks anything in `dir`: it is a directory (or
+/// is created, if allowed), holds a store or nothing, and its newest log is not of a newer format.
+fn check_before_locking(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    create_if_missing: bool,
+    access: Access,
+) -> Result<()> {
+    match vfs
+        .entry_kind(dir)
+        .map_err(|e| Error::io("look at", dir, e))?
+    {
+        Some(EntryKind::Dir) => {}
+        Some(EntryKind::File) => {
+            return Err(Error::NotAStore {
+                path: dir.to_owned(),
+                reason: "it is a file; a store is a directory".into(),
+            });
+        }
+        None if create_if_missing && access != Access::ReadOnly => {
+            vfs.create_dir_all(dir)
+                .map_err(|e| Error::io("create the store directory", dir, e))?;
+            // The new directory's own entry must be durable too, or a power loss could take the
+            // whole store (and every acknowledged write in it) away.
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            vfs.sync_dir(parent)
+                .map_err(|e| Error::io("sync the directory", parent, e))?;
+        }
+        None => {
+            return Err(Error::NotAStore {
+                path: dir.to_owned(),
+                reason: "no such directory".into(),
+            });
+        }
+    }
+
+    // Look before writing anything: a directory that holds something else is left untouched.
+    let listing = list_store(vfs, dir)?;
+    if listing.foreign > 0 && !listing.has_store_files() {
+        return Err(Error::NotAStore {
+            path: dir.to_owned(),
+            reason: "the directory is not empty and holds no sturdykv files".into(),
+        });
+    }
+    if access == Access::ReadOnly && !listing.has_store_files() {
+        return Err(Error::NotAStore {
+            path: dir.to_owned(),
+            reason: "it holds no sturdykv files (a read-only open does not create a store)".into(),
+        });
+    }
+    // Any damage the open finds later must be in the files themselves: refuse a newer format
+    // before taking locks or writing anything.
+    if let Some(&generation) = listing.wals.last() {
+        wal::open(vfs, &dir.join(wal_name(generation)), OpenMode::Read)?;
+    }
+    Ok(())
 }
 
 /// Removes unfinished temporaries and the files of generations older than the newest snapshot

@@ -43,18 +43,18 @@ const MAX_LEAD_GATHER: Duration = Duration::from_micros(50);
 /// The longest [`Inner::gather_others`] waits for other processes' appends.
 const MAX_GATHER: Duration = Duration::from_micros(200);
 
-/// A token naming one store-wide sync: the process and a count, never 0.
-fn sync_token() -> u64 {
+/// A token naming one store-wide sync: the process `own_pid` and a count, never 0.
+fn sync_token(own_pid: u32) -> u64 {
     static SYNCS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let count = SYNCS.fetch_add(1, Ordering::Relaxed);
-    (u64::from(std::process::id()) << 32) | u64::from(count) | 1 << 63
+    (u64::from(own_pid) << 32) | u64::from(count) | 1 << 63
 }
 
 /// Whether the process that claimed a sync with `token` is certainly gone: no process has its
 /// id. (A reused id, or one from another PID namespace, only makes writers wait longer.)
-fn claimer_is_gone(token: u64) -> bool {
+fn claimer_is_gone(token: u64, own_pid: u32) -> bool {
     let pid = (token >> 32) & 0x7fff_ffff;
-    if pid == u64::from(std::process::id()) {
+    if pid == u64::from(own_pid) {
         return false; // another handle of this process
     }
     i32::try_from(pid)
@@ -619,7 +619,7 @@ impl Inner {
                 // one would otherwise hold every writer up for the whole patience.
                 let waited = since.elapsed();
                 let overdue = waited >= last_took * 2;
-                if overdue && claimer_is_gone(running) {
+                if overdue && claimer_is_gone(running, store.pid()) {
                     log::warn!(
                         "{}: the process that claimed the running sync is gone; syncing here",
                         target.path.display()
@@ -636,7 +636,7 @@ impl Inner {
                     );
                 }
             }
-            let token = sync_token();
+            let token = sync_token(store.pid());
             if !store.claim_sync(running, token) {
                 continue;
             }
@@ -836,7 +836,7 @@ mod tests {
         let vfs = SimVfs::new();
         let (waiter, other) = (open(&vfs).expect("open"), open(&vfs).expect("open"));
         waiter.put("0", "v").expect("put");
-        let token = sync_token();
+        let token = sync_token(other.inner.store_lock.pid());
         assert!(other.inner.store_lock.claim_sync(0, token));
         let syncs_before = waiter.stats().expect("stats").syncs;
         let (done, finished) = mpsc::channel();
@@ -873,13 +873,16 @@ mod tests {
         let gone = u64::from(child.id());
         child.wait().expect("wait");
         let with_pid = |pid: u64| (1 << 63) | (pid << 32) | 7;
-        assert!(claimer_is_gone(with_pid(gone)));
-        assert!(!claimer_is_gone(with_pid(1)), "init is never gone");
-        assert!(!claimer_is_gone(sync_token()), "nor is this process");
-        assert_eq!(
-            sync_token() >> 32 & 0x7fff_ffff,
-            u64::from(std::process::id())
+        let own = std::process::id();
+        assert!(claimer_is_gone(with_pid(gone), own));
+        assert!(!claimer_is_gone(with_pid(1), own), "init is never gone");
+        assert!(
+            !claimer_is_gone(sync_token(own), own),
+            "nor is this process"
         );
+        assert_eq!(sync_token(own) >> 32 & 0x7fff_ffff, u64::from(own));
+        let db = open(&SimVfs::new()).expect("open");
+        assert_eq!(db.inner.store_lock.pid(), own, "a handle knows its process");
     }
 
     /// A claim that never ends (its process died, or, as here, it names a process that cannot be
@@ -889,7 +892,11 @@ mod tests {
         let vfs = SimVfs::new();
         let db = open(&vfs).expect("open");
         db.put("0", "v").expect("put");
-        assert!(db.inner.store_lock.claim_sync(0, sync_token()));
+        assert!(
+            db.inner
+                .store_lock
+                .claim_sync(0, sync_token(db.inner.store_lock.pid()))
+        );
         let (done, finished) = mpsc::channel();
         let writer = db.clone();
         std::thread::spawn(move || done.send(writer.put("k", "v")));

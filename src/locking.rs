@@ -82,6 +82,10 @@ pub struct StoreLock {
     /// `flock` is per open file, and converting a lock on one open file converts it for every
     /// thread: the threads of a handle take turns with the file.
     local: Mutex<()>,
+    /// This process's id, which names its store-wide syncs: asked once, since `getpid` is a
+    /// system call and a commit's path is short of them. (A handle does not survive a `fork`:
+    /// its locks would be the parent's.)
+    pid: u32,
 }
 
 /// Holds `LOCK` until dropped.
@@ -157,6 +161,7 @@ impl StoreLock {
             access,
             _handles: handles,
             local: Mutex::new(()),
+            pid: std::process::id(),
         })
     }
 
@@ -185,6 +190,11 @@ impl StoreLock {
             owner: self,
             _local: local,
         })
+    }
+
+    /// The id of the process that opened the handle.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// Whether other processes may be using the store (so the hint must be checked).

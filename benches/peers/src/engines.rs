@@ -49,6 +49,13 @@ pub fn durability_note(name: &str) -> &'static str {
 pub fn open(name: &str, dir: &Path) -> Box<dyn Engine> {
     match name {
         "sturdykv" => Box::new(Sturdy(sturdykv::Db::open(dir).expect("open sturdykv"))),
+        // One process only (`LOCK` held from open to close), as fjall, redb and RocksDB are.
+        "sturdykv-exclusive" => Box::new(Sturdy(
+            sturdykv::Options::new()
+                .exclusive(true)
+                .open(dir)
+                .expect("open sturdykv"),
+        )),
         "fjall" => Box::new(Fjall::open(dir)),
         "redb" => Box::new(Redb::open(dir)),
         "lmdb" => Box::new(Lmdb::open(dir)),

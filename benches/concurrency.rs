@@ -1,7 +1,8 @@
 //! Many writers: durable `put` throughput with 1, 4 and 8 threads (and with 4 threads whose waits
 //! sleep at once instead of spinning first), with the CPU time each put cost; one writer process
-//! against two; and the cost of `get` while another process writes. Every figure is a ratio against a baseline
-//! measured in the same run, on the same disk (16-byte keys, 100-byte values).
+//! against two; random `get`s from one thread and from two, and their cost while another process
+//! writes. Every figure is a ratio against a baseline measured in the same run, on the same disk
+//! (16-byte keys, 100-byte values).
 //!
 //! Run: `cargo bench --bench concurrency` (`BENCH_SECONDS` sets each measurement's length,
 //! default 3; each is taken 3 times, alternating, and the median is reported).
@@ -148,9 +149,20 @@ fn writer_output(child: Child) -> (f64, f64, f64) {
     (next(), next(), next())
 }
 
-/// Random gets per second on `db` over `keys` keys for `time`.
-fn get_rate(db: &Db, keys: u64, time: Duration) -> f64 {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+/// Random gets per second on `db` over `keys` keys for `time`, from `threads` threads together.
+fn get_rate(db: &Db, keys: u64, threads: u64, time: Duration) -> f64 {
+    std::thread::scope(|s| {
+        let each: Vec<_> = (0..threads)
+            .map(|t| s.spawn(move || gets_from_one_thread(db, keys, t, time)))
+            .collect();
+        each.into_iter()
+            .map(|h| h.join().expect("reader thread"))
+            .sum()
+    })
+}
+
+fn gets_from_one_thread(db: &Db, keys: u64, seed: u64, time: Duration) -> f64 {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (seed << 32);
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < time {
@@ -258,22 +270,44 @@ fn main() {
         }
         db.write(batch).expect("load");
     }
+    // A small store, all in the memtable and the CPU's caches: gets from there are quick
+    // enough that anything threads share per get (a lock word, a reference count) shows.
+    let hot_keys = 10_000u64;
+    let hot = Db::open(bench_dir("reads-hot")).expect("open");
+    for chunk in (0..hot_keys).collect::<Vec<_>>().chunks(1000) {
+        let mut batch = sturdykv::Batch::new();
+        for &i in chunk {
+            batch.put(key(0, i), value);
+        }
+        hot.write(batch).expect("load");
+    }
     let mut alone = Vec::new();
+    let mut one_thread = Vec::new();
+    let mut two_threads = Vec::new();
     let mut beside = Vec::new();
     let mut writer_rate = Vec::new();
     for _ in 0..ROUNDS {
-        alone.push(get_rate(&db, keys, time));
+        alone.push(get_rate(&db, keys, 1, time));
+        one_thread.push(get_rate(&hot, hot_keys, 1, time));
+        two_threads.push(get_rate(&hot, hot_keys, 2, time));
         let _ = std::fs::remove_file(dir.join("go"));
         let writer = spawn_writer(&dir, 0, time + Duration::from_millis(500));
         std::thread::sleep(Duration::from_millis(300));
         std::fs::write(dir.join("go"), b"").expect("go");
         std::thread::sleep(Duration::from_millis(100));
-        beside.push(get_rate(&db, keys, time));
+        beside.push(get_rate(&db, keys, 1, time));
         let (n, secs, _) = writer_output(writer);
         writer_rate.push(n / secs);
     }
+    let (one_thread, two_threads) = (median(one_thread), median(two_threads));
+    println!("random get over {hot_keys} keys in the memtable (all in the CPU's caches)");
+    println!("  one thread                   {one_thread:>10.0}/s");
+    println!(
+        "  two threads of one process   {two_threads:>10.0}/s   {:.2}x\n",
+        two_threads / one_thread
+    );
     let (alone, beside) = (median(alone), median(beside));
-    println!("random get over {keys} keys, one thread");
+    println!("random get over {keys} keys (in the page cache), one thread");
     println!("  alone                        {alone:>10.0}/s");
     println!(
         "  another process writing      {beside:>10.0}/s   cost {:.2}x (it wrote {:.0}/s)",

@@ -5,7 +5,9 @@ use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -222,7 +224,7 @@ impl Options {
         let inner = Arc::new_cyclic(|me| Inner {
             me: me.clone(),
             dir,
-            state: RwLock::new(recovered.view),
+            state: ShardedLock::new(recovered.view),
             position: Mutex::new(recovered.position),
             seen_seq: AtomicU64::new(seen_seq),
             seen_snapshot: AtomicU64::new(seen_snapshot),
@@ -373,7 +375,7 @@ pub(crate) struct Inner {
     pub(crate) dir: PathBuf,
     pub(crate) options: Options,
     /// What readers see: only committed (durable) writes, in log order.
-    pub(crate) state: RwLock<View>,
+    pub(crate) state: ShardedLock<View>,
     /// How far `state` has applied the log. Lock order: `writer`, then `LOCK`, then `position`,
     /// then `state`.
     pub(crate) position: Mutex<Position>,
@@ -632,11 +634,11 @@ impl Db {
 }
 
 impl Inner {
-    pub(crate) fn read_state(&self) -> RwLockReadGuard<'_, View> {
+    pub(crate) fn read_state(&self) -> ShardedLockReadGuard<'_, View> {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn write_state(&self) -> RwLockWriteGuard<'_, View> {
+    pub(crate) fn write_state(&self) -> ShardedLockWriteGuard<'_, View> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 

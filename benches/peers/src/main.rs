@@ -8,6 +8,7 @@
 //! ```
 //!
 //! Environment: `PEERS_KEYS` (default 1,000,000), `PEERS_SECONDS` per timed run (default 3),
+//! `PEERS_ROUNDS` of the durable puts and of the loads and reads (default 3),
 //! `PEERS_DIR` for the data (default `target/peers-data`: put it on the disk you care about),
 //! `PEERS_ONLY=a,b` to run some stores only.
 
@@ -20,9 +21,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use engines::ENGINES;
-
-/// Rounds of the durable-put phase.
-const ROUNDS: usize = 3;
 
 /// Reopens of each compacted store, each in a process of its own; the figure is their median.
 const REOPENS: usize = 5;
@@ -47,6 +45,7 @@ fn main() {
     let data = PathBuf::from(std::env::var("PEERS_DIR").unwrap_or("target/peers-data".into()));
     let keys: u64 = env_number("PEERS_KEYS", 1_000_000);
     let seconds: u64 = env_number("PEERS_SECONDS", 3);
+    let rounds_wanted = env_number("PEERS_ROUNDS", 3).max(1);
     let only: Option<Vec<String>> = std::env::var("PEERS_ONLY")
         .ok()
         .map(|s| s.split(',').map(str::to_owned).collect());
@@ -60,12 +59,14 @@ fn main() {
     let mut results: BTreeMap<String, Figures> = BTreeMap::new();
     let secs = seconds.to_string();
 
-    // Phase 1, durable puts: the disk's sync latency drifts over minutes on shared machines, so
-    // every store and the raw baselines take turns, round after round, and each figure is the
-    // median of its rounds.
+    // The machine's speed drifts over minutes on shared machines (the disk's sync latency most
+    // of all), so measuring each store once, at a different time, compares moments more than
+    // stores: every store and the baselines take turns, round after round, and each figure is
+    // the median of its rounds.
     let mut rounds: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
-    for round in 0..ROUNDS {
-        eprintln!("durable puts, round {} of {ROUNDS}", round + 1);
+    // Phase 1, durable puts into fresh stores.
+    for round in 1..=rounds_wanted {
+        eprintln!("durable puts, round {round} of {rounds_wanted}");
         let base_dir = fresh(&data, "baseline");
         let b = base_dir.display().to_string();
         for what in ["raw-append", "raw-overwrite"] {
@@ -94,39 +95,49 @@ fn main() {
             }
         }
     }
+    // Phase 2, the loaded store: a load, then (a new process) reopen, scan and random gets.
+    let n = keys.to_string();
+    for round in 1..=rounds_wanted {
+        eprintln!("loads and reads, round {round} of {rounds_wanted}");
+        let base_dir = fresh(&data, "baseline");
+        let b = base_dir.display().to_string();
+        for what in ["raw-log-bulk", "btreemap-get"] {
+            collect(&mut rounds, "baseline", run_child(&[what, &b, &n, &secs]));
+        }
+        for &engine in &engines {
+            let dir = fresh(&data, engine);
+            let d = dir.display().to_string();
+            for step in ["load", "read"] {
+                collect(
+                    &mut rounds,
+                    engine,
+                    run_child(&[step, engine, &d, &n, &secs]),
+                );
+            }
+        }
+    }
     for (who, figures) in rounds {
         let entry = results.entry(who).or_default();
         for (name, mut values) in figures {
             values.sort_by(f64::total_cmp);
+            if values.len() > 1 {
+                entry.insert(format!("min_{name}"), values[0]);
+                entry.insert(format!("max_{name}"), values[values.len() - 1]);
+            }
             entry.insert(name, values[values.len() / 2]);
         }
     }
 
-    // Phase 2, the loaded store: load, read, compact and reopen, each step a new process.
-    eprintln!("baselines");
-    let base_dir = fresh(&data, "baseline");
-    let b = base_dir.display().to_string();
-    for what in ["raw-log-bulk", "btreemap-get"] {
-        let figures = run_child(&[what, &b, &keys.to_string(), &secs]);
-        results
-            .entry("baseline".into())
-            .or_default()
-            .extend(figures);
-    }
+    // Phase 3, on the store the last round loaded: the store's own compaction, then reopens.
     for &engine in &engines {
-        eprintln!("{engine}");
-        let mut figures = Figures::new();
-        let dir = fresh(&data, engine);
+        eprintln!("{engine}: compaction and reopens");
+        let dir = data.join(engine);
         let d = dir.display().to_string();
-        for step in ["load", "read", "settle"] {
-            figures.extend(run_child(&[step, engine, &d, &keys.to_string(), &secs]));
-        }
+        let mut figures = run_child(&["settle", engine, &d, &n]);
         // One timed open is at the mercy of the machine's noise (it takes well under a
         // millisecond for some stores): the median of several, each in a new process.
         let mut reopens: Vec<f64> = (0..REOPENS)
-            .filter_map(|_| {
-                run_child(&["reopen", engine, &d, &keys.to_string()]).remove("reopen_settled_s")
-            })
+            .filter_map(|_| run_child(&["reopen", engine, &d, &n]).remove("reopen_settled_s"))
             .collect();
         reopens.sort_by(f64::total_cmp);
         if let (Some(&min), Some(&max)) = (reopens.first(), reopens.last()) {

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-
-use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 
 use crate::batch::{Batch, check_key, check_value};
 use crate::bytes::Bytes;
@@ -374,7 +374,8 @@ impl Drop for Owner {
 pub(crate) struct Inner {
     pub(crate) dir: PathBuf,
     pub(crate) options: Options,
-    /// What readers see: only committed (durable) writes, in log order.
+    /// What readers see: only committed (durable) writes, in log order. A reader locks only its
+    /// thread's shard, so readers on different cores share no lock word (DECISIONS 47).
     pub(crate) state: ShardedLock<View>,
     /// How far `state` has applied the log. Lock order: `writer`, then `LOCK`, then `position`,
     /// then `state`.

@@ -571,6 +571,70 @@ fn db_is_clone_send_sync_and_shared_across_threads() {
     assert_eq!(db.len().expect("len"), 100);
 }
 
+/// Reader threads on other cores never see half of a batch, nor the store go back to an older
+/// version, while a writer commits batches (buffered, so that commits come fast) and compacts:
+/// each batch sets three keys to the same version, applied to the view under its write lock as
+/// a whole, and each reader's scan sees one state.
+#[test]
+fn readers_on_many_threads_see_whole_batches_only() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Options::new()
+        .durability(Durability::Buffered)
+        .open(dir.path())
+        .expect("open");
+    let names = ["a", "b", "c"];
+    let version = |db: &Db, key: &str| -> u64 {
+        db.get(key).expect("get").map_or(0, |v| {
+            u64::from_be_bytes(v.as_ref().try_into().expect("an 8-byte version"))
+        })
+    };
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    let (mut last, mut reads) = (0, 0u64);
+                    while !done.load(Ordering::Relaxed) {
+                        // One scan reads one state of the store: the three keys are equal.
+                        let seen: Vec<u64> = collect(db.range::<&str, _>(..))
+                            .into_iter()
+                            .map(|(_, v)| u64::from_be_bytes(v.try_into().expect("8 bytes")))
+                            .collect();
+                        let a = seen.first().copied().unwrap_or(0);
+                        assert!(
+                            seen.is_empty() || seen == [a; 3],
+                            "half a batch seen: {seen:?}"
+                        );
+                        assert!(a >= last, "the keys went back from version {last} to {a}");
+                        last = a;
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for v in 1..=3_000u64 {
+            let mut batch = Batch::new();
+            for name in names {
+                batch.put(name, v.to_be_bytes());
+            }
+            db.write(batch).expect("write");
+            if v % 1_000 == 0 {
+                db.compact().expect("compact");
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        for reader in readers {
+            assert!(reader.join().expect("reader") > 0, "a reader never read");
+        }
+    });
+    for name in names {
+        assert_eq!(version(&db, name), 3_000);
+    }
+}
+
 /// Writer threads that wait for each other's commits and syncs by spinning (the default) and by
 /// sleeping at once (`spin_wait(ZERO)`) both end with every acknowledged write in place, after a
 /// reopen too, and puts and transactions mixed; a spin of `Duration::MAX` neither overflows nor

@@ -359,8 +359,31 @@ fn run(cli: Cli) -> Result<u8, Failure> {
     };
     match cli.command {
         None | Some(Command::Shell) => shell::run(&ctx),
-        Some(command) => execute(&ctx, command, &mut io::stdout().lock()),
+        Some(command) => {
+            let loading = matches!(command, Command::Load);
+            let code = execute(&ctx, command, &mut io::stdout().lock());
+            if loading {
+                close_visibly(ctx);
+            }
+            code
+        }
     }
+}
+
+/// Closes the store with a spinner on a terminal: closing a handle that wrote much of the log
+/// compacts it (DECISIONS 41), which after a large `load` takes a second or more per few
+/// hundred MB, and a silent pause at exit looks like a hang.
+fn close_visibly(ctx: Ctx) {
+    let spinner = if io::stderr().is_terminal() {
+        let spinner = ProgressBar::new_spinner();
+        spinner.set_message("closing the store (a large load is compacted first)");
+        spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+        spinner
+    } else {
+        ProgressBar::hidden()
+    };
+    drop(ctx);
+    spinner.finish_and_clear();
 }
 
 /// Runs one command, printing to `out` (stdout, or the shell's).

@@ -371,8 +371,8 @@ fn run(cli: Cli) -> Result<u8, Failure> {
 }
 
 /// Closes the store with a spinner on a terminal: closing a handle that wrote much of the log
-/// compacts it (DECISIONS 41), which after a large `load` takes a second or more per few
-/// hundred MB, and a silent pause at exit looks like a hang.
+/// compacts it (DECISIONS 41), which after a large `load` takes about a second per 150 MB on
+/// the development VM, and a silent pause at exit looks like a hang.
 fn close_visibly(ctx: Ctx) {
     let spinner = if io::stderr().is_terminal() {
         let spinner = ProgressBar::new_spinner();

@@ -149,6 +149,17 @@ fn writer_output(child: Child) -> (f64, f64, f64) {
     (next(), next(), next())
 }
 
+/// Writes keys `0..keys` (of writer 0) in batches of 1,000.
+fn load(db: &Db, keys: u64) {
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(1000) {
+        let mut batch = sturdykv::Batch::new();
+        for &i in chunk {
+            batch.put(key(0, i), [7u8; VALUE_LEN]);
+        }
+        db.write(batch).expect("load");
+    }
+}
+
 /// Random gets per second on `db` over `keys` keys for `time`, from `threads` threads together.
 fn get_rate(db: &Db, keys: u64, threads: u64, time: Duration) -> f64 {
     std::thread::scope(|s| {
@@ -262,25 +273,12 @@ fn main() {
     let dir = bench_dir("reads");
     let db = Db::open(&dir).expect("open");
     let keys = 100_000u64;
-    let value = [7u8; VALUE_LEN];
-    for chunk in (0..keys).collect::<Vec<_>>().chunks(1000) {
-        let mut batch = sturdykv::Batch::new();
-        for &i in chunk {
-            batch.put(key(0, i), value);
-        }
-        db.write(batch).expect("load");
-    }
+    load(&db, keys);
     // A small store, all in the memtable and the CPU's caches: gets from there are quick
     // enough that anything threads share per get (a lock word, a reference count) shows.
     let hot_keys = 10_000u64;
     let hot = Db::open(bench_dir("reads-hot")).expect("open");
-    for chunk in (0..hot_keys).collect::<Vec<_>>().chunks(1000) {
-        let mut batch = sturdykv::Batch::new();
-        for &i in chunk {
-            batch.put(key(0, i), value);
-        }
-        hot.write(batch).expect("load");
-    }
+    load(&hot, hot_keys);
     let mut alone = Vec::new();
     let mut one_thread = Vec::new();
     let mut two_threads = Vec::new();

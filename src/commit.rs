@@ -777,8 +777,8 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
-    use crate::campaign::{dump, open};
-    use crate::sim::SimVfs;
+    use crate::testing::campaign::{dump, open};
+    use crate::testing::sim::SimVfs;
 
     fn one_put(key: &str) -> Vec<Batch> {
         let mut batch = Batch::new();

@@ -341,7 +341,7 @@ mod tests {
     use std::path::Path;
 
     use crate::db::{Db, Options, lock};
-    use crate::io::faulty::{Faults, FaultyVfs};
+    use crate::testing::faulty::{Faults, FaultyVfs};
     use crate::{Batch, Error};
 
     fn dump(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {

@@ -207,6 +207,7 @@ impl Options {
     }
 
     /// Runs on another file system (the simulated disk in tests and fuzzing).
+    #[cfg(any(test, feature = "__testing"))]
     pub(crate) fn vfs(mut self, vfs: Arc<dyn Vfs>) -> Self {
         self.vfs = vfs;
         self
@@ -839,7 +840,7 @@ impl DoubleEndedIterator for Iter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::faulty::{Faults, FaultyVfs};
+    use crate::testing::faulty::{Faults, FaultyVfs};
 
     fn faulty_db(dir: &Path) -> (Db, Arc<Mutex<Faults>>) {
         let vfs = FaultyVfs::default();

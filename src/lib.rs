@@ -39,24 +39,21 @@
 mod backup;
 mod batch;
 mod bytes;
-mod campaign;
 mod commit;
 mod compaction;
-#[cfg(test)]
-mod crash_tests;
 mod db;
 mod error;
 mod follow;
 mod format;
-mod fuzz_support;
 mod io;
 mod layout;
 mod limits;
 mod locking;
 mod memtable;
 mod recovery;
-mod sim;
 mod snapshot;
+#[cfg(any(test, feature = "__testing"))]
+mod testing;
 mod transaction;
 #[cfg(feature = "serde")]
 mod typed;
@@ -84,35 +81,37 @@ pub use watch::{Change, Commit, Watcher};
 
 /// The simulated power-loss campaign behind `kvctl crash-test --simulate`; not part of the
 /// supported API.
+#[cfg(feature = "__testing")]
 #[doc(hidden)]
 pub mod harness {
     /// Runs the campaign for one seed: a random workload, the power cut at a random operation,
     /// one crash image per crash model. Returns the number of images checked, or a description
     /// of the first violation.
     pub fn simulate(seed: u64) -> Result<u64, String> {
-        crate::campaign::check_seed(seed, |_| {})
+        crate::testing::campaign::check_seed(seed, |_| {})
     }
 }
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the supported API.
+#[cfg(feature = "__testing")]
 #[doc(hidden)]
 pub mod fuzzing {
     /// Decodes `data` as a run of log records, as recovery would, and checks that every record
     /// that decodes re-encodes to exactly the same bytes. Panics on any violation.
     pub fn log_records(data: &[u8]) {
-        crate::format::check_decode_roundtrip(data);
+        crate::testing::fuzz::check_decode_roundtrip(data);
     }
 
     /// Opens `data` as a snapshot file on the simulated disk and reads it every way there is:
     /// whatever the bytes, the reader returns values or errors and never panics.
     pub fn snapshot(data: &[u8]) {
-        crate::fuzz_support::snapshot(data);
+        crate::testing::fuzz::snapshot(data);
     }
 
     /// Interprets `data` as a sequence of operations (puts, deletes, batches, compactions,
     /// reopens, power cuts) on the simulated disk and checks the store against a model after
     /// every step. Panics on any divergence.
     pub fn operations(data: &[u8]) {
-        crate::fuzz_support::operations(data);
+        crate::testing::fuzz::operations(data);
     }
 }

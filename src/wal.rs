@@ -368,8 +368,9 @@ impl LogWriter {
     }
 
     /// Encodes records with `encode` (given the buffer and the first sequence number, returning how
-    /// many records it wrote) and writes them at the end of the log. Not durable until
-    /// [`LogWriter::sync`]. On failure nothing is appended: any partial write is cut off again.
+    /// many records it wrote) and writes them at the end of the log. Not durable until the file
+    /// is synced (the commit path's `sync_file`). On failure nothing is appended: any partial
+    /// write is cut off again.
     pub fn append(&mut self, encode: impl FnOnce(&mut Vec<u8>, u64) -> u64) -> Result<()> {
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();

@@ -419,28 +419,10 @@ mod tests {
     }
 }
 
-/// Walks `data` as recovery does and checks that each decoded record re-encodes byte for byte.
-/// Used by the fuzz target and by a property test below.
-pub fn check_decode_roundtrip(mut data: &[u8]) {
-    while let Frame::Record(record) = decode_frame(data) {
-        let len = usize::try_from(record.len).unwrap_or(usize::MAX);
-        let ops: Vec<OpRef<'_>> = record.ops().collect();
-        assert_eq!(ops.len(), record.op_count as usize);
-        let ops_len = ops.iter().map(OpRef::encoded_len).sum();
-        let mut again = Vec::new();
-        encode_record(&mut again, record.seq, ops.into_iter(), ops_len);
-        assert_eq!(
-            again,
-            data[..len],
-            "a decoded record must re-encode to the same bytes"
-        );
-        data = &data[len..];
-    }
-}
-
 #[cfg(test)]
 mod roundtrip_tests {
     use super::*;
+    use crate::testing::fuzz::check_decode_roundtrip;
     use proptest::prelude::*;
 
     proptest! {

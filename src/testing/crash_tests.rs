@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 
 use crate::Batch;
-use crate::campaign::{
+use crate::io::Vfs;
+use crate::testing::campaign::{
     Model, Op, Run, batch_over, check_seed, check_seed_on, dump, increment, incremented, open, run,
     run_on, spread,
 };
-use crate::io::Vfs;
-use crate::sim::{CrashModel, Fault, Kept, SimVfs};
+use crate::testing::sim::{CrashModel, Fault, Kept, SimVfs};
 
 /// Checks one crash image against a run; `what` names it in a failure.
 fn check_image(image: &SimVfs, outcome: &Run, what: &str) -> Result<(), String> {
@@ -676,12 +676,12 @@ fn a_writer_that_follows_a_dead_writers_new_log_makes_its_name_durable() {
 fn a_handle_killed_mid_operation_then_a_power_cut_loses_nothing_acknowledged() {
     let mut images = 0;
     for seed in seeds() {
-        let mut rng = crate::sim::Rng::new(seed);
+        let mut rng = crate::testing::sim::Rng::new(seed);
         let vfs = SimVfs::new();
         let handles = [open(&vfs).expect("open"), open(&vfs).expect("open")];
         let mut acked = Model::new();
         let mut next = 0u32;
-        let mut op = |db: &crate::Db, rng: &mut crate::sim::Rng, acked: &mut Model| {
+        let mut op = |db: &crate::Db, rng: &mut crate::testing::sim::Rng, acked: &mut Model| {
             let kind = rng.below(6);
             let mut keys = Vec::new();
             let result = match kind {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::sim::{CrashModel, Rng, SimVfs};
+use crate::testing::sim::{CrashModel, Rng, SimVfs};
 use crate::{Batch, Db, Options};
 
 pub(crate) type Model = BTreeMap<Vec<u8>, Vec<u8>>;

@@ -8,10 +8,6 @@
 //! from one seed. [`SimVfs::freeze_after`] makes every mutating operation from the N-th on fail
 //! (the moment the power goes), so the engine is interrupted exactly there.
 
-// Fault injection, exhaustive crashes and damage are used only by the crash tests; normal builds
-// carry the disk for the fuzz targets (and, later, `kvctl crash-test --simulate`).
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::io;
@@ -25,6 +21,10 @@ use crate::io::{
 };
 
 /// A fault to inject at one mutating operation.
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "only the crate's own crash tests inject faults")
+)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// The operation fails with EIO and changes nothing.
@@ -43,6 +43,10 @@ pub enum Fault {
 }
 
 /// How much of a [`Fault::ShortWrite`] reaches the file.
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "only the crate's own crash tests inject faults")
+)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kept {
     /// Its first byte.
@@ -382,7 +386,12 @@ impl SimVfs {
     pub fn freeze_after(&self, n: u64) {
         self.lock().freeze_at = Some(n);
     }
+}
 
+/// Fault injection, damage and inspection: for the crate's crash tests only (the campaign behind
+/// `kvctl crash-test --simulate` and the fuzz targets cut the power, nothing more).
+#[cfg(test)]
+impl SimVfs {
     /// Makes mutating operation number `at` fail with `fault` (and every later one too if
     /// `persistent`).
     pub fn inject(&self, at: u64, fault: Fault, persistent: bool) {
@@ -474,7 +483,9 @@ impl SimVfs {
         };
         self.image(|n| (0..n).map(|_| next()).collect(), Lost::Nothing)
     }
+}
 
+impl SimVfs {
     /// The disk as it would be found after a power cut now: what was synced, plus what
     /// `model` lets survive of the rest, chosen by `seed`. Locks and open files are gone.
     pub fn crash(&self, seed: u64, model: CrashModel) -> SimVfs {

@@ -1,0 +1,17 @@
+//! Test machinery, compiled only for the crate's own tests or with the doc-hidden `__testing`
+//! feature (which `kvctl` and `fuzz/` enable): never part of a user's build.
+//!
+//! - [`sim`]: the simulated disk that keeps the page cache apart from the disk, so that a test can
+//!   cut the power at any operation and keep any subset of the unsynced writes.
+//! - `faulty` (tests only): a wrapper over the real file system that fails chosen operations.
+//! - [`campaign`]: the seeded power-loss campaign over the simulated disk.
+//! - [`fuzz`]: what the fuzz targets run.
+//! - `crash_tests` (tests only): the power-loss, fault and corruption campaigns `cargo test` runs.
+
+pub(crate) mod campaign;
+#[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
+pub(crate) mod faulty;
+pub(crate) mod fuzz;
+pub(crate) mod sim;

@@ -18,9 +18,9 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::format::WAL_HEADER_LEN;
 use crate::io::{EntryKind, OpenMode, Vfs, VfsFile};
+use crate::layout::list_store;
 use crate::layout::{snapshot_name, wal_name};
 use crate::locking::COMMITTED_SEQ;
-use crate::recovery::list_store;
 use crate::wal::{self, Stop};
 
 /// What [`Db::backup_to`] wrote.
@@ -71,8 +71,8 @@ impl Db {
     /// # Ok::<(), sturdykv::Error>(())
     /// ```
     pub fn backup_to(&self, dest: impl AsRef<Path>) -> Result<BackupReport> {
-        let inner = &self.inner;
-        let vfs = inner.options.vfs.as_ref();
+        let store = &self.store;
+        let vfs = store.options.vfs.as_ref();
         let dest = dest.as_ref();
         let refuse = |why: &str| Error::Io {
             op: "back up to",
@@ -115,7 +115,7 @@ impl Db {
             ));
         }
         let (sequence, parts) =
-            consistent_parts(vfs, &inner.dir, || inner.store_lock.hint(COMMITTED_SEQ))?;
+            consistent_parts(vfs, &store.dir, || store.store_lock.hint(COMMITTED_SEQ))?;
         let staging = parent.join(format!(
             ".{name}.incomplete-{}-{}",
             std::process::id(),
@@ -131,7 +131,7 @@ impl Db {
         let written = (|| {
             for part in &parts {
                 let to = staging.join(&part.name);
-                copy(vfs, part, &inner.dir.join(&part.name), &to)?;
+                copy(vfs, part, &store.dir.join(&part.name), &to)?;
                 report.files.push(dest.join(&part.name));
                 report.bytes += part.len;
             }

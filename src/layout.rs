@@ -1,7 +1,12 @@
-//! The store directory: which file names exist and what they mean. The names are the manifest:
-//! there is no other record of which files make up the store.
+//! The store directory: which file names exist and what they mean, the listing of a directory
+//! sorted into those kinds, and its fingerprint. The names are the manifest: there is no other
+//! record of which files make up the store.
 
 use std::ffi::OsStr;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::io::Vfs;
 
 /// The lock file: `flock`ed by the process that appends to the log; its first page is the
 /// shared hint (see `locking`).
@@ -71,6 +76,63 @@ fn parse_generation(digits: &str) -> Option<u64> {
         return None;
     }
     u64::from_str_radix(digits, 16).ok()
+}
+
+/// The directory's entries, sorted into kinds.
+#[derive(Default)]
+pub(crate) struct Listing {
+    pub(crate) wals: Vec<u64>,
+    pub(crate) snapshots: Vec<u64>,
+    pub(crate) temporaries: Vec<String>,
+    pub(crate) quarantine: Vec<String>,
+    pub(crate) lock: bool,
+    pub(crate) foreign: usize,
+}
+
+impl Listing {
+    pub(crate) fn has_store_files(&self) -> bool {
+        self.lock || !self.wals.is_empty() || !self.snapshots.is_empty()
+    }
+}
+
+/// Lists the store directory and sorts its entries into kinds.
+pub(crate) fn list_store(vfs: &dyn Vfs, dir: &Path) -> Result<Listing> {
+    let names = vfs
+        .list(dir)
+        .map_err(|e| Error::io("list the store directory", dir, e))?;
+    let mut listing = Listing::default();
+    for name in names {
+        match classify(&name) {
+            StoreFile::Lock => listing.lock = true,
+            StoreFile::Wal(g) => listing.wals.push(g),
+            StoreFile::Snapshot(g) => listing.snapshots.push(g),
+            StoreFile::Temporary => listing
+                .temporaries
+                .push(name.to_string_lossy().into_owned()),
+            StoreFile::Quarantine => listing.quarantine.push(name.to_string_lossy().into_owned()),
+            StoreFile::Foreign => listing.foreign += 1,
+        }
+    }
+    listing.wals.sort_unstable();
+    listing.snapshots.sort_unstable();
+    listing.quarantine.sort_unstable();
+    Ok(listing)
+}
+
+/// A fingerprint of the store's logs and snapshots (the names whose durability matters): equal
+/// fingerprints mean the same set of names. Never 0 (0 in the hint page means "unknown").
+pub(crate) fn directory_fingerprint(listing: &Listing) -> u64 {
+    let mut hasher = crc32fast::Hasher::new();
+    for g in &listing.wals {
+        hasher.update(b"w");
+        hasher.update(&g.to_le_bytes());
+    }
+    for g in &listing.snapshots {
+        hasher.update(b"s");
+        hasher.update(&g.to_le_bytes());
+    }
+    let count = (listing.wals.len() + listing.snapshots.len()) as u64;
+    (u64::from(hasher.finalize()) << 32) | ((count + 1) & 0xFFFF_FFFF)
 }
 
 #[cfg(test)]

@@ -36,41 +36,55 @@
 //!
 //! The on-disk format is specified byte by byte in `docs/FORMAT.md`.
 
+// The public handle and the features over it.
 mod backup;
+mod db;
+mod iter;
+mod options;
+mod stats;
+mod transaction;
+#[cfg(feature = "serde")]
+mod typed;
+mod watch;
+
+// The engine core below the handle.
+mod engine;
+
+// What the engine is built from: the log, the sorted snapshot file, the memtable and the view over
+// both, locking and the shared hint page.
+mod locking;
+mod memtable;
+mod snapshot;
+mod view;
+mod wal;
+
+// At the bottom: values, the file layout and format, the I/O layer, small primitives.
 mod batch;
 mod bytes;
-mod commit;
-mod compaction;
-mod db;
 mod error;
-mod follow;
 mod format;
 mod io;
 mod layout;
 mod limits;
-mod locking;
-mod memtable;
-mod recovery;
-mod snapshot;
+mod poison;
+mod sync;
+
+// The simulated disk, the crash campaigns and the fuzz entry points: tests only.
 #[cfg(any(test, feature = "__testing"))]
 mod testing;
-mod transaction;
-#[cfg(feature = "serde")]
-mod typed;
-mod view;
-mod wal;
-mod watch;
 
 pub use backup::BackupReport;
 pub use batch::Batch;
 pub use bytes::Bytes;
-pub use db::{
-    DEFAULT_COMPACTION_MIN_WAL_BYTES, DEFAULT_COMPACTION_RATIO, DEFAULT_SPIN_WAIT, Db, Durability,
-    Iter, Options, Stats,
-};
+pub use db::Db;
 pub use error::{Error, Result};
+pub use iter::Iter;
 pub use limits::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
-pub use recovery::RecoveryReport;
+pub use options::{
+    DEFAULT_COMPACTION_MIN_WAL_BYTES, DEFAULT_COMPACTION_RATIO, DEFAULT_SPIN_WAIT, Durability,
+    Options,
+};
+pub use stats::{RecoveryReport, Stats, VerifyReport};
 pub use transaction::{CompareAndSwapError, Transaction};
 #[cfg(feature = "serde")]
 pub use typed::{

@@ -25,10 +25,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::db::lock;
 use crate::error::{Error, Result};
 use crate::io::{LockKind, OpenMode, SHARED_BYTES, SharedWords, Vfs, VfsFile};
 use crate::layout::{COMPACTION_LOCK_NAME, HANDLES_LOCK_NAME, LOCK_NAME};
+use crate::sync::lock;
 
 /// Hint word: the sequence number after the last committed record: durable, or written by a
 /// [`Durability::Buffered`](crate::Durability::Buffered) handle.

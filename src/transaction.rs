@@ -5,14 +5,15 @@ use std::fmt;
 
 use crate::batch::{Batch, check_key, check_value};
 use crate::bytes::Bytes;
-use crate::db::{Db, Inner};
+use crate::db::Db;
+use crate::engine::Store;
 use crate::error::{Error, Result};
 
 /// The reads and writes of one [`Db::transaction`]. Reads see the whole committed state (every
 /// process's) plus this transaction's own writes; the writes commit as one atomic log record
 /// when the closure returns `Ok`.
 pub struct Transaction<'a> {
-    inner: &'a Inner,
+    store: &'a Store,
     /// The writes so far, last one per key winning (`None`: delete).
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
@@ -31,7 +32,7 @@ impl Transaction<'_> {
         let key = key.as_ref();
         match self.writes.get(key) {
             Some(value) => Ok(value.as_deref().map(Bytes::from)),
-            None => self.inner.read_state().get(key),
+            None => self.store.applied.read().get(key),
         }
     }
 
@@ -118,11 +119,11 @@ impl Db {
         &self,
         body: impl FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
-        self.inner.check_writable()?;
-        let inner: &Inner = &self.inner;
-        inner.exclusively(|| {
+        self.store.check_writable()?;
+        let store: &Store = &self.store;
+        store.exclusively(|| {
             let mut tx = Transaction {
-                inner,
+                store,
                 writes: BTreeMap::new(),
             };
             let value = body(&mut tx)?;

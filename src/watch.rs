@@ -6,15 +6,16 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::bytes::Bytes;
-use crate::db::{Db, lock};
+use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::follow::{Followed, Position, read_until};
 use crate::format::OpRef;
 use crate::io::OpenMode;
+use crate::layout::list_store;
 use crate::layout::wal_name;
 use crate::locking::COMMITTED_SEQ;
-use crate::recovery::list_store;
+use crate::sync::lock;
 use crate::wal;
+use crate::wal::{Followed, Position, read_until};
 
 /// One change to a watched key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,8 +87,8 @@ impl Db {
     /// # Ok::<(), sturdykv::Error>(())
     /// ```
     pub fn watch_prefix(&self, prefix: impl AsRef<[u8]>) -> Result<Watcher> {
-        self.inner.refresh()?;
-        let position = lock(&self.inner.position).clone();
+        self.store.refresh()?;
+        let position = lock(&self.store.applied.position).clone();
         Ok(Watcher {
             db: self.clone(),
             prefix: prefix.as_ref().to_vec(),
@@ -128,7 +129,7 @@ impl Watcher {
             if deadline.is_some_and(|d| now >= d) {
                 return Ok(None);
             }
-            while self.db.inner.store_lock.hint(COMMITTED_SEQ) <= self.position.next_seq {
+            while self.db.store.store_lock.hint(COMMITTED_SEQ) <= self.position.next_seq {
                 let now = Instant::now();
                 let sleep = match deadline {
                     Some(d) if now >= d => return Ok(None),
@@ -143,16 +144,16 @@ impl Watcher {
 
     /// Reads every record committed since the last look, keeping the commits under the prefix.
     fn read_committed(&mut self) -> Result<()> {
-        let inner = &self.db.inner;
-        let target = inner.store_lock.hint(COMMITTED_SEQ);
+        let store = &self.db.store;
+        let target = store.store_lock.hint(COMMITTED_SEQ);
         if target <= self.position.next_seq {
             return Ok(());
         }
         let prefix = &self.prefix;
         let ready = &mut self.ready;
         let followed = read_until(
-            inner.options.vfs.as_ref(),
-            &inner.dir,
+            store.options.vfs.as_ref(),
+            &store.dir,
             &mut self.position,
             target,
             |record| {
@@ -186,21 +187,21 @@ impl Watcher {
     /// The next log this watcher needs is gone: queues [`Error::WatchGap`] after what was read
     /// before the gap, and resumes at the oldest log that remains.
     fn skip_gap(&mut self) -> Result<()> {
-        let inner = &self.db.inner;
-        let vfs = inner.options.vfs.as_ref();
+        let store = &self.db.store;
+        let vfs = store.options.vfs.as_ref();
         // Logs are listed in generation order.
-        let oldest = list_store(vfs, &inner.dir)?
+        let oldest = list_store(vfs, &store.dir)?
             .wals
             .into_iter()
             .find(|&generation| generation > self.position.generation);
         let Some(generation) = oldest else {
             // Compactions only ever add a newer log before deleting older ones.
             return Err(Error::NotAStore {
-                path: inner.dir.clone(),
+                path: store.dir.clone(),
                 reason: format!("no log after generation {}", self.position.generation),
             });
         };
-        let path = inner.dir.join(wal_name(generation));
+        let path = store.dir.join(wal_name(generation));
         let (file, header) = wal::open(vfs, &path, OpenMode::Read)?;
         let missed_from = self.position.next_seq;
         if header.first_seq < missed_from {

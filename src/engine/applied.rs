@@ -1,113 +1,71 @@
-//! Following the log as other handles append to it: where a handle's view has read up to, and
-//! reading the committed records after that point, from one log into the next.
+//! The applied view: what this handle's readers see, how far it has applied the log, and how it
+//! catches up on commits (its own, from memory; other processes', from the log) and on
+//! compactions made elsewhere (by reloading from the newest snapshot).
 
-use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 
 use crate::bytes::Bytes;
-use crate::db::{Inner, lock};
-use crate::error::{Error, Result};
-use crate::format::{OpRef, Record, WAL_HEADER_LEN};
-use crate::io::{OpenMode, Vfs, VfsFile};
-use crate::layout::wal_name;
+use crate::error::Result;
+use crate::format::OpRef;
 use crate::locking::{COMMITTED_SEQ, SNAPSHOT_GENERATION};
-use crate::recovery;
-use crate::wal::{self, Stop};
+use crate::sync::lock;
+use crate::view::View;
+use crate::wal::{Followed, Position, read_until};
 
-/// How far a view has applied the log.
-#[derive(Clone, Debug)]
-pub struct Position {
-    /// The generation of the log being read.
-    pub generation: u64,
-    /// Its path.
-    pub path: PathBuf,
-    /// The open log (still readable after a compaction unlinks it).
-    pub file: Arc<dyn VfsFile>,
-    /// Offset just past the last record applied.
-    pub offset: u64,
-    /// The sequence number of the next record to apply.
-    pub next_seq: u64,
+use super::{Store, recovery};
+
+/// The view readers see and where it stands in the log. Lock order: the commit's `writer`, then
+/// `LOCK`, then `position`, then `view`.
+pub(crate) struct Applied {
+    /// What readers see: only committed (durable) writes, in log order. A reader locks only its
+    /// thread's shard, so readers on different cores share no lock word (DECISIONS 47).
+    pub(crate) view: ShardedLock<View>,
+    /// How far `view` has applied the log.
+    pub(crate) position: Mutex<Position>,
+    /// The hint words as of the last time this handle caught up: while the shared page still
+    /// holds these, no other process has committed or compacted since.
+    pub(crate) seen_seq: AtomicU64,
+    pub(crate) seen_snapshot: AtomicU64,
+    /// Records this handle appended and has not applied to its view yet, by sequence number.
+    pub(crate) own_records: Mutex<BTreeMap<u64, OwnRecord>>,
 }
 
-impl Position {
-    /// The start of a new log of `generation` whose first record is `next_seq`.
-    pub fn start_of(generation: u64, path: PathBuf, file: Arc<dyn VfsFile>, next_seq: u64) -> Self {
-        Position {
-            generation,
-            path,
-            file,
-            offset: WAL_HEADER_LEN as u64,
-            next_seq,
+impl Applied {
+    /// The view as recovered, at `position`, with the hint words as they were read at open.
+    pub(crate) fn new(view: View, position: Position, seen_seq: u64, seen_snapshot: u64) -> Self {
+        Applied {
+            view: ShardedLock::new(view),
+            position: Mutex::new(position),
+            seen_seq: AtomicU64::new(seen_seq),
+            seen_snapshot: AtomicU64::new(seen_snapshot),
+            own_records: Mutex::default(),
         }
+    }
+
+    /// The view, for reading.
+    pub(crate) fn read(&self) -> ShardedLockReadGuard<'_, View> {
+        self.view.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The view, for changing (once per applied commit, compaction or reload).
+    pub(crate) fn write(&self) -> ShardedLockWriteGuard<'_, View> {
+        self.view.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// How reading ahead ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Followed {
-    /// Every record before the target was read.
-    Reached,
-    /// A log the position needs next is gone (a compaction removed it): the view must be rebuilt
-    /// from the newest snapshot.
-    Gone,
+/// A record this handle appended, kept so that publishing it needs no read of the log.
+pub(crate) struct OwnRecord {
+    pub(crate) generation: u64,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+    pub(crate) ops: Vec<(Bytes, Option<Bytes>)>,
 }
 
-/// Reads the records from `position` up to (not including) sequence number `target`, handing
-/// each to `apply`, and moves `position` past them, into later logs as needed. Every record
-/// before `target` must be committed (complete and durable); a damaged one is corruption.
-pub fn read_until(
-    vfs: &dyn Vfs,
-    dir: &Path,
-    position: &mut Position,
-    target: u64,
-    mut apply: impl FnMut(&Record<'_>),
-) -> Result<Followed> {
-    while position.next_seq < target {
-        let scan = wal::scan(
-            position.file.as_ref(),
-            &position.path,
-            position.offset,
-            position.next_seq,
-            target,
-            &mut apply,
-        )?;
-        position.offset = scan.end;
-        position.next_seq = scan.next_seq;
-        if position.next_seq >= target {
-            break;
-        }
-        if let Stop::Damaged { offset, reason } = scan.stop {
-            return Err(Error::corruption(&position.path, offset, reason));
-        }
-        // The log ends cleanly before the target: the rest was written to the next one.
-        let generation = position.generation + 1;
-        let path = dir.join(wal_name(generation));
-        let (file, header) = match wal::open(vfs, &path, OpenMode::Read) {
-            Ok(opened) => opened,
-            Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
-                return Ok(Followed::Gone);
-            }
-            Err(e) => return Err(e),
-        };
-        if header.generation != generation || header.first_seq != position.next_seq {
-            return Err(Error::corruption(
-                &path,
-                16,
-                format!(
-                    "log header says generation {} from sequence {}, expected generation \
-                     {generation} from sequence {}",
-                    header.generation, header.first_seq, position.next_seq
-                ),
-            ));
-        }
-        *position = Position::start_of(generation, path, file, header.first_seq);
-    }
-    Ok(Followed::Reached)
-}
-
-impl Inner {
+impl Store {
     /// Before an operation: if another handle committed or compacted since this one last looked
     /// (the shared hint moved: two atomic loads), applies what changed. A read therefore sees
     /// every write acknowledged anywhere before it started.
@@ -117,39 +75,42 @@ impl Inner {
         }
         let seq = self.store_lock.hint(COMMITTED_SEQ);
         let snapshot = self.store_lock.hint(SNAPSHOT_GENERATION);
-        if seq == self.seen_seq.load(Ordering::Acquire)
-            && snapshot == self.seen_snapshot.load(Ordering::Acquire)
+        if seq == self.applied.seen_seq.load(Ordering::Acquire)
+            && snapshot == self.applied.seen_snapshot.load(Ordering::Acquire)
         {
             return Ok(());
         }
         let ours = self
-            .read_state()
+            .applied
+            .read()
             .snapshot
             .as_ref()
             .map_or(0, |s| s.generation());
         if snapshot > ours {
             // Another process compacted: start from its snapshot rather than keep the logs it
             // replaced in memory.
-            let mut position = lock(&self.position);
+            let mut position = lock(&self.applied.position);
             let target = seq.max(position.next_seq);
             self.reload(&mut position, target)?;
         } else {
             self.catch_up(seq)?;
         }
-        self.seen_seq.store(seq, Ordering::Release);
-        self.seen_snapshot.store(snapshot, Ordering::Release);
+        self.applied.seen_seq.store(seq, Ordering::Release);
+        self.applied
+            .seen_snapshot
+            .store(snapshot, Ordering::Release);
         Ok(())
     }
 
     /// Applies the committed log up to (not including) sequence number `target` to the view.
     pub(crate) fn catch_up(&self, target: u64) -> Result<()> {
-        let mut position = lock(&self.position);
+        let mut position = lock(&self.applied.position);
         if position.next_seq >= target {
             return Ok(());
         }
         let mut moved = position.clone();
         let mut ops: Vec<(Bytes, Option<Bytes>)> = Vec::new();
-        let mut own = lock(&self.own_records);
+        let mut own = lock(&self.applied.own_records);
         while moved.next_seq < target {
             // This handle's own records are applied from memory, when they are where the log
             // position says the next record is.
@@ -201,12 +162,12 @@ impl Inner {
         // lock, not while readers wait for the write lock. Nothing but this (under `position`)
         // changes the lower layers' answers.
         let in_base: Vec<bool> = {
-            let state = self.read_state();
+            let state = self.applied.read();
             ops.iter()
                 .map(|(key, _)| state.base_contains(key))
                 .collect::<Result<_>>()?
         };
-        let mut state = self.write_state();
+        let mut state = self.applied.write();
         for ((key, value), known) in ops.into_iter().zip(in_base) {
             state.apply(key, value, known);
         }
@@ -225,7 +186,7 @@ impl Inner {
             None,
             None,
         )?;
-        *self.write_state() = loaded.view;
+        *self.applied.write() = loaded.view;
         *position = loaded.position;
         Ok(())
     }

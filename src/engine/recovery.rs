@@ -7,33 +7,19 @@ use std::sync::Arc;
 
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
-use crate::follow::Position;
 use crate::format::{OpRef, WAL_HEADER_LEN, WalHeader};
 use crate::io::{EntryKind, OpenMode, Vfs};
-use crate::layout::{HANDLES_LOCK_NAME, StoreFile, classify, snapshot_name, wal_name};
+use crate::layout::{
+    HANDLES_LOCK_NAME, Listing, directory_fingerprint, list_store, snapshot_name, wal_name,
+};
 use crate::locking::{
     APPENDED_SEQ, Access, COMMITTED_SEQ, CompactionLock, DIRECTORY_SYNCED, LOG_GENERATION,
     SNAPSHOT_GENERATION, SYNCED_SEQ, StoreLock,
 };
 use crate::snapshot::Snapshot;
+use crate::stats::RecoveryReport;
 use crate::view::{ReplayedOps, View};
-use crate::wal::{self, LogWriter, Stop};
-
-/// What recovery found and did, reported by [`Db::stats`](crate::Db::stats) and `kvctl stat`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RecoveryReport {
-    /// Log records replayed at open.
-    pub replayed_records: u64,
-    /// Bytes of a damaged or torn log tail cut off at open.
-    pub truncated_bytes: u64,
-    /// Leftover files removed at open: unfinished temporaries, and logs and snapshots of
-    /// generations a finished compaction had replaced.
-    pub removed_temporaries: u64,
-    /// Quarantine files in the store: log bytes found beyond a damaged record that still held
-    /// decodable records. Inspect them; sturdykv never deletes them.
-    pub quarantine_files: Vec<PathBuf>,
-}
+use crate::wal::{self, LogWriter, Position, Stop};
 
 /// Everything an open handle starts from.
 pub struct Recovered {
@@ -304,22 +290,6 @@ pub struct AlreadyDurable {
     pub directory: u64,
 }
 
-/// A fingerprint of the store's logs and snapshots (the names whose durability matters): equal
-/// fingerprints mean the same set of names. Never 0 (0 in the hint page means "unknown").
-pub fn directory_fingerprint(listing: &Listing) -> u64 {
-    let mut hasher = crc32fast::Hasher::new();
-    for g in &listing.wals {
-        hasher.update(b"w");
-        hasher.update(&g.to_le_bytes());
-    }
-    for g in &listing.snapshots {
-        hasher.update(b"s");
-        hasher.update(&g.to_le_bytes());
-    }
-    let count = (listing.wals.len() + listing.snapshots.len()) as u64;
-    (u64::from(hasher.finalize()) << 32) | ((count + 1) & 0xFFFF_FFFF)
-}
-
 /// How many times [`load`] starts over when a compaction removes files under it.
 const LOAD_ATTEMPTS: usize = 100;
 
@@ -512,44 +482,4 @@ fn load_once(
     loaded.replayed_records = replayed_records;
     loaded.directory = directory;
     Ok(loaded)
-}
-
-/// The directory's entries, sorted into kinds.
-#[derive(Default)]
-pub(crate) struct Listing {
-    pub(crate) wals: Vec<u64>,
-    pub(crate) snapshots: Vec<u64>,
-    temporaries: Vec<String>,
-    quarantine: Vec<String>,
-    lock: bool,
-    foreign: usize,
-}
-
-impl Listing {
-    fn has_store_files(&self) -> bool {
-        self.lock || !self.wals.is_empty() || !self.snapshots.is_empty()
-    }
-}
-
-pub(crate) fn list_store(vfs: &dyn Vfs, dir: &Path) -> Result<Listing> {
-    let names = vfs
-        .list(dir)
-        .map_err(|e| Error::io("list the store directory", dir, e))?;
-    let mut listing = Listing::default();
-    for name in names {
-        match classify(&name) {
-            StoreFile::Lock => listing.lock = true,
-            StoreFile::Wal(g) => listing.wals.push(g),
-            StoreFile::Snapshot(g) => listing.snapshots.push(g),
-            StoreFile::Temporary => listing
-                .temporaries
-                .push(name.to_string_lossy().into_owned()),
-            StoreFile::Quarantine => listing.quarantine.push(name.to_string_lossy().into_owned()),
-            StoreFile::Foreign => listing.foreign += 1,
-        }
-    }
-    listing.wals.sort_unstable();
-    listing.snapshots.sort_unstable();
-    listing.quarantine.sort_unstable();
-    Ok(listing)
 }

@@ -16,19 +16,46 @@
 //! One compaction runs at a time across processes (`LOCK.compaction`).
 
 use std::ops::Bound;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use crate::db::{Inner, lock};
 use crate::error::{Error, Result};
-use crate::follow::Position;
 use crate::format::{WAL_HEADER_LEN, WalHeader};
 use crate::io::OpenMode;
-use crate::layout::{StoreFile, classify, wal_name};
-use crate::locking::SNAPSHOT_GENERATION;
+use crate::layout::{StoreFile, classify, directory_fingerprint, list_store, wal_name};
+use crate::locking::{CompactionLock, DIRECTORY_SYNCED, SNAPSHOT_GENERATION};
 use crate::memtable::Memtable;
 use crate::snapshot::{Snapshot, SnapshotWriter};
-use crate::wal::{self, LogWriter};
+use crate::sync::lock;
+use crate::wal::{self, LogWriter, Position};
+
+use super::Store;
+use super::compactor::Compactor;
+
+/// One compaction at a time, and what runs and stops them.
+pub(crate) struct CompactionState {
+    /// Held for the whole of a compaction: one at a time in this handle (the compaction lock
+    /// file does the same across handles).
+    pub(crate) one_at_a_time: Mutex<()>,
+    /// `LOCK.compaction`.
+    pub(crate) lock: CompactionLock,
+    /// Asks a running compaction to give up (the handle is closing).
+    pub(crate) cancel: AtomicBool,
+    /// The background compaction thread.
+    pub(crate) compactor: Mutex<Compactor>,
+}
+
+impl CompactionState {
+    /// `background`: whether a thread may compact when the triggers fire.
+    pub(crate) fn new(lock: CompactionLock, background: bool) -> Self {
+        CompactionState {
+            one_at_a_time: Mutex::new(()),
+            lock,
+            cancel: AtomicBool::new(false),
+            compactor: Mutex::new(Compactor::new(background)),
+        }
+    }
+}
 
 /// What a cut hands to the merge.
 struct Cut {
@@ -43,10 +70,10 @@ struct Cut {
 /// How often (in entries) the merge reports progress and checks for cancellation.
 const PROGRESS_EVERY: u64 = 4096;
 
-impl Inner {
+impl Store {
     /// Whether the log this handle has applied should be compacted: it is over the trigger.
     pub(crate) fn compaction_due(&self) -> bool {
-        let wal_bytes = lock(&self.position).offset;
+        let wal_bytes = lock(&self.applied.position).offset;
         wal_bytes > self.trigger_bytes(self.snapshot_bytes())
     }
 
@@ -58,7 +85,8 @@ impl Inner {
 
     /// The size of the snapshot this handle reads (0 without one).
     fn snapshot_bytes(&self) -> u64 {
-        self.read_state()
+        self.applied
+            .read()
             .snapshot
             .as_ref()
             .map_or(0, |s| s.file_bytes())
@@ -67,14 +95,14 @@ impl Inner {
     /// Compacts if the trigger still holds once this thread has the compaction to itself, and no
     /// other process is compacting.
     pub(crate) fn compact_if_due(&self) -> Result<()> {
-        self.compact_if(Inner::compaction_due)
+        self.compact_if(Store::compaction_due)
     }
 
     /// Compacts if `due` says so once this thread has the compaction to itself and has caught
     /// up; not at all if another process is compacting.
-    fn compact_if(&self, due: impl Fn(&Inner) -> bool) -> Result<()> {
-        let _one_at_a_time = lock(&self.compaction);
-        let Some(_across_processes) = self.compaction_lock.acquire(false)? else {
+    fn compact_if(&self, due: impl Fn(&Store) -> bool) -> Result<()> {
+        let _one_at_a_time = lock(&self.compaction.one_at_a_time);
+        let Some(_across_processes) = self.compaction.lock.acquire(false)? else {
             return Ok(());
         };
         self.refresh()?;
@@ -89,10 +117,10 @@ impl Inner {
     /// process's running compaction is not waited for. Failures are logged: the log still
     /// holds everything.
     pub(crate) fn compact_before_closing(&self) {
-        if self.options.read_only || self.check_poison().is_err() {
+        if self.options.read_only || self.poison.check().is_err() {
             return;
         }
-        if let Err(e) = self.compact_if(Inner::wrote_much_of_the_log) {
+        if let Err(e) = self.compact_if(Store::wrote_much_of_the_log) {
             log::warn!(
                 "compacting {} before closing failed (the log keeps every write): {e}",
                 self.dir.display()
@@ -104,8 +132,8 @@ impl Inner {
     /// log (not counting an older log another process has compacted since), and the snapshot is
     /// small enough to rewrite while the caller waits.
     fn wrote_much_of_the_log(&self) -> bool {
-        let writer = lock(&self.writer);
-        let live = lock(&self.position).generation;
+        let writer = lock(&self.commit.writer);
+        let live = lock(&self.applied.position).generation;
         let snapshot_bytes = self.snapshot_bytes();
         writer.generation() == live
             && snapshot_bytes <= self.options.close_compaction_max_snapshot
@@ -116,8 +144,8 @@ impl Inner {
     /// Compacts now (waiting for a running compaction, here or in another process, to finish
     /// first).
     pub(crate) fn compact(&self, progress: impl FnMut(u64, u64)) -> Result<()> {
-        let _one_at_a_time = lock(&self.compaction);
-        let Some(_across_processes) = self.compaction_lock.acquire(true)? else {
+        let _one_at_a_time = lock(&self.compaction.one_at_a_time);
+        let Some(_across_processes) = self.compaction.lock.acquire(true)? else {
             return Err(Error::ReadOnly {
                 path: self.dir.clone(),
             });
@@ -146,12 +174,12 @@ impl Inner {
         };
         let snapshot = Arc::new(Snapshot::open(self.options.vfs.as_ref(), &path)?);
         {
-            let mut state = self.write_state();
+            let mut state = self.applied.write();
             state.snapshot = Some(snapshot);
             state.frozen = None;
         }
         self.store_lock.raise_hint(SNAPSHOT_GENERATION, generation);
-        self.compactions.fetch_add(1, Ordering::Relaxed);
+        self.counters.compactions.fetch_add(1, Ordering::Relaxed);
         self.remove_older_than(generation)?;
         progress(total, total);
         Ok(())
@@ -160,11 +188,11 @@ impl Inner {
     /// Step 1: starts generation `g + 1` and freezes everything before it. Returns what to merge
     /// and the new generation, or `None` if there is nothing to compact.
     fn cut(&self) -> Result<Option<Cut>> {
-        let mut writer = lock(&self.writer);
+        let mut writer = lock(&self.commit.writer);
         let guard = self.store_lock.exclusive()?;
         self.follow_the_log(&mut writer, &guard)?;
         self.settle(&writer)?;
-        let unfinished = self.read_state().frozen.is_some();
+        let unfinished = self.applied.read().frozen.is_some();
         if writer.end() == WAL_HEADER_LEN as u64 && !unfinished {
             return Ok(None); // the snapshot already holds everything
         }
@@ -196,7 +224,7 @@ impl Inner {
                 }
                 .and_then(|()| vfs.sync_dir(&self.dir));
                 if let Err(undo) = removed {
-                    self.set_poison(format!(
+                    self.poison.set(format!(
                         "a failed compaction ({e}) left {} behind and removing it failed: {undo}",
                         path.display()
                     ));
@@ -212,8 +240,8 @@ impl Inner {
             header.first_seq,
             WAL_HEADER_LEN as u64,
         );
-        let mut position = lock(&self.position);
-        let mut state = self.write_state();
+        let mut position = lock(&self.applied.position);
+        let mut state = self.applied.write();
         // The next generation's index starts at this one's size: a steady load fills it alike,
         // and each time a hash index grows it reads every key again (7 % of a bulk load's
         // instructions went to that).
@@ -254,7 +282,7 @@ impl Inner {
             loop {
                 done += 1;
                 if done.is_multiple_of(PROGRESS_EVERY) {
-                    if self.cancel.load(Ordering::Relaxed) {
+                    if self.compaction.cancel.load(Ordering::Relaxed) {
                         return Ok(false);
                     }
                     progress(done);
@@ -324,12 +352,9 @@ impl Inner {
                 .map_err(|e| Error::io("sync the directory", &self.dir, e))?;
             // Every name is durable now (and nobody can change one while we hold LOCK): the
             // next open need not sync the directory again.
-            let listing = crate::recovery::list_store(vfs, &self.dir)?;
-            self.store_lock.correct_hint(
-                &guard,
-                crate::locking::DIRECTORY_SYNCED,
-                crate::recovery::directory_fingerprint(&listing),
-            );
+            let listing = list_store(vfs, &self.dir)?;
+            self.store_lock
+                .correct_hint(&guard, DIRECTORY_SYNCED, directory_fingerprint(&listing));
         }
         Ok(())
     }
@@ -340,9 +365,10 @@ mod tests {
     use std::collections::BTreeMap;
     use std::path::Path;
 
-    use crate::db::{Db, Options, lock};
+    use crate::sync::lock;
     use crate::testing::faulty::{Faults, FaultyVfs};
     use crate::{Batch, Error};
+    use crate::{Db, Options};
 
     fn dump(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
         db.range::<&[u8], _>(..)

@@ -1,0 +1,107 @@
+//! The background compaction thread, and closing: the thread starts the first time a compaction is
+//! due (an open that only reads never pays for a thread), and the last handle's drop stops it and
+//! may compact before it returns ([`Options::compact_on_close`](crate::Options::compact_on_close)).
+
+use std::sync::Weak;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+
+use crate::sync::lock;
+
+use super::Store;
+
+/// The background compaction thread.
+pub(crate) struct Compactor {
+    /// Wakes the thread; `None` until it starts, and again once the handle closes.
+    wake: Option<SyncSender<()>>,
+    thread: Option<JoinHandle<()>>,
+    /// Whether a thread may (still) be started: background compaction is on and the handle is
+    /// open.
+    allowed: bool,
+}
+
+impl Compactor {
+    /// No thread yet; one may start if `allowed` (background compaction is on and the handle
+    /// writes).
+    pub(crate) fn new(allowed: bool) -> Self {
+        Compactor {
+            wake: None,
+            thread: None,
+            allowed,
+        }
+    }
+}
+
+/// Starts the compaction thread; returns what wakes it.
+fn spawn_compactor(weak: Weak<Store>) -> std::io::Result<(SyncSender<()>, JoinHandle<()>)> {
+    let (wake, woken): (SyncSender<()>, Receiver<()>) = sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name("sturdykv-compaction".into())
+        .spawn(move || {
+            while woken.recv().is_ok() {
+                let Some(store) = weak.upgrade() else { break };
+                if let Err(e) = store.compact_if_due() {
+                    log::error!(
+                        "background compaction of {} failed: {e}",
+                        store.dir.display()
+                    );
+                }
+            }
+        })?;
+    Ok((wake, thread))
+}
+
+impl Store {
+    /// Wakes the background compaction thread, starting it the first time (if it is already
+    /// awake, it will look again).
+    pub(crate) fn wake_compactor(&self) {
+        let mut compactor = lock(&self.compaction.compactor);
+        if compactor.wake.is_none() && compactor.allowed {
+            match spawn_compactor(self.me.clone()) {
+                Ok((wake, thread)) => {
+                    compactor.wake = Some(wake);
+                    compactor.thread = Some(thread);
+                }
+                Err(e) => {
+                    // Compaction still happens through `compact()`; the log grows until then.
+                    log::error!(
+                        "starting the compaction thread for {}: {e}",
+                        self.dir.display()
+                    );
+                    compactor.allowed = false;
+                }
+            }
+        }
+        if let Some(wake) = compactor.wake.as_ref() {
+            match wake.try_send(()) {
+                Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
+            }
+        }
+    }
+
+    /// Closes the store when the last handle goes: stops the compaction thread (finishing a
+    /// compaction it runs, unless closing may not compact), then compacts if this handle wrote
+    /// much of the log.
+    pub(crate) fn close(&self) {
+        let options = &self.options;
+        let compacts = options.compact_on_close && options.background_compaction;
+        if !compacts {
+            // A running merge abandons its work at its next check.
+            self.compaction.cancel.store(true, Ordering::Relaxed);
+        }
+        let thread = {
+            let mut compactor = lock(&self.compaction.compactor);
+            compactor.allowed = false;
+            // Closing the channel ends the compaction thread's wait.
+            compactor.wake = None;
+            compactor.thread.take()
+        };
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+        if compacts {
+            self.compact_before_closing();
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Ordered iteration: [`Db::range`], [`Db::prefix`] and the [`Iter`] they return.
+
+use std::fmt;
+use std::ops::{Bound, RangeBounds};
+
+use crate::bytes::Bytes;
+use crate::db::Db;
+use crate::error::Result;
+use crate::view::Chunk;
+
+impl Db {
+    /// The entries with keys in `range`, in key order (`.rev()` for descending).
+    ///
+    /// The iterator does not hold a lock between items: it reads the store a chunk of entries at a
+    /// time, so it never blocks writers. Each key in the range is returned at most once, in order;
+    /// writes made while it runs may or may not be seen.
+    pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
+        let owned = |b: Bound<&K>| match b {
+            Bound::Included(k) => Bound::Included(Bytes::from(k.as_ref())),
+            Bound::Excluded(k) => Bound::Excluded(Bytes::from(k.as_ref())),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        Iter::new(
+            self.clone(),
+            owned(range.start_bound()),
+            owned(range.end_bound()),
+        )
+    }
+
+    /// The entries whose keys start with `prefix`, in key order.
+    pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
+        let prefix = prefix.as_ref();
+        let hi = match prefix_successor(prefix) {
+            Some(next) => Bound::Excluded(Bytes::from(next)),
+            None => Bound::Unbounded,
+        };
+        Iter::new(self.clone(), Bound::Included(Bytes::from(prefix)), hi)
+    }
+}
+
+/// The smallest key greater than every key that starts with `prefix`, if there is one.
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut next = prefix.to_vec();
+    while let Some(last) = next.pop() {
+        if last < u8::MAX {
+            next.push(last + 1);
+            return Some(next);
+        }
+    }
+    None
+}
+
+/// How many entries an iterator fetches per visit to the store, at first and at most.
+const FIRST_CHUNK: usize = 16;
+const MAX_CHUNK: usize = 1024;
+
+/// An ordered iterator over a range of the store, from [`Db::range`] or [`Db::prefix`]. Yields
+/// `Result<(key, value)>`; iterate backwards with `.rev()` or `next_back`.
+pub struct Iter {
+    db: Db,
+    /// The part of the range not fetched yet.
+    lo: Bound<Bytes>,
+    hi: Bound<Bytes>,
+    /// Fetched from the low end, ascending.
+    front: std::vec::IntoIter<(Bytes, Bytes)>,
+    /// Fetched from the high end, descending.
+    back: std::vec::IntoIter<(Bytes, Bytes)>,
+    /// Nothing is left between `lo` and `hi`.
+    drained: bool,
+    chunk: usize,
+}
+
+impl fmt::Debug for Iter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Iter")
+            .field("lo", &self.lo)
+            .field("hi", &self.hi)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Iter {
+    fn new(db: Db, lo: Bound<Bytes>, hi: Bound<Bytes>) -> Self {
+        Iter {
+            db,
+            lo,
+            hi,
+            front: Vec::new().into_iter(),
+            back: Vec::new().into_iter(),
+            drained: false,
+            chunk: FIRST_CHUNK,
+        }
+    }
+
+    /// Fetches the next chunk from one end of the unfetched range.
+    fn refill(&mut self, from_front: bool) -> Result<()> {
+        self.db.store.refresh()?;
+        let Chunk { entries, horizon } = self.db.store.applied.read().fetch(
+            as_slice_bound(&self.lo),
+            as_slice_bound(&self.hi),
+            from_front,
+            self.chunk,
+        )?;
+        // Only called once that end's buffer is empty.
+        if from_front {
+            self.front = entries.into_iter();
+        } else {
+            self.back = entries.into_iter();
+        }
+        match horizon {
+            None => self.drained = true,
+            Some(key) if from_front => self.lo = Bound::Excluded(key),
+            Some(key) => self.hi = Bound::Excluded(key),
+        }
+        self.chunk = (self.chunk * 2).min(MAX_CHUNK);
+        Ok(())
+    }
+}
+
+fn as_slice_bound(bound: &Bound<Bytes>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(k) => Bound::Included(k),
+        Bound::Excluded(k) => Bound::Excluded(k),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+impl Iterator for Iter {
+    type Item = Result<(Bytes, Bytes)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.front.len() == 0 && !self.drained {
+            if let Err(e) = self.refill(true) {
+                self.drained = true;
+                return Some(Err(e));
+            }
+        }
+        // Once the middle is drained, what is left of the back chunk comes last.
+        self.front.next().or_else(|| self.back.next_back()).map(Ok)
+    }
+}
+
+impl DoubleEndedIterator for Iter {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        while self.back.len() == 0 && !self.drained {
+            if let Err(e) = self.refill(false) {
+                self.drained = true;
+                return Some(Err(e));
+            }
+        }
+        self.back.next().or_else(|| self.front.next_back()).map(Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_successor_skips_trailing_ff() {
+        assert_eq!(prefix_successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_successor(b"a\xff\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_successor(b"\xff"), None);
+        assert_eq!(prefix_successor(b""), None);
+    }
+}

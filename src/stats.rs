@@ -1,0 +1,77 @@
+//! What a store reports about itself: [`Stats`], and what [`Db::verify`](crate::Db::verify) and
+//! recovery found.
+
+use std::path::PathBuf;
+
+use crate::options::Durability;
+
+/// Figures about a store, from [`Db::stats`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// The current generation (the live log is `wal-<generation>`).
+    pub generation: u64,
+    /// Number of keys in the store.
+    pub keys: u64,
+    /// Size of the current snapshot file in bytes (0 if there is none yet).
+    pub snapshot_bytes: u64,
+    /// Keys in the current snapshot.
+    pub snapshot_keys: u64,
+    /// Length of the live log in bytes (its logical end; preallocated space not included).
+    pub wal_bytes: u64,
+    /// Approximate heap bytes held by the in-memory view of the log (and of the previous log
+    /// while a compaction merges it).
+    pub memtable_bytes: u64,
+    /// The sequence number the next committed batch will carry.
+    pub next_sequence: u64,
+    /// Batches committed through this handle (and its clones) since it was opened.
+    pub commits: u64,
+    /// `fdatasync` calls made for those commits and flushes; fewer than `commits` when concurrent
+    /// writers shared a sync.
+    pub syncs: u64,
+    /// Compactions completed by this handle since it was opened.
+    pub compactions: u64,
+    /// Torn records that writers killed in the middle of an append left at the end of the log,
+    /// cut off by this handle before it appended (since it was opened).
+    pub torn_tails_repaired: u64,
+    /// When writes are considered done.
+    pub durability: Durability,
+    /// What recovery found and did when the store was opened.
+    pub recovery: RecoveryReport,
+}
+
+/// What [`Db::verify`] checked, all of it found intact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// The snapshot checked, if the store has one.
+    pub snapshot: Option<PathBuf>,
+    /// Entries in it.
+    pub snapshot_entries: u64,
+    /// Its size in bytes.
+    pub snapshot_bytes: u64,
+    /// The live log checked.
+    pub wal: PathBuf,
+    /// Records in it.
+    pub wal_records: u64,
+    /// Its logical length in bytes.
+    pub wal_bytes: u64,
+    /// Quarantine files in the store (left by an earlier recovery; inspect them).
+    pub quarantine_files: Vec<PathBuf>,
+}
+
+/// What recovery found and did, reported by [`Db::stats`](crate::Db::stats) and `kvctl stat`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Log records replayed at open.
+    pub replayed_records: u64,
+    /// Bytes of a damaged or torn log tail cut off at open.
+    pub truncated_bytes: u64,
+    /// Leftover files removed at open: unfinished temporaries, and logs and snapshots of
+    /// generations a finished compaction had replaced.
+    pub removed_temporaries: u64,
+    /// Quarantine files in the store: log bytes found beyond a damaged record that still held
+    /// decodable records. Inspect them; sturdykv never deletes them.
+    pub quarantine_files: Vec<PathBuf>,
+}

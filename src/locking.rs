@@ -306,8 +306,11 @@ fn register_handle(
 
 /// A `flock` failure: "not supported here" gets its own error, saying what to do.
 fn lock_error(path: &Path, e: std::io::Error) -> Error {
-    // ENOLCK, EOPNOTSUPP, ENOSYS.
-    if matches!(e.raw_os_error(), Some(37 | 95 | 38)) {
+    use rustix::io::Errno;
+    let unsupported = [Errno::NOLCK, Errno::OPNOTSUPP, Errno::NOSYS];
+    if e.raw_os_error()
+        .is_some_and(|code| unsupported.contains(&Errno::from_raw_os_error(code)))
+    {
         Error::LockingUnsupported {
             path: path.to_owned(),
             reason: format!(
@@ -364,5 +367,34 @@ impl CompactionLock {
             .lock(LockKind::Exclusive, wait)
             .map_err(|e| Error::io("lock (flock) the lock file", &self.path, e))?;
         Ok(taken.then_some(CompactionGuard(self)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustix::io::Errno;
+
+    use super::*;
+
+    /// `flock` refused as unsupported (NFS, SMB, a kernel without it) says what to do instead;
+    /// any other failure stays an I/O error.
+    #[test]
+    fn flock_unsupported_is_told_apart_from_other_failures() {
+        let path = Path::new("store/LOCK");
+        let failure = |errno: Errno| lock_error(path, std::io::Error::from(errno));
+        for errno in [Errno::NOLCK, Errno::OPNOTSUPP, Errno::NOSYS] {
+            let err = failure(errno);
+            assert!(
+                matches!(&err, Error::LockingUnsupported { reason, .. }
+                    if reason.contains("Options::exclusive(true)")),
+                "{errno:?}: {err}"
+            );
+        }
+        for errno in [Errno::IO, Errno::ACCESS, Errno::AGAIN] {
+            assert!(
+                matches!(failure(errno), Error::Io { .. }),
+                "{errno:?} is not about locking support"
+            );
+        }
     }
 }

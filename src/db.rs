@@ -22,7 +22,7 @@ use crate::stats::{Stats, VerifyReport};
 /// (as [`Durability`](crate::Durability) defines it), and then at once to every clone.
 ///
 /// Dropping the last clone closes the store. A handle that wrote much of the log compacts it
-/// first, which can take a second or so per 100 MB of store ([`Options::compact_on_close`]).
+/// first, which takes as long as a [`Db::compact`] ([`Options::compact_on_close`]).
 #[derive(Clone)]
 pub struct Db {
     pub(crate) store: Arc<Store>,

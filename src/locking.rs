@@ -11,7 +11,7 @@
 //!   reads the log only when they moved. The hint is never trusted over the files: it only says
 //!   where to look, and every writer corrects it under the lock.
 //! - Further words let processes share `fdatasync`s ([`SYNC_RUNNING`] and its neighbours; see
-//!   `Inner::sync_for_store`): they decide who syncs, never what is acknowledged.
+//!   `engine/commit/shared_sync.rs`): they decide who syncs, never what is acknowledged.
 //! - `LOCK.compaction` is held (exclusively, without waiting in the background) for the whole of a
 //!   compaction, so that one runs at a time and nobody deletes its temporary file.
 //! - `LOCK.handles` is held for a handle's whole life: shared by ordinary and read-only handles,

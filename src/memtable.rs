@@ -248,6 +248,7 @@ pub fn bounds_nonempty(lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::rng::Rng;
 
     #[test]
     fn tracks_size_across_overwrites_and_removals() {
@@ -293,14 +294,12 @@ mod tests {
         let mut m = Memtable::default();
         // Keys that share their first eight bytes, keys shorter than that, and short keys over
         // a small alphabet (so that prefixes tie, and differ at every position).
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
         let mut keys: Vec<Vec<u8>> = (0..=12)
             .flat_map(|n| [vec![b'k'; n], [vec![b'k'; n], vec![0]].concat()])
             .collect();
         for _ in 0..200 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = rng.next_u64();
             let key: Vec<u8> = (0..x % 12)
                 .map(|i| [0, 1, 0xFF][(x >> (4 + 2 * i)) as usize % 3])
                 .collect();

@@ -14,7 +14,7 @@ pub enum Durability {
     #[default]
     Immediate,
     /// A write returns once it is in the operating system's page cache: it survives the process
-    /// being killed, but not a power loss or kernel crash. [`Db::flush`] makes it durable.
+    /// being killed, but not a power loss or kernel crash. [`Db::flush`](crate::Db::flush) makes it durable.
     Buffered,
 }
 
@@ -22,11 +22,11 @@ pub enum Durability {
 pub const DEFAULT_COMPACTION_MIN_WAL_BYTES: u64 = 16 << 20;
 /// Default for [`Options::compaction_ratio`].
 pub const DEFAULT_COMPACTION_RATIO: f64 = 0.25;
-/// Default for [`Options::spin_wait`]: 500 µs, a little over two `fdatasync`s of a fast SSD.
+/// Default for [`Options::spin_wait`]: 500 µs, a few `fdatasync`s of a fast SSD (DECISIONS 39).
 pub const DEFAULT_SPIN_WAIT: Duration = Duration::from_micros(500);
 /// Closing compacts only stores whose snapshot is at most this large (256 MiB): a compaction
-/// rewrites the whole snapshot, about 1 s per 100 MB here, and beyond that a close would keep its
-/// caller waiting much longer than the replay it saves the next open.
+/// rewrites the whole snapshot, and beyond that a close would keep its caller waiting much longer
+/// than the replay it saves the next open (DECISIONS 41).
 const CLOSE_COMPACTION_MAX_SNAPSHOT: u64 = 256 << 20;
 /// The most [`Options::spin_wait`] takes (a deadline that far off cannot overflow an `Instant`).
 const MAX_SPIN_WAIT: Duration = Duration::from_secs(1);
@@ -96,7 +96,7 @@ impl Options {
     }
 
     /// Whether [`Options::open`] creates a missing directory (default `true`). With `false`, a
-    /// missing directory is a [`Error::NotAStore`].
+    /// missing directory is a [`Error::NotAStore`](crate::Error::NotAStore).
     pub fn create_if_missing(mut self, create: bool) -> Self {
         self.create_if_missing = create;
         self
@@ -104,8 +104,8 @@ impl Options {
 
     /// Compaction starts once the log is larger than this many bytes *and* larger than
     /// [`compaction_ratio`](Options::compaction_ratio) times the snapshot (default 16 MiB).
-    /// The heap held is about 1.5 bytes per log byte, up to twice over while a compaction
-    /// merges the previous generation.
+    /// Until then the log's entries are held in memory, and up to twice over while a
+    /// compaction merges the previous generation.
     pub fn compaction_min_wal_bytes(mut self, bytes: u64) -> Self {
         self.compaction_min_wal_bytes = bytes;
         self
@@ -121,7 +121,7 @@ impl Options {
     }
 
     /// Whether a background thread compacts when the triggers fire (default `true`). With
-    /// `false`, only [`Db::compact`] compacts (not even closing, whatever
+    /// `false`, only [`Db::compact`](crate::Db::compact) compacts (not even closing, whatever
     /// [`compact_on_close`](Options::compact_on_close) says).
     pub fn background_compaction(mut self, enabled: bool) -> Self {
         self.background_compaction = enabled;
@@ -129,16 +129,14 @@ impl Options {
     }
 
     /// Whether closing the handle may compact (default `true`), so that the next open maps a
-    /// snapshot instead of replaying the log: the next open of a store loaded with 1,000,000
-    /// keys took 0.2 ms instead of 0.3–0.4 s.
+    /// snapshot instead of replaying the log.
     ///
     /// When the last clone of the handle is dropped, a compaction running in the background is
     /// finished rather than abandoned; then, if this handle itself appended at least a quarter
     /// of the compaction trigger to the live log (`max(compaction_min_wal_bytes / 4,
     /// compaction_ratio / 4 × snapshot)`, 4 MiB by default), the drop compacts before it returns.
-    /// That takes about as long as [`Db::compact`], a second or so per 100 MB of store on an
-    /// SSD, so it is done only while the snapshot is at most 256 MiB: a larger store's next open
-    /// replays its log instead. A handle that only read, or wrote little, closes at once. A
+    /// That takes as long as [`Db::compact`](crate::Db::compact), which rewrites the whole snapshot, so it is done only
+    /// while the snapshot is at most 256 MiB: a larger store's next open replays its log instead. A handle that only read, or wrote little, closes at once. A
     /// failure is logged and loses nothing: the log still holds every write. With `false`,
     /// closing abandons a running compaction at its next check and never starts one.
     pub fn compact_on_close(mut self, enabled: bool) -> Self {
@@ -149,25 +147,24 @@ impl Options {
     /// How long a writer thread that waits for another thread's commit or `fdatasync` keeps
     /// yielding the CPU and looking again before it sleeps (default [`DEFAULT_SPIN_WAIT`]).
     ///
-    /// A sleeping thread takes 20–40 µs to wake on a virtual machine, and after each shared sync
-    /// every writer it covered wakes in turn; looking instead of sleeping cut that gap, and
-    /// durable puts from 4 threads rose by a fifth to a half, from 8 threads by a third or more.
-    /// The price is CPU: with 4 writer threads about 1.7× the CPU time per put, with 2 threads
-    /// (where spinning gains nothing) about 2× (DECISIONS 39). A single writer never waits, so
-    /// it never spins. `Duration::ZERO` sleeps at once; more than a second counts as a second.
+    /// Waking a sleeping thread takes tens of microseconds, and after each shared sync every
+    /// writer it covered would wake in turn, so that the gap between syncs grows; looking
+    /// instead of sleeping keeps several writer threads in one group. The price is CPU time per
+    /// put while writers wait (DECISIONS 39 has the measurements). A single writer never waits,
+    /// so it never spins. `Duration::ZERO` sleeps at once; more than a second counts as a second.
     pub fn spin_wait(mut self, spin: Duration) -> Self {
         self.spin_wait = spin.min(MAX_SPIN_WAIT);
         self
     }
 
     /// With `true`, this handle keeps the store to itself: it holds `LOCK` from open to close, and
-    /// any other open (in this or another process) fails with [`Error::Locked`] naming the lock
+    /// any other open (in this or another process) fails with [`Error::Locked`](crate::Error::Locked) naming the lock
     /// file, as this one does if the store is open elsewhere. Needed on file systems where
     /// processes cannot share a store (NFS, SMB, no `flock`), where a default open fails with
-    /// [`Error::LockingUnsupported`]. Saves the check for other processes' commits at every
+    /// [`Error::LockingUnsupported`](crate::Error::LockingUnsupported). Saves the check for other processes' commits at every
     /// read (two atomic loads), and the system calls with which every commit follows other
-    /// processes' appends (`flock` twice, a 4-byte `pread`, an `openat`): about 5 % of a
-    /// single-thread durable put on a disk that syncs in 0.2 ms (DECISIONS 46).
+    /// processes' appends (`flock` twice, a 4-byte `pread`, an `openat`; their cost is measured in
+    /// DECISIONS 46).
     /// Default `false`: any number of processes may open the store and read and write it.
     pub fn exclusive(mut self, exclusive: bool) -> Self {
         self.exclusive = exclusive;
@@ -175,7 +172,7 @@ impl Options {
     }
 
     /// With `true`, the handle never writes to the store's files (no repair, no compaction, no
-    /// new files): writes fail with [`Error::ReadOnly`], and the store must exist. It still sees
+    /// new files): writes fail with [`Error::ReadOnly`](crate::Error::ReadOnly), and the store must exist. It still sees
     /// every commit other processes make. Default `false`.
     pub fn read_only(mut self, read_only: bool) -> Self {
         self.read_only = read_only;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::options::Durability;
 
-/// Figures about a store, from [`Db::stats`].
+/// Figures about a store, from [`Db::stats`](crate::Db::stats).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -40,7 +40,7 @@ pub struct Stats {
     pub recovery: RecoveryReport,
 }
 
-/// What [`Db::verify`] checked, all of it found intact.
+/// What [`Db::verify`](crate::Db::verify) checked, all of it found intact.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct VerifyReport {

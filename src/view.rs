@@ -335,6 +335,7 @@ fn within(key: &[u8], bound: Bound<&[u8]>, forward: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::rng::Rng;
 
     /// Replaying in one go (squeezing every few dozen operations) ends where applying the
     /// operations one by one does: same entries, same tombstones, same live count.
@@ -393,11 +394,9 @@ mod tests {
             ..View::default()
         };
         let mut model: std::collections::BTreeSet<u8> = (0..20).collect();
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
         for _ in 0..2000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = rng.next_u64();
             let k = (x % 40) as u8;
             let key = Bytes::from(vec![k]);
             let in_base = view.base_contains(&key).expect("look below");

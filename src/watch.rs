@@ -1,6 +1,6 @@
 //! Watching a key prefix: the commits of every process, read from the log as they become
 //! committed. A watcher is a reader of its own with a position in the log, like a handle
-//! following other processes (`follow.rs`); it learns of new commits from the shared hint page.
+//! following other processes (`wal::follow`); it learns of new commits from the shared hint page.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -1,27 +1,9 @@
 //! The public API, used only through `sturdykv::*`: reads and writes, ordering, limits, errors.
 
-use std::path::Path;
+mod common;
 
-use sturdykv::{Batch, Bytes, Db, Durability, Error, MAX_KEY_LEN, MAX_VALUE_LEN, Options};
-
-fn open(dir: &Path) -> Db {
-    Db::open(dir).expect("open")
-}
-
-fn collect(
-    iter: impl Iterator<Item = sturdykv::Result<(Bytes, Bytes)>>,
-) -> Vec<(Vec<u8>, Vec<u8>)> {
-    iter.map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
-        .collect::<Result<_, _>>()
-        .expect("iterate")
-}
-
-fn keys(iter: impl Iterator<Item = sturdykv::Result<(Bytes, Bytes)>>) -> Vec<String> {
-    collect(iter)
-        .into_iter()
-        .map(|(k, _)| String::from_utf8(k).expect("utf-8 key"))
-        .collect()
-}
+use common::{collect, files, keys, open};
+use sturdykv::{Batch, Db, Durability, Error, MAX_KEY_LEN, MAX_VALUE_LEN, Options};
 
 #[test]
 fn put_get_delete_contains_len() {
@@ -266,11 +248,7 @@ fn a_directory_holding_something_else_is_refused_and_untouched() {
     std::fs::write(dir.path().join("thesis.tex"), b"\\documentclass").expect("write");
     let err = Db::open(dir.path()).expect_err("not a store");
     assert!(matches!(err, Error::NotAStore { .. }), "{err}");
-    let names: Vec<_> = std::fs::read_dir(dir.path())
-        .expect("list")
-        .map(|e| e.expect("entry").file_name())
-        .collect();
-    assert_eq!(names, ["thesis.tex"], "nothing was created");
+    assert_eq!(files(dir.path()), ["thesis.tex"], "nothing was created");
 }
 
 #[test]

@@ -2,19 +2,14 @@
 //! as of one commit, holding everything acknowledged before the backup began. (A power cut at
 //! each step of a backup is in the library's crash tests, on the simulated disk.)
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use sturdykv::{Batch, Db, Error, Options};
+mod common;
 
-fn contents(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    db.range::<&[u8], _>(..)
-        .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
-        .collect::<Result<_, _>>()
-        .expect("scan")
-}
+use common::{dump, files};
+use sturdykv::{Batch, Db, Error, Options};
 
 #[test]
 fn a_backup_of_a_store_with_history_opens_and_equals_it() {
@@ -33,16 +28,13 @@ fn a_backup_of_a_store_with_history_opens_and_equals_it() {
     assert_eq!(report.sequence, db.stats().expect("stats").next_sequence);
     assert!(report.files.iter().all(|f| f.exists()), "{report:?}");
     let copy = Db::open(dir.path().join("copy")).expect("open the copy");
-    assert_eq!(contents(&copy), contents(&db));
+    assert_eq!(dump(&copy), dump(&db));
     copy.verify(|_, _| {}).expect("the copy verifies");
     // The copy is a store of its own: writing to it leaves the source alone.
     copy.put("only in the copy", "1").expect("put");
     assert_eq!(db.get("only in the copy").expect("get"), None);
     // Nothing is left beside it.
-    let names: Vec<String> = std::fs::read_dir(dir.path())
-        .expect("list")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
+    let names = files(dir.path());
     assert_eq!(names.len(), 2, "{names:?}");
 }
 

@@ -2,25 +2,11 @@
 //! triggers, readers across a compaction, zero-copy values outliving their file, damaged snapshots.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
+mod common;
+
+use common::{dump, files, keys_descending, open_manual};
 use sturdykv::{Batch, Db, Error, Options};
-
-fn files(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-fn manual(dir: &Path) -> Db {
-    Options::new()
-        .background_compaction(false)
-        .open(dir)
-        .expect("open")
-}
 
 fn fill(db: &Db, range: std::ops::Range<u32>, tag: &str) {
     let mut batch = Batch::new();
@@ -30,17 +16,10 @@ fn fill(db: &Db, range: std::ops::Range<u32>, tag: &str) {
     db.write(batch).expect("write");
 }
 
-fn dump(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    db.range::<&[u8], _>(..)
-        .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
-        .collect::<Result<_, _>>()
-        .expect("scan")
-}
-
 #[test]
 fn compaction_moves_the_log_into_a_snapshot_and_reopen_reads_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = manual(dir.path());
+    let db = open_manual(dir.path());
     fill(&db, 0..5000, "v1");
     let before = dump(&db);
     db.compact().expect("compact");
@@ -62,7 +41,7 @@ fn compaction_moves_the_log_into_a_snapshot_and_reopen_reads_it() {
     assert_eq!(dump(&db), before);
     drop(db);
 
-    let db = manual(dir.path());
+    let db = open_manual(dir.path());
     assert_eq!(dump(&db), before);
     assert_eq!(db.len().expect("len"), 5000);
     assert_eq!(db.stats().expect("stats").recovery.replayed_records, 0);
@@ -71,7 +50,7 @@ fn compaction_moves_the_log_into_a_snapshot_and_reopen_reads_it() {
 #[test]
 fn writes_and_deletes_over_a_snapshot_win_and_survive_the_next_compaction() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = manual(dir.path());
+    let db = open_manual(dir.path());
     fill(&db, 0..1000, "old");
     db.compact().expect("compact");
     fill(&db, 500..1500, "new");
@@ -95,11 +74,7 @@ fn writes_and_deletes_over_a_snapshot_win_and_survive_the_next_compaction() {
         None,
         "tombstone hides the snapshot"
     );
-    let reversed: Vec<_> = db
-        .range::<&[u8], _>(..)
-        .rev()
-        .map(|kv| kv.expect("scan").0.to_vec())
-        .collect();
+    let reversed = keys_descending(&db);
     assert!(reversed.iter().rev().eq(expected.keys()));
 
     db.compact().expect("compact again");
@@ -110,7 +85,7 @@ fn writes_and_deletes_over_a_snapshot_win_and_survive_the_next_compaction() {
         "no tombstones in a snapshot"
     );
     drop(db);
-    let db = manual(dir.path());
+    let db = open_manual(dir.path());
     assert_eq!(dump(&db), expected);
     assert_eq!(db.len().expect("len"), expected.len() as u64);
     assert_eq!(
@@ -128,7 +103,7 @@ fn writes_and_deletes_over_a_snapshot_win_and_survive_the_next_compaction() {
 #[test]
 fn compacting_an_empty_log_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = manual(dir.path());
+    let db = open_manual(dir.path());
     db.compact().expect("compact");
     assert_eq!(db.stats().expect("stats").generation, 0);
     fill(&db, 0..10, "v");
@@ -167,7 +142,7 @@ fn the_background_compactor_keeps_the_log_bounded() {
     );
     assert_eq!(db.len().expect("len"), 15000);
     drop(db);
-    let db = manual(dir.path());
+    let db = open_manual(dir.path());
     assert_eq!(db.len().expect("len"), 15000);
     assert_eq!(
         db.get("key014999").expect("get").as_deref(),
@@ -178,7 +153,7 @@ fn the_background_compactor_keeps_the_log_bounded() {
 #[test]
 fn a_reader_iterating_across_a_compaction_sees_every_key_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = manual(dir.path());
+    let db = open_manual(dir.path());
     fill(&db, 0..3000, "a");
     db.compact().expect("compact");
     fill(&db, 3000..6000, "b");
@@ -200,7 +175,7 @@ fn a_reader_iterating_across_a_compaction_sees_every_key_once() {
 #[test]
 fn values_from_a_snapshot_outlive_its_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = manual(dir.path());
+    let db = open_manual(dir.path());
     fill(&db, 0..100, "kept");
     db.compact().expect("compact");
     let value = db.get("key000042").expect("get").expect("present");
@@ -218,7 +193,7 @@ fn values_from_a_snapshot_outlive_its_file() {
 #[test]
 fn a_damaged_snapshot_is_reported_with_file_and_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = manual(dir.path());
+    let db = open_manual(dir.path());
     fill(&db, 0..2000, "v");
     db.compact().expect("compact");
     drop(db);
@@ -239,7 +214,7 @@ fn a_damaged_snapshot_is_reported_with_file_and_offset() {
     // A damaged data block: open is cheap and succeeds, the read that touches it fails.
     bytes[5000] ^= 0x01;
     std::fs::write(&snap, &bytes).expect("write");
-    let db = manual(dir.path());
+    let db = open_manual(dir.path());
     let mut errors = 0;
     for i in 0..2000u32 {
         match db.get(format!("key{i:06}")) {
@@ -262,7 +237,7 @@ fn a_damaged_snapshot_is_reported_with_file_and_offset() {
 #[test]
 fn a_truncated_snapshot_is_corruption_not_an_empty_store() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = manual(dir.path());
+    let db = open_manual(dir.path());
     fill(&db, 0..100, "v");
     db.compact().expect("compact");
     drop(db);

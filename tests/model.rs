@@ -7,15 +7,17 @@
 //! The recovered store must equal the model after exactly the batches whose records lie wholly
 //! before the cut: nothing durable lost, no batch half-applied.
 
-use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+mod common;
+
+use common::{dump, keys_descending};
 use proptest::prelude::*;
 use sturdykv::{Batch, Db, Durability, Options};
 
-type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+type Model = common::Contents;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -74,20 +76,9 @@ fn apply(model: &mut Model, k: u8, v: Option<Vec<u8>>) {
     };
 }
 
-fn dump(db: &Db) -> Model {
-    db.range::<&[u8], _>(..)
-        .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
-        .collect::<Result<_, _>>()
-        .expect("scan")
-}
-
 fn assert_same(db: &Db, model: &Model) -> Result<(), TestCaseError> {
     prop_assert_eq!(&dump(db), model);
-    let backwards: Vec<Vec<u8>> = db
-        .range::<&[u8], _>(..)
-        .rev()
-        .map(|kv| kv.expect("scan").0.to_vec())
-        .collect();
+    let backwards = keys_descending(db);
     let mut expected: Vec<Vec<u8>> = model.keys().cloned().collect();
     expected.reverse();
     prop_assert_eq!(backwards, expected);

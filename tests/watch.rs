@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use sturdykv::{Batch, Change, Commit, Db, Error, Options};
+mod common;
+
+use common::open_manual;
+use sturdykv::{Batch, Change, Commit, Error};
 
 fn put(key: &str, value: &str) -> Change {
     Change::Put {
@@ -19,13 +22,6 @@ fn delete(key: &str) -> Change {
     }
 }
 
-fn open(dir: &std::path::Path) -> Db {
-    Options::new()
-        .background_compaction(false)
-        .open(dir)
-        .expect("open")
-}
-
 /// Everything already committed, without waiting.
 fn drain(watcher: &mut sturdykv::Watcher) -> Vec<Commit> {
     std::iter::from_fn(|| watcher.try_next().expect("watch")).collect()
@@ -38,7 +34,7 @@ fn changes(commits: &[Commit]) -> Vec<Change> {
 #[test]
 fn a_watcher_sees_the_commits_under_its_prefix_in_order_with_batches_whole() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = open(dir.path());
+    let db = open_manual(dir.path());
     db.put("user/0", "before the watch").expect("put");
     let mut watcher = db.watch_prefix("user/").expect("watch");
     assert_eq!(watcher.try_next().expect("try_next"), None);
@@ -51,7 +47,7 @@ fn a_watcher_sees_the_commits_under_its_prefix_in_order_with_batches_whole() {
     batch.delete("user/0");
     db.write(batch).expect("write");
     // Another handle of the same store counts as another writer.
-    let other = open(dir.path());
+    let other = open_manual(dir.path());
     other.delete("user/1").expect("delete");
     db.transaction(|tx| tx.put("user/3", "barbara"))
         .expect("transaction");
@@ -81,7 +77,7 @@ fn a_watcher_sees_the_commits_under_its_prefix_in_order_with_batches_whole() {
 #[test]
 fn waiting_for_a_commit_returns_it_when_another_thread_makes_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = open(dir.path());
+    let db = open_manual(dir.path());
     let mut watcher = db.watch_prefix("k").expect("watch");
     assert_eq!(
         watcher
@@ -111,7 +107,7 @@ fn waiting_for_a_commit_returns_it_when_another_thread_makes_it() {
 #[test]
 fn a_watcher_one_compaction_behind_keeps_reading_the_old_log() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = open(dir.path());
+    let db = open_manual(dir.path());
     let mut watcher = db.watch_prefix("").expect("watch");
     for i in 0..5 {
         db.put(format!("a{i}"), "before").expect("put");
@@ -131,7 +127,7 @@ fn a_watcher_one_compaction_behind_keeps_reading_the_old_log() {
 #[test]
 fn a_watcher_two_compactions_behind_reports_the_gap_then_goes_on() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = open(dir.path());
+    let db = open_manual(dir.path());
     let mut watcher = db.watch_prefix("").expect("watch");
     let first = db.stats().expect("stats").next_sequence;
     db.put("read", "1").expect("put");

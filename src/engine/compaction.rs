@@ -366,16 +366,10 @@ mod tests {
     use std::path::Path;
 
     use crate::sync::lock;
+    use crate::testing::campaign::dump;
     use crate::testing::faulty::{Faults, FaultyVfs};
     use crate::{Batch, Error};
     use crate::{Db, Options};
-
-    fn dump(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
-        db.range::<&[u8], _>(..)
-            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
-            .collect::<Result<_, _>>()
-            .expect("scan")
-    }
 
     /// A store with a snapshot (generation 1) and more writes and deletes in its log.
     fn prepare(dir: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {

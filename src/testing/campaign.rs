@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::testing::sim::{CrashModel, Rng, SimVfs};
+use crate::testing::rng::Rng;
+use crate::testing::sim::{CrashModel, SimVfs};
 use crate::{Batch, Db, Options};
 
 pub(crate) type Model = BTreeMap<Vec<u8>, Vec<u8>>;

@@ -676,12 +676,12 @@ fn a_writer_that_follows_a_dead_writers_new_log_makes_its_name_durable() {
 fn a_handle_killed_mid_operation_then_a_power_cut_loses_nothing_acknowledged() {
     let mut images = 0;
     for seed in seeds() {
-        let mut rng = crate::testing::sim::Rng::new(seed);
+        let mut rng = crate::testing::rng::Rng::new(seed);
         let vfs = SimVfs::new();
         let handles = [open(&vfs).expect("open"), open(&vfs).expect("open")];
         let mut acked = Model::new();
         let mut next = 0u32;
-        let mut op = |db: &crate::Db, rng: &mut crate::testing::sim::Rng, acked: &mut Model| {
+        let mut op = |db: &crate::Db, rng: &mut crate::testing::rng::Rng, acked: &mut Model| {
             let kind = rng.below(6);
             let mut keys = Vec::new();
             let result = match kind {

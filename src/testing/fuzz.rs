@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::format::{Frame, OpRef, decode_frame, encode_record};
 use crate::io::{OpenMode, Vfs};
 use crate::snapshot::Snapshot;
+use crate::testing::campaign::dump;
 use crate::testing::sim::{CrashModel, SimVfs};
 use crate::{Batch, Db, Options};
 
@@ -128,12 +129,7 @@ pub fn operations(data: &[u8]) {
                 db = open(&vfs);
             }
         }
-        let stored: BTreeMap<Vec<u8>, Vec<u8>> = db
-            .range::<&[u8], _>(..)
-            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
-            .collect::<Result<_, _>>()
-            .expect("scan");
-        assert_eq!(stored, model, "the store diverged from the model");
+        assert_eq!(dump(&db), model, "the store diverged from the model");
     }
 }
 

@@ -6,6 +6,7 @@
 //! - `faulty` (tests only): a wrapper over the real file system that fails chosen operations.
 //! - [`campaign`]: the seeded power-loss campaign over the simulated disk.
 //! - [`fuzz`]: what the fuzz targets run.
+//! - [`rng`]: the one pseudo-random generator of the test code.
 //! - `crash_tests` (tests only): the power-loss, fault and corruption campaigns `cargo test` runs.
 
 pub(crate) mod campaign;
@@ -14,4 +15,5 @@ mod crash_tests;
 #[cfg(test)]
 pub(crate) mod faulty;
 pub(crate) mod fuzz;
+pub(crate) mod rng;
 pub(crate) mod sim;

@@ -14,6 +14,10 @@
 //!    acknowledged while an earlier one's fate is unknown; after a failed sync the handle is
 //!    poisoned and no later sync runs (the kernel may have dropped that data, and a record
 //!    behind the hole would be lost too).
+//!
+//! Its parts: [`group`] (the queue, the leader, step 1, and transactions' turn to append),
+//! [`durability`] (steps 2 and 3 within a handle) and [`shared_sync`] (sharing step 2 with other
+//! processes). This file holds their shared state and the writer's catch-up with the log's end.
 
 mod durability;
 mod group;

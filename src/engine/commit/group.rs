@@ -5,7 +5,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use crate::batch::Batch;
@@ -14,7 +14,7 @@ use crate::engine::applied::OwnRecord;
 use crate::error::{Error, Result};
 use crate::format::encode_record;
 use crate::locking::LockGuard;
-use crate::sync::{Signal, lock, yield_then_lock};
+use crate::sync::{lock, yield_then_lock};
 use crate::wal::LogWriter;
 
 use super::Queue;
@@ -103,23 +103,6 @@ impl Store {
                 &mut spin_until,
             );
         }
-    }
-
-    /// Waits for a change to what `guard` holds, which another thread signals on `changed`: first
-    /// (for up to [`Options::spin_wait`](crate::Options::spin_wait) from the first call with this
-    /// `spin_until`) by yielding the CPU and returning to look again, then by sleeping.
-    pub(super) fn wait_for_change<'a, T>(
-        &self,
-        mutex: &'a Mutex<T>,
-        guard: MutexGuard<'a, T>,
-        changed: &Signal,
-        spin_until: &mut Option<Instant>,
-    ) -> MutexGuard<'a, T> {
-        let now = Instant::now();
-        if now < *spin_until.get_or_insert(now + self.options.spin_wait) {
-            return yield_then_lock(mutex, guard);
-        }
-        changed.wait(guard)
     }
 
     /// Commits a group: append, sync, publish, acknowledge.

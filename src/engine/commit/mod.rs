@@ -24,14 +24,14 @@ mod group;
 mod shared_sync;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::batch::Batch;
 use crate::engine::Store;
 use crate::error::Result;
 use crate::locking::{APPENDED_SEQ, COMMITTED_SEQ, LOG_GENERATION, LockGuard, SYNCED_SEQ};
-use crate::sync::Signal;
+use crate::sync::{Signal, yield_then_lock};
 use crate::wal::{self, LogWriter};
 
 use durability::Syncs;
@@ -81,6 +81,23 @@ impl GroupCommit {
 }
 
 impl Store {
+    /// Waits for a change to what `guard` holds, which another thread signals on `changed`: first
+    /// (for up to [`Options::spin_wait`](crate::Options::spin_wait) from the first call with this
+    /// `spin_until`) by yielding the CPU and returning to look again, then by sleeping.
+    fn wait_for_change<'a, T>(
+        &self,
+        mutex: &'a Mutex<T>,
+        guard: MutexGuard<'a, T>,
+        changed: &Signal,
+        spin_until: &mut Option<Instant>,
+    ) -> MutexGuard<'a, T> {
+        let now = Instant::now();
+        if now < *spin_until.get_or_insert(now + self.options.spin_wait) {
+            return yield_then_lock(mutex, guard);
+        }
+        changed.wait(guard)
+    }
+
     /// Holding `LOCK`: brings the log writer to the true end of the log, past whatever other
     /// processes appended, into a newer generation if one was cut, and cuts off a torn record a
     /// killed process left, so that nothing is appended behind garbage.

@@ -40,8 +40,6 @@
 mod backup;
 mod db;
 mod iter;
-mod options;
-mod stats;
 mod transaction;
 #[cfg(feature = "serde")]
 mod typed;
@@ -49,6 +47,10 @@ mod watch;
 
 // The engine core below the handle.
 mod engine;
+
+// What the handle and the engine share: how a store is opened, and what it reports.
+mod options;
+mod stats;
 
 // What the engine is built from: the log, the sorted snapshot file, the memtable and the view over
 // both, locking and the shared hint page.

@@ -15,8 +15,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const KEY_LEN: usize = 16;
 const VALUE_LEN: usize = 100;
-/// Bytes of one put record in the log: framing 8, sequence 8, op count 4, op header 9, key, value.
-const RECORD_LEN: usize = 8 + 8 + 4 + 9 + KEY_LEN + VALUE_LEN;
+/// Bytes of one put record in the log: framing 8, sequence 8, durable horizon 8, op count 4, op
+/// header 9, key, value.
+const RECORD_LEN: usize = 8 + 8 + 8 + 4 + 9 + KEY_LEN + VALUE_LEN;
 
 fn bench_dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);

@@ -225,6 +225,7 @@ fn try_parts(
         let scan = wal::scan(
             file.as_ref(),
             &path,
+            header.version,
             WAL_HEADER_LEN as u64,
             header.first_seq,
             target,

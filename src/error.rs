@@ -3,7 +3,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::format::{FORMAT_VERSION, HeaderError};
+use crate::format::HeaderError;
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -37,7 +37,7 @@ pub enum Error {
     },
 
     /// A store file failed a checksum or structural check.
-    #[error("{} is corrupt at byte offset {offset}: {reason}; run `kvctl check` and restore that file from a backup", file.display())]
+    #[error("{} is corrupt at byte offset {offset}: {reason}; the store's files were left as they are: restore the store from a backup", file.display())]
     Corruption {
         /// The damaged file.
         file: PathBuf,
@@ -191,10 +191,10 @@ impl Error {
                 path: path.to_owned(),
                 reason: format!("the file does not start with the sturdykv {kind} magic"),
             },
-            HeaderError::FutureVersion(found) => Error::UnsupportedVersion {
+            HeaderError::FutureVersion { found, supported } => Error::UnsupportedVersion {
                 file: path.to_owned(),
                 found,
-                supported: FORMAT_VERSION,
+                supported,
             },
             HeaderError::Corrupt { offset, reason } => {
                 Error::corruption(path, base + offset, reason)

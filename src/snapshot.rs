@@ -79,7 +79,7 @@ impl Snapshot {
             file.read_exact_at(&mut head, 0)
                 .map_err(|e| Error::io("read", path, e))?;
             // Snapshots appear only by an atomic rename, so a short one was damaged afterwards.
-            if let Err(e @ HeaderError::FutureVersion(_)) = SnapHeader::decode(&head) {
+            if let Err(e @ HeaderError::FutureVersion { .. }) = SnapHeader::decode(&head) {
                 return Err(header_error(path, e, 0));
             }
             return Err(Error::corruption(

@@ -56,6 +56,10 @@ pub struct VerifyReport {
     pub wal_records: u64,
     /// Its logical length in bytes.
     pub wal_bytes: u64,
+    /// The format version of the live log. In a version 1 log (written by an older build, and
+    /// kept until the next compaction starts a new log) damage to acknowledged records cannot be
+    /// told from a torn tail; from version 2 on it can, and is never cut away.
+    pub log_format_version: u32,
     /// Quarantine files in the store (left by an earlier recovery; inspect them).
     pub quarantine_files: Vec<PathBuf>,
 }
@@ -71,6 +75,8 @@ pub struct RecoveryReport {
     /// Leftover files removed at open: unfinished temporaries, and logs and snapshots of
     /// generations a finished compaction had replaced.
     pub removed_temporaries: u64,
+    /// The format version of the live log (see [`VerifyReport::log_format_version`]).
+    pub log_format_version: u32,
     /// Quarantine files in the store: log bytes found beyond a damaged record that still held
     /// decodable records. Inspect them; sturdykv never deletes them.
     pub quarantine_files: Vec<PathBuf>,

@@ -218,7 +218,7 @@ impl Watcher {
             missed_from,
             resumed_at: header.first_seq,
         }));
-        self.position = Position::start_of(generation, path, file, header.first_seq);
+        self.position = Position::start_of(&header, path, file);
         Ok(())
     }
 }

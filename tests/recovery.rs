@@ -1,5 +1,6 @@
 //! Recovery from damaged logs: torn tails at every offset, zeroed and garbage tails, a flipped bit
-//! in the middle (quarantined, never trusted), absurd lengths, an empty file, a future version.
+//! or a zeroed sector in the middle (corruption, nothing cut; in a version 1 log, quarantined),
+//! absurd lengths, an empty file, a future version.
 //!
 //! These tests damage `wal-0000000000000000` as docs/FORMAT.md describes it (a 40-byte header, then
 //! records) and reopen through the public API only.
@@ -8,12 +9,15 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use sturdykv::{Db, Error};
+use sturdykv::{Db, Error, Options};
 
 const WAL: &str = "wal-0000000000000000";
 const HEADER_LEN: u64 = 40;
 
-/// A store with keys `k00`, `k01`, … (value `v<i>`), and the log offset after each record.
+/// A store with keys `k00`, `k01`, … (value `v<i>`), and the log offset after each record, as a
+/// process killed after its last put leaves it: without the record a clean close appends to vouch
+/// for the last records (zeroed again here), so that the last record can be torn as a crash tears
+/// it.
 fn store_with(dir: &Path, n: usize) -> Vec<u64> {
     let db = Db::open(dir).expect("open");
     let mut ends = vec![db.stats().expect("stats").wal_bytes];
@@ -21,6 +25,11 @@ fn store_with(dir: &Path, n: usize) -> Vec<u64> {
         db.put(format!("k{i:02}"), format!("v{i}")).expect("put");
         ends.push(db.stats().expect("stats").wal_bytes);
     }
+    drop(db);
+    let wal = wal_path(dir);
+    let len = std::fs::metadata(&wal).expect("metadata").len();
+    let end = ends[n];
+    write_at(&wal, end, &vec![0u8; (len - end) as usize]);
     ends
 }
 
@@ -131,10 +140,180 @@ fn garbage_after_the_last_record_is_cut_off() {
     );
 }
 
+/// Every file of the store and its bytes.
+fn snapshot_of_dir(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| {
+            let e = e.expect("entry");
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).expect("read"),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn flip_bit(path: &Path, at: u64) {
+    let mut byte = [0u8];
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    file.read_exact_at(&mut byte, at).expect("read");
+    file.write_all_at(&[byte[0] ^ 0x04], at).expect("flip");
+}
+
+/// A bad record with acknowledged records after it is damage, not a torn tail: every later
+/// record proves, by its durable horizon, that the bad one had been synced. Opening fails with
+/// `Corruption` naming the file, the record's offset and the sequence numbers, and nothing is cut
+/// or moved (the directory is byte for byte the same), in a writable and a read-only open alike.
 #[test]
-fn a_flipped_bit_mid_log_stops_replay_there_and_quarantines_the_rest() {
+fn a_flipped_bit_mid_log_is_corruption_and_nothing_is_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ends = store_with(dir.path(), 10);
+    let wal = wal_path(dir.path());
+    // Flip one bit in the value of record 5 (k04 = v4, sequence number 5).
+    flip_bit(&wal, ends[5] - 1);
+    let before = snapshot_of_dir(dir.path());
+
+    for read_only in [false, true] {
+        let err = Options::new()
+            .read_only(read_only)
+            .open(dir.path())
+            .expect_err("damage to acknowledged records");
+        match &err {
+            Error::Corruption {
+                file,
+                offset,
+                reason,
+            } => {
+                assert!(file.ends_with(WAL), "{err}");
+                assert_eq!(*offset, ends[4], "the damaged record's offset: {err}");
+                assert!(
+                    reason.contains("sequence number 5"),
+                    "names the record: {err}"
+                );
+            }
+            other => panic!("expected corruption, got {other}"),
+        }
+        assert_eq!(
+            snapshot_of_dir(dir.path()),
+            before,
+            "the store is untouched (read-only: {read_only})"
+        );
+    }
+}
+
+/// A clean close appends an empty record that vouches for the records before it, so damage to
+/// the last writes of a closed store is told from a torn tail too.
+#[test]
+fn damage_to_the_last_write_before_a_clean_close_is_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path()).expect("open");
+    db.put("first", "1").expect("put");
+    db.put("last", "2").expect("put");
+    let end = db.stats().expect("stats").wal_bytes;
+    drop(db);
+    flip_bit(&wal_path(dir.path()), end - 1);
+    let before = snapshot_of_dir(dir.path());
+    let err = Db::open(dir.path()).expect_err("the last write was acknowledged");
+    assert!(
+        matches!(&err, Error::Corruption { reason, .. } if reason.contains("sequence number 2")),
+        "{err}"
+    );
+    assert_eq!(snapshot_of_dir(dir.path()), before);
+}
+
+/// The same with a whole zeroed sector in the middle of the log (a zero length reads as "end of
+/// log", with records after it).
+#[test]
+fn a_zeroed_sector_mid_log_is_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ends = store_with(dir.path(), 40);
+    let wal = wal_path(dir.path());
+    let sector = (ends[20] / 512) * 512;
+    assert!(
+        sector > ends[0] && sector + 512 < ends[40],
+        "a sector inside the records"
+    );
+    write_at(&wal, sector, &[0u8; 512]);
+    let before = snapshot_of_dir(dir.path());
+    let err = Db::open(dir.path()).expect_err("damage to acknowledged records");
+    assert!(matches!(err, Error::Corruption { .. }), "{err}");
+    assert_eq!(snapshot_of_dir(dir.path()), before);
+}
+
+/// A log of format version 1 (no durable horizon) of `n` records `k00 = v0`, …, written as an
+/// older build wrote it; returns the offset after each record.
+fn version_1_store(dir: &Path, n: usize) -> Vec<u64> {
+    let mut log = Vec::new();
+    log.extend_from_slice(b"SKVLOG\r\n");
+    log.extend_from_slice(&1u32.to_le_bytes()); // version 1
+    log.extend_from_slice(&0u32.to_le_bytes()); // flags
+    log.extend_from_slice(&0u64.to_le_bytes()); // generation
+    log.extend_from_slice(&1u64.to_le_bytes()); // first sequence
+    let crc = crc32fast::hash(&log);
+    log.extend_from_slice(&crc.to_le_bytes());
+    log.extend_from_slice(&0u32.to_le_bytes());
+    let mut ends = vec![log.len() as u64];
+    for i in 0..n {
+        let (key, value) = (format!("k{i:02}"), format!("v{i}"));
+        let mut body = Vec::new();
+        body.extend_from_slice(&(i as u64 + 1).to_le_bytes());
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.push(1);
+        body.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        body.extend_from_slice(key.as_bytes());
+        body.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        body.extend_from_slice(value.as_bytes());
+        log.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        log.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        log.extend_from_slice(&body);
+        ends.push(log.len() as u64);
+    }
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(dir.join(WAL), &log).expect("write log");
+    ends
+}
+
+/// A version 1 log opens, is read, and is appended to in its own format.
+#[test]
+fn a_version_1_log_opens_and_takes_appends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    version_1_store(dir.path(), 5);
+    let db = Db::open(dir.path()).expect("open");
+    assert_eq!(present(&db, 5), [true; 5]);
+    assert_eq!(db.stats().expect("stats").recovery.log_format_version, 1);
+    db.put("k05", "v5").expect("put");
+    drop(db);
+    let db = Db::open(dir.path()).expect("reopen");
+    assert_eq!(present(&db, 6), [true; 6]);
+    db.compact().expect("compact");
+    assert_eq!(
+        db.stats().expect("stats").recovery.log_format_version,
+        1,
+        "the report is of the open"
+    );
+    drop(db);
+    let db = Db::open(dir.path()).expect("reopen");
+    assert_eq!(present(&db, 6), [true; 6]);
+    assert_eq!(
+        db.stats().expect("stats").recovery.log_format_version,
+        2,
+        "a compaction starts a log of the current format"
+    );
+}
+
+/// In a version 1 log, whose records do not say what was durable, damage cannot be told from a
+/// torn tail: replay stops there and the rest is quarantined, as that format always did.
+#[test]
+fn a_flipped_bit_mid_log_of_version_1_stops_replay_there_and_quarantines_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ends = version_1_store(dir.path(), 10);
     let wal = wal_path(dir.path());
     // Flip one bit in the value of record 5 (k04 = v4).
     let at = ends[5] - 1;
@@ -236,7 +415,7 @@ fn a_log_from_a_future_version_is_refused_as_such() {
     let dir = tempfile::tempdir().expect("tempdir");
     store_with(dir.path(), 1);
     let before = std::fs::read(wal_path(dir.path())).expect("read");
-    write_at(&wal_path(dir.path()), 8, &2u32.to_le_bytes());
+    write_at(&wal_path(dir.path()), 8, &3u32.to_le_bytes());
     // What would be garbage to this version may not be to the newer one.
     let leftover = dir.path().join("snap-0000000000000009.tmp");
     std::fs::write(&leftover, b"the newer version's").expect("write");
@@ -252,8 +431,8 @@ fn a_log_from_a_future_version_is_refused_as_such() {
         matches!(
             err,
             Error::UnsupportedVersion {
-                found: 2,
-                supported: 1,
+                found: 3,
+                supported: 2,
                 ..
             }
         ),

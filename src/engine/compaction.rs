@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::format::{WAL_HEADER_LEN, WalHeader};
+use crate::format::{LOG_FORMAT_VERSION, WAL_HEADER_LEN, WalHeader};
 use crate::io::OpenMode;
 use crate::layout::{StoreFile, classify, directory_fingerprint, list_store, wal_name};
 use crate::locking::{CompactionLock, DIRECTORY_SYNCED, SNAPSHOT_GENERATION};
@@ -202,6 +202,7 @@ impl Store {
         self.sync_file(writer.path(), writer.file())?;
         let generation = writer.generation() + 1;
         let header = WalHeader {
+            version: LOG_FORMAT_VERSION,
             generation,
             first_seq: writer.next_seq(),
         };
@@ -235,6 +236,7 @@ impl Store {
         *writer = LogWriter::new(
             path.clone(),
             Arc::clone(&file),
+            header.version,
             generation,
             WAL_HEADER_LEN as u64,
             header.first_seq,
@@ -254,7 +256,7 @@ impl Store {
             None => memtable,
         });
         state.frozen = Some(Arc::clone(&frozen));
-        *position = Position::start_of(generation, path, file, header.first_seq);
+        *position = Position::start_of(&header, path, file);
         drop(guard);
         Ok(Some(Cut {
             frozen,

@@ -103,5 +103,6 @@ impl Store {
         if compacts {
             self.compact_before_closing();
         }
+        self.vouch_before_closing();
     }
 }

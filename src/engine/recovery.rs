@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
-use crate::format::{OpRef, WAL_HEADER_LEN, WalHeader};
+use crate::format::{LOG_FORMAT_VERSION, OpRef, WAL_HEADER_LEN, WalHeader};
 use crate::io::{EntryKind, OpenMode, Vfs};
 use crate::layout::{
     HANDLES_LOCK_NAME, Listing, directory_fingerprint, list_store, snapshot_name, wal_name,
@@ -75,6 +75,7 @@ pub fn open(
         };
         if now.wals.is_empty() && now.snapshots.is_empty() {
             let header = WalHeader {
+                version: LOG_FORMAT_VERSION,
                 generation: 0,
                 first_seq: 1,
             };
@@ -91,11 +92,13 @@ pub fn open(
     let mut loaded = load(vfs, dir, u64::MAX, writable, Some(durable), listing)?;
     report.replayed_records = loaded.replayed_records;
     report.quarantine_files = loaded.quarantine_files.clone();
+    report.log_format_version = loaded.position.version;
     let last = loaded.position.clone();
     let mut allocated = Some(loaded.log_size);
     if let Some((offset, reason)) = loaded.damage {
         if writable {
             let header = WalHeader {
+                version: last.version,
                 generation: last.generation,
                 first_seq: loaded.first_seq_of_last,
             };
@@ -105,8 +108,11 @@ pub fn open(
                 last.file.as_ref(),
                 &last.path,
                 &header,
-                offset,
-                last.next_seq,
+                wal::Damage {
+                    offset,
+                    seq: last.next_seq,
+                    reason,
+                },
             )?;
             log::info!(
                 "{}: cut {} bytes off the log tail at offset {offset} ({reason})",
@@ -117,8 +123,21 @@ pub fn open(
             allocated = None; // the repair changed the file's size
             report.quarantine_files.extend(repair.quarantined_to);
         } else {
+            // A read-only open reads up to a torn tail, but damage to acknowledged records is an
+            // error for it too.
+            wal::examine(
+                last.file.as_ref(),
+                &last.path,
+                last.version,
+                wal::Damage {
+                    offset,
+                    seq: last.next_seq,
+                    reason,
+                },
+            )?;
             log::warn!(
-                "{}: the log is damaged at offset {offset} ({reason}); opened read-only up to there",
+                "{}: the log has a torn tail at offset {offset} ({reason}); opened read-only up to \
+                 there",
                 last.path.display()
             );
         }
@@ -149,6 +168,7 @@ pub fn open(
     let writer = LogWriter::new(
         last.path.clone(),
         Arc::clone(&last.file),
+        last.version,
         last.generation,
         last.offset,
         last.next_seq,
@@ -420,6 +440,7 @@ fn load_once(
         let scan = wal::scan(
             file.as_ref(),
             &path,
+            header.version,
             WAL_HEADER_LEN as u64,
             next_seq,
             upto,
@@ -455,6 +476,7 @@ fn load_once(
             view: View::default(),
             position: Position {
                 generation: header.generation,
+                version: header.version,
                 path,
                 file,
                 offset: scan.end,

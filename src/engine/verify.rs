@@ -40,6 +40,7 @@ impl Store {
         let scan = wal::scan(
             file,
             path,
+            header.version,
             WAL_HEADER_LEN as u64,
             header.first_seq,
             u64::MAX,
@@ -64,6 +65,7 @@ impl Store {
             wal_records,
             wal_bytes: scan.end,
             quarantine_files: self.report.quarantine_files.clone(),
+            log_format_version: header.version,
         })
     }
 }

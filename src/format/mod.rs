@@ -10,8 +10,9 @@ mod wal;
 pub use snapshot::*;
 pub use wal::*;
 
-/// Version of every file this build writes; files with a higher version are refused.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the snapshot files this build writes; files with a higher version are refused.
+/// (Logs have their own version, [`LOG_FORMAT_VERSION`].)
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 
 /// Why a file header (or footer) could not be decoded; the caller attaches the file name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,7 +20,12 @@ pub enum HeaderError {
     /// Fewer bytes than a header, or the wrong magic: this is not one of our files.
     NotOurs,
     /// Written by a newer build.
-    FutureVersion(u32),
+    FutureVersion {
+        /// The version in the file.
+        found: u32,
+        /// The newest version of that kind of file this build reads.
+        supported: u32,
+    },
     /// Ours and of a known version, but damaged at this offset.
     Corrupt {
         /// Offset of the damaged field.

@@ -37,7 +37,7 @@
 //! with `a` = the high 32 bits of `h` and `d = rotl32(a, 15) | 1`, bits `(a + i·d) mod 512` for
 //! `i` in 0..8 are set, bit `b` being bit `b mod 8` of byte `b / 8` of the block.
 
-use super::{FORMAT_VERSION, HeaderError, read_u32, read_u64};
+use super::{HeaderError, SNAPSHOT_FORMAT_VERSION, read_u32, read_u64};
 
 /// First eight bytes of every snapshot file.
 pub const SNAP_MAGIC: [u8; 8] = *b"SKVSNP\r\n";
@@ -93,7 +93,7 @@ impl SnapHeader {
     pub fn encode(&self) -> [u8; SNAP_HEADER_LEN] {
         let mut out = [0u8; SNAP_HEADER_LEN];
         out[S_MAGIC_AT..S_VERSION_AT].copy_from_slice(&SNAP_MAGIC);
-        out[S_VERSION_AT..S_FLAGS_AT].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[S_VERSION_AT..S_FLAGS_AT].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
         out[S_GENERATION_AT..S_CRC_AT].copy_from_slice(&self.generation.to_le_bytes());
         let crc = crc32fast::hash(&out[..S_CRC_AT]);
         out[S_CRC_AT..S_RESERVED_AT].copy_from_slice(&crc.to_le_bytes());
@@ -106,8 +106,11 @@ impl SnapHeader {
             return Err(HeaderError::NotOurs);
         }
         let version = read_u32(bytes, S_VERSION_AT);
-        if version > FORMAT_VERSION {
-            return Err(HeaderError::FutureVersion(version));
+        if version > SNAPSHOT_FORMAT_VERSION {
+            return Err(HeaderError::FutureVersion {
+                found: version,
+                supported: SNAPSHOT_FORMAT_VERSION,
+            });
         }
         if crc32fast::hash(&bytes[..S_CRC_AT]) != read_u32(bytes, S_CRC_AT) {
             return Err(HeaderError::Corrupt {

@@ -6,29 +6,39 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::format::{Frame, OpRef, decode_frame, encode_record};
+use crate::format::{Frame, LOG_FORMAT_V1, LOG_FORMAT_VERSION, OpRef, decode_frame, encode_record};
 use crate::io::{OpenMode, Vfs};
 use crate::snapshot::Snapshot;
 use crate::testing::campaign::dump;
 use crate::testing::sim::{CrashModel, SimVfs};
 use crate::{Batch, Db, Options};
 
-/// Walks `data` as recovery does and checks that each decoded record re-encodes byte for byte.
-/// Used by the fuzz target and by property tests of the log format.
-pub fn check_decode_roundtrip(mut data: &[u8]) {
-    while let Frame::Record(record) = decode_frame(data) {
-        let len = usize::try_from(record.len).unwrap_or(usize::MAX);
-        let ops: Vec<OpRef<'_>> = record.ops().collect();
-        assert_eq!(ops.len(), record.op_count as usize);
-        let ops_len = ops.iter().map(OpRef::encoded_len).sum();
-        let mut again = Vec::new();
-        encode_record(&mut again, record.seq, ops.into_iter(), ops_len);
-        assert_eq!(
-            again,
-            data[..len],
-            "a decoded record must re-encode to the same bytes"
-        );
-        data = &data[len..];
+/// Walks `data` as recovery does, in each log format, and checks that each decoded record
+/// re-encodes byte for byte. Used by the fuzz target and by property tests of the log format.
+pub fn check_decode_roundtrip(data: &[u8]) {
+    for version in [LOG_FORMAT_V1, LOG_FORMAT_VERSION] {
+        let mut rest = data;
+        while let Frame::Record(record) = decode_frame(rest, version) {
+            let len = usize::try_from(record.len).unwrap_or(usize::MAX);
+            let ops: Vec<OpRef<'_>> = record.ops().collect();
+            assert_eq!(ops.len(), record.op_count as usize);
+            let ops_len = ops.iter().map(OpRef::encoded_len).sum();
+            let mut again = Vec::new();
+            encode_record(
+                &mut again,
+                version,
+                record.seq,
+                record.durable_below,
+                ops.into_iter(),
+                ops_len,
+            );
+            assert_eq!(
+                again,
+                rest[..len],
+                "a decoded record must re-encode to the same bytes"
+            );
+            rest = &rest[len..];
+        }
     }
 }
 

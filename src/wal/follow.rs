@@ -9,19 +9,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::format::{Record, WAL_HEADER_LEN};
+use crate::format::{Record, WAL_HEADER_LEN, WalHeader};
 use crate::io::{OpenMode, Vfs, VfsFile};
 use crate::layout::{StoreFile, classify, wal_name};
 use crate::locking::{SNAPSHOT_GENERATION, StoreLock};
 use crate::poison::Poison;
 
-use super::{LogWriter, Stop, open, read_header, repair_tail, scan};
+use super::{Damage, LogWriter, Stop, open, read_header, repair_tail, scan};
 
 /// How far a view has applied the log.
 #[derive(Clone, Debug)]
 pub struct Position {
     /// The generation of the log being read.
     pub generation: u64,
+    /// Its log format.
+    pub version: u32,
     /// Its path.
     pub path: PathBuf,
     /// The open log (still readable after a compaction unlinks it).
@@ -33,14 +35,15 @@ pub struct Position {
 }
 
 impl Position {
-    /// The start of a new log of `generation` whose first record is `next_seq`.
-    pub fn start_of(generation: u64, path: PathBuf, file: Arc<dyn VfsFile>, next_seq: u64) -> Self {
+    /// The start of the log whose header is `header`.
+    pub fn start_of(header: &WalHeader, path: PathBuf, file: Arc<dyn VfsFile>) -> Self {
         Position {
-            generation,
+            generation: header.generation,
+            version: header.version,
             path,
             file,
             offset: WAL_HEADER_LEN as u64,
-            next_seq,
+            next_seq: header.first_seq,
         }
     }
 }
@@ -69,6 +72,7 @@ pub fn read_until(
         let scan = scan(
             position.file.as_ref(),
             &position.path,
+            position.version,
             position.offset,
             position.next_seq,
             target,
@@ -103,7 +107,7 @@ pub fn read_until(
                 ),
             ));
         }
-        *position = Position::start_of(generation, path, file, header.first_seq);
+        *position = Position::start_of(&header, path, file);
     }
     Ok(Followed::Reached)
 }
@@ -145,6 +149,7 @@ pub fn follow_to_end(
             let scan = scan(
                 writer.file(),
                 writer.path(),
+                writer.version(),
                 writer.end(),
                 writer.next_seq(),
                 u64::MAX,
@@ -160,8 +165,11 @@ pub fn follow_to_end(
                     writer.file(),
                     writer.path(),
                     &header,
-                    offset,
-                    scan.next_seq,
+                    Damage {
+                        offset,
+                        seq: scan.next_seq,
+                        reason,
+                    },
                 )?;
                 repaired += 1;
                 log::warn!(
@@ -220,6 +228,7 @@ pub fn follow_to_end(
         *writer = LogWriter::new(
             path,
             file,
+            header.version,
             generation,
             WAL_HEADER_LEN as u64,
             header.first_seq,
@@ -280,6 +289,7 @@ fn open_newest_log(vfs: &dyn Vfs, dir: &Path) -> Result<LogWriter> {
     Ok(LogWriter::new(
         path,
         file,
+        header.version,
         header.generation,
         WAL_HEADER_LEN as u64,
         header.first_seq,

@@ -30,7 +30,7 @@ pub mod writer;
 
 pub use follow::{Followed, Position, follow_to_end, newest_log, read_until};
 pub use reader::{Stop, first_nonzero, scan};
-pub use repair::repair_tail;
+pub use repair::{Damage, examine, repair_tail};
 pub use writer::LogWriter;
 
 /// Opens and checks the header of the log at `path`.

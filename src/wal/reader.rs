@@ -8,7 +8,7 @@ use crate::format::{self, Frame, RECORD_PREFIX_LEN, Record};
 use crate::io::VfsFile;
 
 /// How much a read of the log fetches at once.
-pub(super) const READ_CHUNK: usize = 1 << 20;
+const READ_CHUNK: usize = 1 << 20;
 
 /// Why reading a log stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,12 +37,14 @@ pub struct Scan {
     pub size: u64,
 }
 
-/// Reads records from `from` (which must be a record boundary), checking that sequence numbers run
-/// on from `next_seq`, and hands each good one to `apply`. Stops cleanly before the record with
-/// sequence number `until` (pass `u64::MAX` to read to the end).
+/// Reads records of the log format `version` from `from` (which must be a record boundary),
+/// checking that sequence numbers run on from `next_seq`, and hands each good one to `apply`.
+/// Stops cleanly before the record with sequence number `until` (pass `u64::MAX` to read to the
+/// end).
 pub fn scan(
     file: &dyn VfsFile,
     path: &Path,
+    version: u32,
     from: u64,
     next_seq: u64,
     until: u64,
@@ -61,7 +63,7 @@ pub fn scan(
         let mut want = (RECORD_PREFIX_LEN as u64).min(size - offset);
         let frame = loop {
             let buf = reader.bytes_at(offset, want)?;
-            match format::decode_frame(buf) {
+            match format::decode_frame(buf, version) {
                 Frame::Incomplete { needed } if offset + needed <= size && needed > want => {
                     want = needed;
                 }

@@ -17,6 +17,8 @@ static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 pub struct LogWriter {
     path: PathBuf,
     file: Arc<dyn VfsFile>,
+    /// The file's log format, which every record appended to it keeps.
+    version: u32,
     generation: u64,
     /// Offset just past the last record.
     end: u64,
@@ -36,6 +38,7 @@ impl LogWriter {
     pub fn new(
         path: PathBuf,
         file: Arc<dyn VfsFile>,
+        version: u32,
         generation: u64,
         end: u64,
         next_seq: u64,
@@ -44,6 +47,7 @@ impl LogWriter {
         LogWriter {
             path,
             file,
+            version,
             generation,
             end,
             next_seq,
@@ -79,6 +83,11 @@ impl LogWriter {
     /// Bytes of this log that this writer appended itself.
     pub fn appended_here(&self) -> u64 {
         self.appended_here
+    }
+
+    /// The log format of the file, in which records must be encoded.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// The generation of the log.

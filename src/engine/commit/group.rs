@@ -13,7 +13,7 @@ use crate::engine::Store;
 use crate::engine::applied::OwnRecord;
 use crate::error::{Error, Result};
 use crate::format::encode_record;
-use crate::locking::LockGuard;
+use crate::locking::{LockGuard, SYNCED_SEQ};
 use crate::sync::{lock, yield_then_lock};
 use crate::wal::LogWriter;
 
@@ -141,11 +141,23 @@ impl Store {
         batches: Vec<Batch>,
     ) -> Result<()> {
         let (first_seq, start) = (writer.next_seq(), writer.end());
+        // The durable horizon these records carry, so that recovery can tell damage to them, or
+        // to any record below it, from a torn tail (DECISIONS 49). Every record below the synced
+        // sequence is durable: it is raised only after an `fdatasync` covered them.
+        let durable_below = self.store_lock.hint(SYNCED_SEQ).min(first_seq);
+        let version = writer.version();
         let mut lens = Vec::with_capacity(batches.len());
         let appended = writer.append(|buf, first_seq| {
             for (seq, batch) in (first_seq..).zip(&batches) {
                 let before = buf.len();
-                encode_record(buf, seq, batch.op_refs(), batch.encoded_len());
+                encode_record(
+                    buf,
+                    version,
+                    seq,
+                    durable_below,
+                    batch.op_refs(),
+                    batch.encoded_len(),
+                );
                 lens.push((buf.len() - before) as u64);
             }
             batches.len() as u64

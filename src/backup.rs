@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::format::WAL_HEADER_LEN;
-use crate::io::{EntryKind, OpenMode, Vfs, VfsFile};
-use crate::layout::list_store;
-use crate::layout::{snapshot_name, wal_name};
+use crate::io::{EntryKind, OpenMode, SHARED_BYTES, Vfs, VfsFile};
+use crate::layout::{
+    COMPACTION_LOCK_NAME, HANDLES_LOCK_NAME, LOCK_NAME, list_store, snapshot_name, wal_name,
+};
 use crate::locking::COMMITTED_SEQ;
 use crate::wal::{self, Stop};
 
@@ -135,6 +136,18 @@ impl Db {
                 report.files.push(dest.join(&part.name));
                 report.bytes += part.len;
             }
+            // The lock files, so that the copy opens read-only too (`kvctl scan` of a backup);
+            // a zero hint page claims nothing.
+            for (lock, len) in [
+                (LOCK_NAME, SHARED_BYTES),
+                (COMPACTION_LOCK_NAME, 0),
+                (HANDLES_LOCK_NAME, 0),
+            ] {
+                let path = staging.join(lock);
+                vfs.open(&path, OpenMode::ReadWriteCreate)
+                    .and_then(|file| file.set_len(len))
+                    .map_err(|e| Error::io("create", &path, e))?;
+            }
             vfs.sync_dir(&staging)
                 .map_err(|e| Error::io("sync the directory", &staging, e))?;
             vfs.rename(&staging, dest)
@@ -142,8 +155,9 @@ impl Db {
         })();
         if let Err(e) = written {
             // Best effort: what is left says it is incomplete anyway.
-            for part in &parts {
-                let _ = vfs.remove_file(&staging.join(&part.name));
+            let names = parts.iter().map(|part| part.name.as_str());
+            for name in names.chain([LOCK_NAME, COMPACTION_LOCK_NAME, HANDLES_LOCK_NAME]) {
+                let _ = vfs.remove_file(&staging.join(name));
             }
             let _ = vfs.remove_dir(&staging);
             return Err(e);

@@ -135,7 +135,11 @@ impl Db {
     /// Reads back and checks every byte of the snapshot (every block's checksum and structure, key
     /// order, counts) and of the live log (every record's checksum and sequence number, and zeros
     /// after its end). Calls `progress(bytes_done, bytes_total)`. Writers wait while the log is
-    /// checked; compactions wait for the whole check.
+    /// checked; compactions wait for the whole check. Writes nothing.
+    ///
+    /// Damage is an `Err(Error::Corruption)` naming the file and offset. A torn tail of the live
+    /// log (bytes a crash left after the last durable record, which the next writer cuts off) is
+    /// not damage: it is reported in [`VerifyReport::torn_tail`].
     pub fn verify(&self, progress: impl FnMut(u64, u64)) -> Result<VerifyReport> {
         self.store.verify(progress)
     }

@@ -62,6 +62,10 @@ pub struct VerifyReport {
     pub log_format_version: u32,
     /// Quarantine files in the store (left by an earlier recovery; inspect them).
     pub quarantine_files: Vec<PathBuf>,
+    /// Where the live log has a torn tail, if it has one: bytes a crash left after the last
+    /// durable record, which no later record vouches for. Normal after a crash; the next handle
+    /// that writes cuts it off. (Damage to records that were durable is an error instead.)
+    pub torn_tail: Option<u64>,
 }
 
 /// What recovery found and did, reported by [`Db::stats`](crate::Db::stats) and `kvctl stat`.

@@ -345,7 +345,32 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             Command::Put { .. } | Command::Load | Command::Shell | Command::CrashWriter { .. }
         )
     );
-    let db = Options::new().create_if_missing(creates).open(&path)?;
+    // Commands that only read open the store read-only: they never change a byte of it, damaged
+    // or not (a torn tail stays for the next writer to cut).
+    let read_only = matches!(
+        cli.command,
+        Some(
+            Command::Get { .. }
+                | Command::Scan { .. }
+                | Command::Stat
+                | Command::Check
+                | Command::Dump
+                | Command::Watch { .. }
+                | Command::Backup { .. }
+        )
+    );
+    let opened = Options::new()
+        .create_if_missing(creates)
+        .read_only(read_only)
+        .open(&path);
+    let db = match (opened, &cli.command) {
+        (Ok(db), _) => db,
+        // `check` reports a store that does not open as it reports one that fails its checks.
+        (Err(e), Some(Command::Check)) => {
+            return check_failed(cli.json, e, &mut io::stdout().lock());
+        }
+        (Err(e), _) => return Err(e.into()),
+    };
     let input = match (cli.hex, cli.base64) {
         (true, _) => Input::Hex,
         (_, true) => Input::Base64,
@@ -650,6 +675,7 @@ fn stat(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
                 "compactions": s.compactions,
                 "replayed_records": s.recovery.replayed_records,
                 "truncated_bytes": s.recovery.truncated_bytes,
+                "log_format_version": s.recovery.log_format_version,
                 "quarantine_files": quarantine,
             }),
         )?;
@@ -666,6 +692,14 @@ fn stat(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
     writeln!(out, "compactions       {}", s.compactions)?;
     writeln!(out, "replayed records  {}", s.recovery.replayed_records)?;
     writeln!(out, "truncated bytes   {}", s.recovery.truncated_bytes)?;
+    writeln!(out, "log format        {}", s.recovery.log_format_version)?;
+    if s.recovery.log_format_version < 2 {
+        writeln!(
+            out,
+            "  note: in a version 1 log damage cannot be told from a torn tail; the next \
+             compaction starts a log of the current version"
+        )?;
+    }
     writeln!(out, "quarantine files  {}", quarantine.len())?;
     for file in quarantine {
         writeln!(out, "  {file}")?;
@@ -735,13 +769,44 @@ fn backup(ctx: &Ctx, dir: &std::path::Path, out: &mut dyn Write) -> Result<u8, F
     Ok(0)
 }
 
+/// `check`'s report of a store that failed a check (or could not be opened): the error as one
+/// JSON object with `--json`, else on stderr; the exit status says what it was.
+fn check_failed(json: bool, e: Error, out: &mut dyn Write) -> Result<u8, Failure> {
+    let failure = Failure::Store(e);
+    let code = failure.exit_code();
+    let Failure::Store(e) = &failure else {
+        return Err(failure);
+    };
+    if json {
+        let damage = match e {
+            Error::Corruption {
+                file,
+                offset,
+                reason,
+            } => json!({ "file": file.display().to_string(), "offset": offset, "reason": reason }),
+            _ => Value::Null,
+        };
+        print_json(
+            out,
+            json!({ "ok": false, "error": e.to_string(), "damage": damage }),
+        )?;
+    } else {
+        eprintln!("kvctl: {e}");
+    }
+    Ok(code)
+}
+
 fn check(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
     let bar = progress_bar("checking");
-    let report = ctx.db.verify(|done, total| {
+    let verified = ctx.db.verify(|done, total| {
         bar.set_length(total);
         bar.set_position(done);
-    })?;
+    });
     bar.finish_and_clear();
+    let report = match verified {
+        Ok(report) => report,
+        Err(e) => return check_failed(ctx.json, e, out),
+    };
     let quarantine = displayed(&report.quarantine_files);
     if ctx.json {
         print_json(
@@ -754,7 +819,10 @@ fn check(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
                 "wal": report.wal.display().to_string(),
                 "wal_records": report.wal_records,
                 "wal_bytes": report.wal_bytes,
+                "log_format_version": report.log_format_version,
+                "torn_tail_offset": report.torn_tail,
                 "quarantine_files": quarantine,
+                "damage": Value::Null,
             }),
         )?;
         return Ok(0);
@@ -775,10 +843,28 @@ fn check(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
         report.wal_records,
         report.wal_bytes
     )?;
+    if let Some(offset) = report.torn_tail {
+        writeln!(
+            out,
+            "note {}: a torn tail at offset {offset}: writes a crash interrupted before they were \
+             acknowledged; normal after a crash, cut off at the next write",
+            report.wal.display()
+        )?;
+    }
+    if report.log_format_version < 2 {
+        writeln!(
+            out,
+            "note {}: log format version {}: damage in it cannot be told from a torn tail (the \
+             next compaction starts a log of the current version)",
+            report.wal.display(),
+            report.log_format_version
+        )?;
+    }
     for file in quarantine {
         writeln!(
             out,
-            "note {file}: log bytes set aside by an earlier recovery; inspect, then delete it"
+            "note {file}: bytes a torn-tail repair set aside because records still decoded in \
+             them; sturdykv never reads or deletes it: inspect it, then delete it"
         )?;
     }
     Ok(0)

@@ -85,6 +85,21 @@ pub fn open(
         }
     }
 
+    if !writable {
+        let now = list_store(vfs, dir)?;
+        if now.wals.is_empty() && now.snapshots.is_empty() {
+            // A power cut while the store was being created, before its first log was durable:
+            // only a writable open can finish creating it.
+            return Err(Error::NotAStore {
+                path: dir.to_owned(),
+                reason: "its creation did not finish (it has no log yet); open it once without \
+                         read_only to finish it"
+                    .into(),
+            });
+        }
+        listing = Some(now);
+    }
+
     let durable = AlreadyDurable {
         synced_seq: store_lock.hint(SYNCED_SEQ),
         directory: store_lock.hint(DIRECTORY_SYNCED),

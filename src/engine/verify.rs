@@ -46,16 +46,25 @@ impl Store {
             u64::MAX,
             |_| wal_records += 1,
         )?;
-        if let wal::Stop::Damaged { offset, reason } = scan.stop {
-            return Err(Error::corruption(path, offset, reason));
-        }
-        if let Some(at) = wal::first_nonzero(file, path, scan.end, scan.size)? {
-            return Err(Error::corruption(
-                path,
-                at,
-                "non-zero bytes after the end of the log",
-            ));
-        }
+        // A bad record, or bytes after a clean end, is a torn tail unless a later record proves
+        // it durable: then `examine` fails with the corruption error.
+        let damage = match scan.stop {
+            wal::Stop::Damaged { offset, reason } => Some((offset, reason)),
+            wal::Stop::Clean => wal::first_nonzero(file, path, scan.end, scan.size)?
+                .map(|_| (scan.end, "non-zero bytes after the end of the log")),
+        };
+        let torn_tail = match damage {
+            Some((offset, reason)) => {
+                let damage = wal::Damage {
+                    offset,
+                    seq: scan.next_seq,
+                    reason,
+                };
+                wal::examine(file, path, header.version, damage)?;
+                Some(offset)
+            }
+            None => None,
+        };
         progress(total, total);
         Ok(VerifyReport {
             snapshot: snapshot.as_ref().map(|s| s.path().to_owned()),
@@ -66,6 +75,7 @@ impl Store {
             wal_bytes: scan.end,
             quarantine_files: self.report.quarantine_files.clone(),
             log_format_version: header.version,
+            torn_tail,
         })
     }
 }

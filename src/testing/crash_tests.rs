@@ -4,19 +4,46 @@
 
 use std::collections::BTreeMap;
 
-use crate::Batch;
 use crate::io::Vfs;
 use crate::testing::campaign::{
     Model, Op, Run, batch_over, check_seed, check_seed_on, dump, increment, incremented, open, run,
     run_on, spread,
 };
 use crate::testing::sim::{CrashModel, Fault, Kept, SimVfs};
+use crate::{Batch, Options};
 
 /// Checks one crash image against a run; `what` names it in a failure.
 fn check_image(image: &SimVfs, outcome: &Run, what: &str) -> Result<(), String> {
+    let allowed = &outcome.states[outcome.acked..=outcome.acked + usize::from(outcome.in_flight)];
+    // First read-only: it sees an acknowledged state too, and changes not a byte.
+    let before = image.contents();
+    let opened = Options::new()
+        .vfs(std::sync::Arc::new(image.clone()))
+        .background_compaction(false)
+        .read_only(true)
+        .open(std::path::Path::new("/store"));
+    match opened {
+        Ok(reader) => {
+            if !allowed.contains(&dump(&reader)) {
+                return Err(format!(
+                    "{what}: a read-only open saw an unacknowledged state"
+                ));
+            }
+        }
+        // The power went while the store was being created, before its lock file was durable:
+        // only a writable open can finish that.
+        Err(crate::Error::NotAStore { .. }) => {}
+        Err(crate::Error::Io { path, .. })
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("LOCK")) => {}
+        Err(e) => return Err(format!("{what}: the store did not open read-only: {e}")),
+    }
+    if image.contents() != before {
+        return Err(format!("{what}: a read-only open changed the store"));
+    }
     let db = open(image).map_err(|e| format!("{what}: the store did not reopen: {e}"))?;
     let recovered = dump(&db);
-    let allowed = &outcome.states[outcome.acked..=outcome.acked + usize::from(outcome.in_flight)];
     if !allowed.contains(&recovered) {
         return Err(format!(
             "{what}: recovered state is not the state after the acknowledged batches"
@@ -342,6 +369,24 @@ fn corruption_anywhere_never_yields_a_wrong_value() {
                     path.display()
                 );
                 cases += 1;
+                // A read-only open, and reads through it, never change a byte, damaged or not.
+                let before = image.contents();
+                if let Ok(reader) = Options::new()
+                    .vfs(std::sync::Arc::new(image.clone()))
+                    .background_compaction(false)
+                    .read_only(true)
+                    .open(std::path::Path::new("/store"))
+                {
+                    for key in written.keys() {
+                        let _ = reader.get(key);
+                    }
+                    let _ = reader.range::<&[u8], _>(..).count();
+                    let _ = reader.verify(|_, _| {});
+                }
+                assert!(
+                    image.contents() == before,
+                    "{what}: a read-only open changed the store"
+                );
                 let db = match open(&image) {
                     Ok(db) => db,
                     Err(

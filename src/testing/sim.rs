@@ -385,6 +385,18 @@ impl SimVfs {
             .sum()
     }
 
+    /// The files in the disk's namespace with their live bytes, in path order.
+    pub fn contents(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let state = self.lock();
+        let mut files: Vec<_> = state
+            .live
+            .iter()
+            .map(|(p, ino)| (p.clone(), state.inodes[ino].live.clone()))
+            .collect();
+        files.sort();
+        files
+    }
+
     /// The files in the disk's namespace, with their sizes.
     pub fn files(&self) -> Vec<(PathBuf, usize)> {
         let state = self.lock();

@@ -14,7 +14,7 @@ use crate::bytes::Bytes;
 use crate::engine::Store;
 use crate::error::Result;
 use crate::options::Options;
-use crate::stats::{Stats, VerifyReport};
+use crate::stats::{RepairReport, Stats, VerifyReport};
 
 /// An open store. Cheap to clone; clones share everything. `Send + Sync`.
 ///
@@ -53,6 +53,11 @@ impl fmt::Debug for Db {
 }
 
 impl Options {
+    /// [`Db::repair`] on this file system.
+    pub fn repair(self, path: impl AsRef<Path>) -> Result<RepairReport> {
+        crate::engine::repair::repair(self.vfs.as_ref(), path.as_ref())
+    }
+
     /// Opens the store in directory `path`, recovering from any crash.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Db> {
         let store = Store::open(self, path.as_ref().to_owned())?;
@@ -69,6 +74,18 @@ impl Db {
     /// Opens (creating if missing) the store in directory `path` with default [`Options`].
     pub fn open(path: impl AsRef<Path>) -> Result<Db> {
         Options::new().open(path)
+    }
+
+    /// Salvages a store whose log has damaged records that were acknowledged (an open then fails
+    /// with [`Error::Corruption`](crate::Error::Corruption)): keeps every intact record, skips
+    /// the damaged ones, keeps each damaged log whole in a `quarantine-*` file, and leaves a store
+    /// that opens. The result may be a state that never existed (the skipped records are
+    /// missing from it), so the report names their sequence numbers and the keys that still
+    /// parse in their bytes. Holds the store exclusively: it fails with
+    /// [`Error::Locked`](crate::Error::Locked) while another handle has it open. Prefer restoring
+    /// a backup when there is one.
+    pub fn repair(path: impl AsRef<Path>) -> Result<RepairReport> {
+        Options::new().repair(path)
     }
 
     /// The store's directory.

@@ -37,7 +37,7 @@ pub enum Error {
     },
 
     /// A store file failed a checksum or structural check.
-    #[error("{} is corrupt at byte offset {offset}: {reason}; the store's files were left as they are: restore the store from a backup", file.display())]
+    #[error("{} is corrupt at byte offset {offset}: {reason}; the store's files were left as they are: restore the store from a backup, or salvage what is intact with `kvctl repair` (Db::repair)", file.display())]
     Corruption {
         /// The damaged file.
         file: PathBuf,

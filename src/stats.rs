@@ -85,3 +85,40 @@ pub struct RecoveryReport {
     /// decodable records. Inspect them; sturdykv never deletes them.
     pub quarantine_files: Vec<PathBuf>,
 }
+
+/// What [`Db::repair`](crate::Db::repair) salvaged and what it could not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RepairReport {
+    /// The generation the repaired store starts at (its snapshot and empty log).
+    pub generation: u64,
+    /// The snapshot holding everything kept.
+    pub snapshot: PathBuf,
+    /// Keys in the repaired store.
+    pub keys: u64,
+    /// Log records replayed into it.
+    pub records_kept: u64,
+    /// The damaged records skipped: a state that may never have existed, so each is named.
+    pub lost: Vec<LostRecords>,
+    /// Bytes of a torn tail left out (writes a crash interrupted, never acknowledged).
+    pub torn_tail_bytes: u64,
+    /// Where each damaged log was kept whole before it was replaced.
+    pub quarantine_files: Vec<PathBuf>,
+}
+
+/// Records a repair could not read, and had to leave out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LostRecords {
+    /// The log they were in.
+    pub file: PathBuf,
+    /// Where the damage starts.
+    pub offset: u64,
+    /// Their sequence numbers, `first_seq..=last_seq`.
+    pub first_seq: u64,
+    /// See `first_seq`.
+    pub last_seq: u64,
+    /// The keys that still parse in the damaged bytes (written or deleted by the lost records;
+    /// may be incomplete).
+    pub keys: Vec<Vec<u8>>,
+}

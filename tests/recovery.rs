@@ -457,3 +457,46 @@ fn leftover_temporary_files_are_removed() {
     assert!(!dir.path().join("wal-0000000000000001.tmp").exists());
     assert_eq!(present(&db, 1), [true]);
 }
+
+/// `Db::repair` keeps every intact record, names the damaged one and its key, keeps the damaged
+/// log in a quarantine file, and leaves a store that opens and takes writes. It refuses while
+/// another handle has the store open, and on an intact store it keeps everything.
+#[test]
+fn repair_salvages_around_a_damaged_record_and_names_what_it_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ends = store_with(dir.path(), 10);
+    flip_bit(&wal_path(dir.path()), ends[5] - 1);
+    Db::open(dir.path()).expect_err("damaged");
+
+    let report = Db::repair(dir.path()).expect("repair");
+    assert_eq!(report.lost.len(), 1, "{report:?}");
+    let lost = &report.lost[0];
+    assert_eq!(
+        (lost.first_seq, lost.last_seq, lost.offset),
+        (5, 5, ends[4])
+    );
+    assert_eq!(lost.keys, [b"k04".to_vec()]);
+    assert_eq!(report.records_kept, 9);
+    assert_eq!(report.keys, 9);
+    assert_eq!(report.quarantine_files.len(), 1);
+    assert!(report.quarantine_files[0].exists());
+
+    let db = Db::open(dir.path()).expect("the repaired store opens");
+    let mut expected = [true; 10];
+    expected[4] = false;
+    assert_eq!(present(&db, 10), expected);
+    db.put("k10", "v10").expect("writes continue");
+    assert!(db.verify(|_, _| {}).is_ok());
+    let err = Db::repair(dir.path()).expect_err("the store is open");
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    drop(db);
+
+    let report = Db::repair(dir.path()).expect("repair of an intact store");
+    assert!(report.lost.is_empty(), "{report:?}");
+    let db = Db::open(dir.path()).expect("open");
+    assert_eq!(present(&db, 11), {
+        let mut kept = [true; 11];
+        kept[4] = false;
+        kept
+    });
+}

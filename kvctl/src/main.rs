@@ -128,10 +128,18 @@ enum Command {
     /// Fold the log into a new snapshot now (a progress bar on a terminal).
     #[command(after_help = "Example:\n  kvctl --db demo.db compact")]
     Compact,
-    /// Read back and verify every byte of the snapshot and the log. Exit status 4 on corruption,
-    /// naming the file and the byte offset.
+    /// Read back and verify every byte of the snapshot and the log, writing nothing. Exit status
+    /// 4 on damage to acknowledged data, naming the file and the byte offset; a torn tail (writes
+    /// a crash interrupted before they were acknowledged) is normal and exits 0.
     #[command(after_help = "Example:\n  kvctl --db demo.db check")]
     Check,
+    /// Salvage a store whose log has damaged acknowledged records (it no longer opens): keep
+    /// every intact record, skip the damaged ones and name them (sequence numbers, and the keys
+    /// that still parse in their bytes), keep each damaged log whole in a quarantine file, and
+    /// leave a store that opens. Restoring a backup is better when there is one. No other
+    /// process may have the store open.
+    #[command(after_help = "Example:\n  kvctl --db demo.db repair")]
+    Repair,
     /// Write every entry to stdout in the dump format: a `sturdykv-dump 1` line, one
     /// `<base64 key><TAB><base64 value>` line per entry in key order, and `end <count>`.
     #[command(after_help = "Example:\n  kvctl --db demo.db dump > backup.txt")]
@@ -338,6 +346,9 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             "no store given: pass --db DIR or set KVCTL_DB".into(),
         ));
     };
+    if let Some(Command::Repair) = cli.command {
+        return repair(&path, cli.json, &mut io::stdout().lock());
+    }
     // Only writes may create a store: reading a mistyped path must not leave a directory behind.
     let creates = matches!(
         cli.command,
@@ -450,6 +461,11 @@ fn execute(ctx: &Ctx, command: Command, out: &mut dyn Write) -> Result<u8, Failu
             key_size,
             value_size,
         } => crash_test::writer(&ctx.db, cycle, writer, seed, key_size, value_size),
+        Command::Repair => Err(Failure::Usage(
+            "repair needs the store to itself: run it outside the shell, with no other process \
+             holding the store"
+                .into(),
+        )),
         Command::Completions { .. } | Command::Shell | Command::CrashTest { .. } => {
             Err(Failure::Usage("not available inside the shell".into()))
         }
@@ -769,6 +785,75 @@ fn backup(ctx: &Ctx, dir: &std::path::Path, out: &mut dyn Write) -> Result<u8, F
     Ok(0)
 }
 
+fn repair(path: &std::path::Path, json: bool, out: &mut dyn Write) -> Result<u8, Failure> {
+    let report = sturdykv::Db::repair(path)?;
+    let shown = |key: &[u8]| escape(key);
+    if json {
+        let lost: Vec<Value> = report
+            .lost
+            .iter()
+            .map(|lost| {
+                let keys: Vec<Value> = lost
+                    .keys
+                    .iter()
+                    .map(|k| {
+                        let mut key = Map::new();
+                        json_bytes(&mut key, "key", k);
+                        Value::Object(key)
+                    })
+                    .collect();
+                json!({
+                    "file": lost.file.display().to_string(),
+                    "offset": lost.offset,
+                    "first_sequence": lost.first_seq,
+                    "last_sequence": lost.last_seq,
+                    "keys": keys,
+                })
+            })
+            .collect();
+        print_json(
+            out,
+            json!({
+                "generation": report.generation,
+                "keys": report.keys,
+                "records_kept": report.records_kept,
+                "lost": lost,
+                "torn_tail_bytes": report.torn_tail_bytes,
+                "quarantine_files": displayed(&report.quarantine_files),
+            }),
+        )?;
+        return Ok(0);
+    }
+    for lost in &report.lost {
+        let records = if lost.first_seq == lost.last_seq {
+            format!("record {}", lost.first_seq)
+        } else {
+            format!("records {} to {}", lost.first_seq, lost.last_seq)
+        };
+        let keys: Vec<String> = lost.keys.iter().map(|k| shown(k)).collect();
+        writeln!(
+            out,
+            "lost {records} at offset {} of {}{}",
+            lost.offset,
+            lost.file.display(),
+            if keys.is_empty() {
+                " (no key could be read in them)".to_string()
+            } else {
+                format!(": keys {}", keys.join(", "))
+            }
+        )?;
+    }
+    for file in displayed(&report.quarantine_files) {
+        writeln!(out, "kept the damaged log in {file}")?;
+    }
+    writeln!(
+        out,
+        "repaired: {} records kept, {} keys, generation {}",
+        report.records_kept, report.keys, report.generation
+    )?;
+    Ok(0)
+}
+
 /// `check`'s report of a store that failed a check (or could not be opened): the error as one
 /// JSON object with `--json`, else on stderr; the exit status says what it was.
 fn check_failed(json: bool, e: Error, out: &mut dyn Write) -> Result<u8, Failure> {
@@ -863,8 +948,8 @@ fn check(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
     for file in quarantine {
         writeln!(
             out,
-            "note {file}: bytes a torn-tail repair set aside because records still decoded in \
-             them; sturdykv never reads or deletes it: inspect it, then delete it"
+            "note {file}: log bytes a repair set aside (records still decoded in them); \
+             sturdykv never reads or deletes it: inspect it, then delete it"
         )?;
     }
     Ok(0)

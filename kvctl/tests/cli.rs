@@ -750,6 +750,26 @@ fn damage_to_acknowledged_writes_is_reported_and_nothing_is_cut() {
         "{report}"
     );
     assert_eq!(store_bytes(&db), before);
+
+    // The salvage: every intact record kept, the damaged one named, and a store that opens.
+    let out = kvctl(&db, &["repair"]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    let said = stdout(&out);
+    assert!(
+        said.contains("lost record") && said.contains("key:25"),
+        "{said}"
+    );
+    assert!(said.contains("quarantine-"), "{said}");
+    assert_eq!(stdout(&kvctl(&db, &["scan", "--count"])).trim(), "49");
+    assert_eq!(kvctl(&db, &["get", "key:40"]).stdout, b"value-number-40");
+    assert_eq!(status(&kvctl(&db, &["get", "key:25"])), 1);
+    let out = kvctl(&db, &["check"]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        status(&kvctl(&db, &["put", "key:51", "after the repair"])),
+        0
+    );
+    assert_eq!(stdout(&kvctl(&db, &["scan", "--count"])).trim(), "50");
 }
 
 /// A torn tail (a crash in the middle of the last append) is not damage: `check` says so and

@@ -272,62 +272,13 @@ impl Store {
         frozen: &Memtable,
         base: Option<&Arc<Snapshot>>,
         generation: u64,
-        mut progress: impl FnMut(u64),
+        progress: impl FnMut(u64),
     ) -> Result<Option<std::path::PathBuf>> {
-        let expected = base.map_or(0, |s| s.len()) + frozen.len() as u64;
-        let mut out =
-            SnapshotWriter::create(self.options.vfs.as_ref(), &self.dir, generation, expected)?;
-        let result = (|| -> Result<bool> {
-            let mut old = base.map(Snapshot::stream);
-            let mut new = frozen.range(Bound::Unbounded, Bound::Unbounded).peekable();
-            let mut done = 0u64;
-            loop {
-                done += 1;
-                if done.is_multiple_of(PROGRESS_EVERY) {
-                    if self.compaction.cancel.load(Ordering::Relaxed) {
-                        return Ok(false);
-                    }
-                    progress(done);
-                }
-                let old_key = match old.as_mut() {
-                    Some(cursor) => cursor.peek_key()?.map(<[u8]>::to_vec),
-                    None => None,
-                };
-                let take_new = match (&old_key, new.peek()) {
-                    (None, None) => return Ok(true),
-                    (None, Some(_)) => true,
-                    (Some(_), None) => false,
-                    (Some(o), Some((n, _))) => n.as_ref() <= o.as_slice(),
-                };
-                if take_new {
-                    let Some((key, value)) = new.next() else {
-                        return Ok(true);
-                    };
-                    if old_key.as_deref() == Some(key.as_ref()) {
-                        // The newer write replaces (or deletes) the snapshot's entry.
-                        old.as_mut().map(|c| c.next_entry()).transpose()?;
-                    }
-                    if let Some(value) = value {
-                        out.add(&key, &value)?;
-                    }
-                } else if let Some((key, value)) =
-                    old.as_mut().map(|c| c.next_entry()).transpose()?.flatten()
-                {
-                    out.add(key, value)?;
-                }
-            }
-        })();
-        match result {
-            Ok(true) => out.finish().map(Some),
-            Ok(false) => {
-                out.abandon();
-                Ok(None)
-            }
-            Err(e) => {
-                out.abandon();
-                Err(e)
-            }
-        }
+        let cancelled = || self.compaction.cancel.load(Ordering::Relaxed);
+        let vfs = self.options.vfs.as_ref();
+        write_merged(
+            vfs, &self.dir, frozen, base, generation, cancelled, progress,
+        )
     }
 
     /// Step 4: deletes logs and snapshots of generations before `generation`. Under `LOCK`, so
@@ -359,6 +310,72 @@ impl Store {
                 .correct_hint(&guard, DIRECTORY_SYNCED, directory_fingerprint(&listing));
         }
         Ok(())
+    }
+}
+
+/// Writes `dir/snap-<generation>` from `base` overlaid with `frozen` (tombstones dropped).
+/// Returns its path once durable, or `None` if `cancelled` said so.
+pub(crate) fn write_merged(
+    vfs: &dyn crate::io::Vfs,
+    dir: &std::path::Path,
+    frozen: &Memtable,
+    base: Option<&Arc<Snapshot>>,
+    generation: u64,
+    cancelled: impl Fn() -> bool,
+    mut progress: impl FnMut(u64),
+) -> Result<Option<std::path::PathBuf>> {
+    let expected = base.map_or(0, |s| s.len()) + frozen.len() as u64;
+    let mut out = SnapshotWriter::create(vfs, dir, generation, expected)?;
+    let result = (|| -> Result<bool> {
+        let mut old = base.map(Snapshot::stream);
+        let mut new = frozen.range(Bound::Unbounded, Bound::Unbounded).peekable();
+        let mut done = 0u64;
+        loop {
+            done += 1;
+            if done.is_multiple_of(PROGRESS_EVERY) {
+                if cancelled() {
+                    return Ok(false);
+                }
+                progress(done);
+            }
+            let old_key = match old.as_mut() {
+                Some(cursor) => cursor.peek_key()?.map(<[u8]>::to_vec),
+                None => None,
+            };
+            let take_new = match (&old_key, new.peek()) {
+                (None, None) => return Ok(true),
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (Some(o), Some((n, _))) => n.as_ref() <= o.as_slice(),
+            };
+            if take_new {
+                let Some((key, value)) = new.next() else {
+                    return Ok(true);
+                };
+                if old_key.as_deref() == Some(key.as_ref()) {
+                    // The newer write replaces (or deletes) the snapshot's entry.
+                    old.as_mut().map(|c| c.next_entry()).transpose()?;
+                }
+                if let Some(value) = value {
+                    out.add(&key, &value)?;
+                }
+            } else if let Some((key, value)) =
+                old.as_mut().map(|c| c.next_entry()).transpose()?.flatten()
+            {
+                out.add(key, value)?;
+            }
+        }
+    })();
+    match result {
+        Ok(true) => out.finish().map(Some),
+        Ok(false) => {
+            out.abandon();
+            Ok(None)
+        }
+        Err(e) => {
+            out.abandon();
+            Err(e)
+        }
     }
 }
 

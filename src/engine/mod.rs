@@ -6,7 +6,9 @@
 //! - [`commit`]: group commit, durability, and sharing syncs across processes.
 //! - [`compaction`] and [`compactor`]: folding the log into a new snapshot, and the background
 //!   thread (and the close) that runs it.
-//! - [`recovery`]: opening a store: the directory checks, the lock, the replay, the repair.
+//! - [`recovery`]: opening a store: the directory checks, the lock, the replay, the repair of a
+//!   torn tail.
+//! - [`repair`]: salvage on request of a store whose log has damaged acknowledged records.
 //! - [`verify`]: reading back and checking every byte of the store.
 //!
 //! Below the engine: the log (`wal`), the sorted snapshot file (`snapshot`), the memtable and the
@@ -18,6 +20,7 @@ pub(crate) mod commit;
 pub(crate) mod compaction;
 pub(crate) mod compactor;
 pub(crate) mod recovery;
+pub(crate) mod repair;
 mod verify;
 
 use std::path::PathBuf;

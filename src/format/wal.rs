@@ -296,6 +296,23 @@ pub fn decode_frame(buf: &[u8], version: u32) -> Frame<'_> {
     })
 }
 
+/// The keys of the operations that still parse in the bytes of a damaged record, `bytes`
+/// starting at its framing (its checksum is not checked: this names what a salvage lost, and a
+/// key that only looks like one is better shown than hidden).
+pub fn keys_in_damaged_record(bytes: &[u8], version: u32) -> Vec<&[u8]> {
+    let mut rest = bytes
+        .get(RECORD_PREFIX_LEN + body_fixed_len(version)..)
+        .unwrap_or(&[]);
+    let mut keys = Vec::new();
+    while let Some((op, tail)) = split_op(rest) {
+        keys.push(match op {
+            OpRef::Put(key, _) | OpRef::Delete(key) => key,
+        });
+        rest = tail;
+    }
+    keys
+}
+
 /// Splits the first op off `buf`, checking lengths and limits.
 fn split_op(buf: &[u8]) -> Option<(OpRef<'_>, &[u8])> {
     let (&tag, rest) = buf.split_first()?;

@@ -86,7 +86,7 @@ pub use options::{
     DEFAULT_COMPACTION_MIN_WAL_BYTES, DEFAULT_COMPACTION_RATIO, DEFAULT_SPIN_WAIT, Durability,
     Options,
 };
-pub use stats::{LostRecords, RecoveryReport, RepairReport, Stats, VerifyReport};
+pub use stats::{LostKeys, LostRecords, RecoveryReport, RepairReport, Stats, VerifyReport};
 pub use transaction::{CompareAndSwapError, Transaction};
 #[cfg(feature = "serde")]
 pub use typed::{

@@ -504,6 +504,41 @@ impl Snapshot {
         Ok(())
     }
 
+    /// Every entry of the blocks that are intact, in order, and for each damaged block the
+    /// range of keys it held: `[its first key, the next block's first key)`, from the index
+    /// (`None` for an end the index cannot give). For a repair: fails only if the index
+    /// itself is damaged.
+    pub fn salvage(&self) -> Result<Salvaged> {
+        let mut salvaged = Salvaged::default();
+        for i in 0..self.block_count {
+            match self.block(i) {
+                Ok((_, body)) => {
+                    let mut at = format::entries_start(body).unwrap_or(body.len());
+                    while let Some(e) = format::entry_at(body, at) {
+                        salvaged.entries.push((
+                            Bytes::from(&body[e.key..e.key + e.key_len]),
+                            Bytes::from(&body[e.value..e.next]),
+                        ));
+                        at = e.next;
+                    }
+                }
+                Err(Error::Corruption { offset, .. }) => {
+                    let first = self.first_key(i).ok().map(<[u8]>::to_vec);
+                    let next = (i + 1 < self.block_count)
+                        .then(|| self.first_key(i + 1).ok().map(<[u8]>::to_vec))
+                        .flatten();
+                    salvaged.lost.push(LostBlock {
+                        offset,
+                        first_key: first,
+                        next_key: next,
+                    });
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(salvaged)
+    }
+
     /// Reads the entries in order with `pread` rather than through the map, checking every
     /// block, so that a compaction streaming through a large snapshot does not make all of it
     /// resident in this process. It reads through the descriptor opened with the snapshot, which
@@ -519,6 +554,26 @@ impl Snapshot {
             at: 0,
         }
     }
+}
+
+/// What [`Snapshot::salvage`] could read.
+#[derive(Debug, Default)]
+pub struct Salvaged {
+    /// The entries of the intact blocks, in key order.
+    pub entries: Vec<(Bytes, Bytes)>,
+    /// The damaged blocks.
+    pub lost: Vec<LostBlock>,
+}
+
+/// A damaged block, and the keys it held as far as the index says.
+#[derive(Debug)]
+pub struct LostBlock {
+    /// Where the block starts.
+    pub offset: u64,
+    /// Its first key, and the first key of the block after it.
+    pub first_key: Option<Vec<u8>>,
+    /// See `first_key`.
+    pub next_key: Option<Vec<u8>>,
 }
 
 /// The entries of a snapshot in order, read with `pread` (see [`Snapshot::stream`]).

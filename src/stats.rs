@@ -100,10 +100,27 @@ pub struct RepairReport {
     pub records_kept: u64,
     /// The damaged records skipped: a state that may never have existed, so each is named.
     pub lost: Vec<LostRecords>,
+    /// The damaged blocks of the snapshot left out, by the keys they held.
+    pub lost_keys: Vec<LostKeys>,
     /// Bytes of a torn tail left out (writes a crash interrupted, never acknowledged).
     pub torn_tail_bytes: u64,
     /// Where each damaged log was kept whole before it was replaced.
     pub quarantine_files: Vec<PathBuf>,
+}
+
+/// A damaged snapshot block a repair left out: every key in `[from, below)` that was not
+/// written again later may be missing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LostKeys {
+    /// The snapshot.
+    pub file: PathBuf,
+    /// Where the block starts.
+    pub offset: u64,
+    /// The block's first key (`None`: the index could not say).
+    pub from: Option<Vec<u8>>,
+    /// The next block's first key (`None`: the end of the key space, or the index could not say).
+    pub below: Option<Vec<u8>>,
 }
 
 /// Records a repair could not read, and had to leave out.

@@ -818,6 +818,18 @@ fn repair(path: &std::path::Path, json: bool, out: &mut dyn Write) -> Result<u8,
                 "keys": report.keys,
                 "records_kept": report.records_kept,
                 "lost": lost,
+                "lost_snapshot_blocks": report.lost_keys.iter().map(|lost| {
+                    let mut block = Map::new();
+                    block.insert("file".into(), lost.file.display().to_string().into());
+                    block.insert("offset".into(), lost.offset.into());
+                    if let Some(from) = &lost.from {
+                        json_bytes(&mut block, "from", from);
+                    }
+                    if let Some(below) = &lost.below {
+                        json_bytes(&mut block, "below", below);
+                    }
+                    Value::Object(block)
+                }).collect::<Vec<_>>(),
                 "torn_tail_bytes": report.torn_tail_bytes,
                 "quarantine_files": displayed(&report.quarantine_files),
             }),
@@ -843,8 +855,19 @@ fn repair(path: &std::path::Path, json: bool, out: &mut dyn Write) -> Result<u8,
             }
         )?;
     }
+    for lost in &report.lost_keys {
+        let from = lost.from.as_deref().map_or("(unknown)".into(), shown);
+        let below = lost.below.as_deref().map_or("the end".into(), shown);
+        writeln!(
+            out,
+            "lost the snapshot block at offset {} of {}: keys from {from} to before {below}, \
+             unless written again since",
+            lost.offset,
+            lost.file.display()
+        )?;
+    }
     for file in displayed(&report.quarantine_files) {
-        writeln!(out, "kept the damaged log in {file}")?;
+        writeln!(out, "kept the damaged file in {file}")?;
     }
     writeln!(
         out,

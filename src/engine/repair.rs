@@ -24,7 +24,7 @@ use crate::locking::{
 };
 use crate::memtable::Memtable;
 use crate::snapshot::Snapshot;
-use crate::stats::{LostRecords, RepairReport};
+use crate::stats::{LostKeys, LostRecords, RepairReport};
 use crate::wal::{self, Stop, repair::look_beyond};
 
 use super::compaction::write_merged;
@@ -56,33 +56,43 @@ pub(crate) fn repair(vfs: &dyn Vfs, dir: &Path) -> Result<RepairReport> {
     // Listed again under the locks: nothing changes the names while they are held.
     let listing = list_store(vfs, dir)?;
 
-    let base = match listing.snapshots.last() {
+    let mut report = RepairReport::default();
+    let mut kept = Memtable::default();
+    // The newest snapshot is the base if it is intact. If some of its blocks are damaged, the
+    // entries of the others are kept (and the damaged blocks' key ranges named); a snapshot
+    // whose header, footer or index is damaged cannot be salvaged.
+    let (base, start) = match listing.snapshots.last() {
         Some(&generation) => {
             let path = dir.join(snapshot_name(generation));
             let snapshot = Snapshot::open(vfs, &path)?;
-            snapshot.verify(|_| {}).map_err(|e| match e {
-                Error::Corruption {
-                    file,
-                    offset,
-                    reason,
-                } => Error::Corruption {
-                    file,
-                    offset,
-                    reason: format!(
-                        "{reason} (repair salvages damaged logs; a damaged snapshot is not \
-                         salvaged yet)"
-                    ),
-                },
-                other => other,
-            })?;
-            Some(Arc::new(snapshot))
+            match snapshot.verify(|_| {}) {
+                Ok(()) => (Some(Arc::new(snapshot)), generation),
+                Err(Error::Corruption { .. }) => {
+                    let salvaged = snapshot.salvage()?;
+                    for (key, value) in salvaged.entries {
+                        kept.insert(key, Some(value));
+                    }
+                    if !salvaged.lost.is_empty() {
+                        copy_to_quarantine(vfs, dir, &path, generation, salvaged.lost[0].offset)
+                            .map(|q| report.quarantine_files.push(q))?;
+                    }
+                    report.lost_keys = salvaged
+                        .lost
+                        .into_iter()
+                        .map(|block| LostKeys {
+                            file: path.clone(),
+                            offset: block.offset,
+                            from: block.first_key,
+                            below: block.next_key,
+                        })
+                        .collect();
+                    (None, generation)
+                }
+                Err(other) => return Err(other),
+            }
         }
-        None => None,
+        None => (None, 0),
     };
-    let start = base.as_ref().map_or(0, |s| s.generation());
-
-    let mut report = RepairReport::default();
-    let mut kept = Memtable::default();
     let mut next_seq = None;
     for &generation in listing.wals.iter().filter(|&&g| g >= start) {
         let path = dir.join(wal_name(generation));
@@ -139,13 +149,8 @@ pub(crate) fn repair(vfs: &dyn Vfs, dir: &Path) -> Result<RepairReport> {
                 break;
             };
             if !quarantined {
-                let name = quarantine_name(generation, offset);
-                let mut bytes = vec![0u8; usize::try_from(scan.size).unwrap_or(usize::MAX)];
-                file.read_exact_at(&mut bytes, 0)
-                    .map_err(|e| Error::io("read", &path, e))?;
-                write_file_atomically(vfs, dir, &name, &bytes)
-                    .map_err(|e| Error::io("write quarantine file", dir.join(&name), e))?;
-                report.quarantine_files.push(dir.join(name));
+                let kept_in = copy_to_quarantine(vfs, dir, &path, generation, offset)?;
+                report.quarantine_files.push(kept_in);
                 quarantined = true;
             }
             let mut damaged = vec![0u8; usize::try_from(resume.offset - offset).unwrap_or(0)];
@@ -215,4 +220,27 @@ pub(crate) fn repair(vfs: &dyn Vfs, dir: &Path) -> Result<RepairReport> {
     report.generation = generation;
     report.snapshot = snapshot;
     Ok(report)
+}
+
+/// Copies the damaged file at `path` whole to `quarantine-<generation>-<offset>`, durably.
+fn copy_to_quarantine(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    path: &Path,
+    generation: u64,
+    offset: u64,
+) -> Result<std::path::PathBuf> {
+    let file = vfs
+        .open(path, OpenMode::Read)
+        .map_err(|e| Error::io("open", path, e))?;
+    let size = file
+        .size()
+        .map_err(|e| Error::io("read the size of", path, e))?;
+    let mut bytes = vec![0u8; usize::try_from(size).unwrap_or(usize::MAX)];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| Error::io("read", path, e))?;
+    let name = quarantine_name(generation, offset);
+    write_file_atomically(vfs, dir, &name, &bytes)
+        .map_err(|e| Error::io("write quarantine file", dir.join(&name), e))?;
+    Ok(dir.join(name))
 }

@@ -88,6 +88,12 @@ impl Db {
         Options::new().repair(path)
     }
 
+    /// What [`Db::repair`] would keep and lose, writing nothing: every damaged log record and
+    /// snapshot block of the store, with what they held. `kvctl check` lists them from this.
+    pub fn inspect_damage(path: impl AsRef<Path>) -> Result<RepairReport> {
+        crate::engine::repair::inspect(Options::new().vfs.as_ref(), path.as_ref())
+    }
+
     /// The store's directory.
     pub fn path(&self) -> &Path {
         &self.store.dir

@@ -90,11 +90,12 @@ pub struct RecoveryReport {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RepairReport {
-    /// The generation the repaired store starts at (its snapshot and empty log).
+    /// The generation the repaired store starts at (its snapshot and empty log; 0 from an
+    /// inspection, which writes nothing).
     pub generation: u64,
-    /// The snapshot holding everything kept.
+    /// The snapshot holding everything kept (empty from an inspection).
     pub snapshot: PathBuf,
-    /// Keys in the repaired store.
+    /// Keys in the repaired store (0 from an inspection).
     pub keys: u64,
     /// Log records replayed into it.
     pub records_kept: u64,

@@ -378,7 +378,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         (Ok(db), _) => db,
         // `check` reports a store that does not open as it reports one that fails its checks.
         (Err(e), Some(Command::Check)) => {
-            return check_failed(cli.json, e, &mut io::stdout().lock());
+            return check_failed(&path, cli.json, e, &mut io::stdout().lock());
         }
         (Err(e), _) => return Err(e.into()),
     };
@@ -878,13 +878,72 @@ fn repair(path: &std::path::Path, json: bool, out: &mut dyn Write) -> Result<u8,
 }
 
 /// `check`'s report of a store that failed a check (or could not be opened): the error as one
-/// JSON object with `--json`, else on stderr; the exit status says what it was.
-fn check_failed(json: bool, e: Error, out: &mut dyn Write) -> Result<u8, Failure> {
+/// JSON object with `--json`, else on stderr, and on damage every damaged log record and
+/// snapshot block (from an inspection that writes nothing); the exit status says what it was.
+fn check_failed(
+    path: &std::path::Path,
+    json: bool,
+    e: Error,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
     let failure = Failure::Store(e);
     let code = failure.exit_code();
     let Failure::Store(e) = &failure else {
         return Err(failure);
     };
+    // Every damaged place, not only the first: what a repair would lose.
+    let inspected = match e {
+        Error::Corruption { .. } => Db::inspect_damage(path).ok(),
+        _ => None,
+    };
+    let mut damaged = Vec::new();
+    if let Some(report) = &inspected {
+        for lost in &report.lost {
+            let keys: Vec<String> = lost.keys.iter().map(|k| escape(k)).collect();
+            damaged.push((
+                json!({
+                    "file": lost.file.display().to_string(),
+                    "offset": lost.offset,
+                    "what": "log records",
+                    "first_sequence": lost.first_seq,
+                    "last_sequence": lost.last_seq,
+                    "keys": keys,
+                }),
+                format!(
+                    "DAMAGED {} at offset {}: log records {} to {}{}",
+                    lost.file.display(),
+                    lost.offset,
+                    lost.first_seq,
+                    lost.last_seq,
+                    if keys.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (keys {})", keys.join(", "))
+                    }
+                ),
+            ));
+        }
+        for lost in &report.lost_keys {
+            let from = lost.from.as_deref().map(escape);
+            let below = lost.below.as_deref().map(escape);
+            damaged.push((
+                json!({
+                    "file": lost.file.display().to_string(),
+                    "offset": lost.offset,
+                    "what": "snapshot block",
+                    "from_key": from,
+                    "below_key": below,
+                }),
+                format!(
+                    "DAMAGED {} at offset {}: a snapshot block, keys from {} to before {}",
+                    lost.file.display(),
+                    lost.offset,
+                    from.as_deref().unwrap_or("(unknown)"),
+                    below.as_deref().unwrap_or("the end")
+                ),
+            ));
+        }
+    }
     if json {
         let damage = match e {
             Error::Corruption {
@@ -894,12 +953,16 @@ fn check_failed(json: bool, e: Error, out: &mut dyn Write) -> Result<u8, Failure
             } => json!({ "file": file.display().to_string(), "offset": offset, "reason": reason }),
             _ => Value::Null,
         };
+        let every: Vec<Value> = damaged.into_iter().map(|(v, _)| v).collect();
         print_json(
             out,
-            json!({ "ok": false, "error": e.to_string(), "damage": damage }),
+            json!({ "ok": false, "error": e.to_string(), "damage": damage, "damaged": every }),
         )?;
     } else {
         eprintln!("kvctl: {e}");
+        for (_, line) in damaged {
+            writeln!(out, "{line}")?;
+        }
     }
     Ok(code)
 }
@@ -913,7 +976,7 @@ fn check(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
     bar.finish_and_clear();
     let report = match verified {
         Ok(report) => report,
-        Err(e) => return check_failed(ctx.json, e, out),
+        Err(e) => return check_failed(ctx.db.path(), ctx.json, e, out),
     };
     let quarantine = displayed(&report.quarantine_files);
     if ctx.json {

@@ -322,6 +322,52 @@ fn check_names_the_file_and_offset_of_damage() {
         err.contains("snap-0000000000000001") && err.contains("offset"),
         "{err}"
     );
+    assert!(
+        stdout(&out).contains("DAMAGED") && stdout(&out).contains("a snapshot block, keys from"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// `check` lists every damaged record, not only the first.
+#[test]
+fn check_lists_every_damaged_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store");
+    for i in 1..=30 {
+        let out = kvctl(
+            &db,
+            &["put", &format!("key:{i}"), &format!("value-number-{i}")],
+        );
+        assert_eq!(status(&out), 0, "{}", stderr(&out));
+    }
+    let wal = db.join("wal-0000000000000000");
+    let mut log = std::fs::read(&wal).expect("read");
+    for damaged in [b"value-number-10", b"value-number-20"] {
+        let at = log
+            .windows(15)
+            .position(|w| w == damaged)
+            .expect("in the log");
+        log[at + 3] ^= 0x01;
+    }
+    std::fs::write(&wal, &log).expect("damage");
+    let before = store_bytes(&db);
+    let out = kvctl(&db, &["check"]);
+    assert_eq!(status(&out), 4, "{}", stderr(&out));
+    let listed = stdout(&out);
+    assert_eq!(listed.matches("DAMAGED").count(), 2, "{listed}");
+    assert!(
+        listed.contains("key:10") && listed.contains("key:20"),
+        "{listed}"
+    );
+    let out = kvctl(&db, &["--json", "check"]);
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+    assert_eq!(
+        report["damaged"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    assert_eq!(store_bytes(&db), before);
 }
 
 fn stdout(out: &Output) -> String {

@@ -32,6 +32,16 @@ use super::compaction::write_merged;
 /// Salvages the store in `dir`, holding it exclusively (every other open fails with
 /// `Error::Locked` meanwhile, and the repair fails so if another handle has the store open).
 pub(crate) fn repair(vfs: &dyn Vfs, dir: &Path) -> Result<RepairReport> {
+    salvage(vfs, dir, true)
+}
+
+/// What [`repair`] would keep and lose, writing nothing (`kvctl check` lists every damaged
+/// record and block with it). Holds `LOCK` shared, as a read-only open does.
+pub(crate) fn inspect(vfs: &dyn Vfs, dir: &Path) -> Result<RepairReport> {
+    salvage(vfs, dir, false)
+}
+
+fn salvage(vfs: &dyn Vfs, dir: &Path, write: bool) -> Result<RepairReport> {
     if vfs
         .entry_kind(dir)
         .map_err(|e| Error::io("look at", dir, e))?
@@ -49,10 +59,19 @@ pub(crate) fn repair(vfs: &dyn Vfs, dir: &Path) -> Result<RepairReport> {
             reason: "it holds no sturdykv log or snapshot".into(),
         });
     }
-    let store_lock = StoreLock::open(vfs, dir, Access::Exclusive)?;
-    let compaction_lock = CompactionLock::open(vfs, dir, Access::Exclusive)?;
+    let access = if write {
+        Access::Exclusive
+    } else {
+        Access::ReadOnly
+    };
+    let store_lock = StoreLock::open(vfs, dir, access)?;
+    let compaction_lock = CompactionLock::open(vfs, dir, access)?;
     let _no_compaction = compaction_lock.acquire(true)?;
-    let guard = store_lock.exclusive()?;
+    let guard = if write {
+        store_lock.exclusive()?
+    } else {
+        store_lock.shared()?
+    };
     // Listed again under the locks: nothing changes the names while they are held.
     let listing = list_store(vfs, dir)?;
 
@@ -72,7 +91,7 @@ pub(crate) fn repair(vfs: &dyn Vfs, dir: &Path) -> Result<RepairReport> {
                     for (key, value) in salvaged.entries {
                         kept.insert(key, Some(value));
                     }
-                    if !salvaged.lost.is_empty() {
+                    if write && !salvaged.lost.is_empty() {
                         copy_to_quarantine(vfs, dir, &path, generation, salvaged.lost[0].offset)
                             .map(|q| report.quarantine_files.push(q))?;
                     }
@@ -148,7 +167,7 @@ pub(crate) fn repair(vfs: &dyn Vfs, dir: &Path) -> Result<RepairReport> {
                 report.torn_tail_bytes += scan.size - offset;
                 break;
             };
-            if !quarantined {
+            if write && !quarantined {
                 let kept_in = copy_to_quarantine(vfs, dir, &path, generation, offset)?;
                 report.quarantine_files.push(kept_in);
                 quarantined = true;
@@ -172,6 +191,9 @@ pub(crate) fn repair(vfs: &dyn Vfs, dir: &Path) -> Result<RepairReport> {
         next_seq = Some(seq);
     }
 
+    if !write {
+        return Ok(report);
+    }
     // The new generation: its log first (empty, continuing the sequence), then the snapshot.
     let generation = listing
         .wals

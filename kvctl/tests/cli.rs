@@ -334,23 +334,7 @@ fn check_names_the_file_and_offset_of_damage() {
 fn check_lists_every_damaged_record() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("store");
-    for i in 1..=30 {
-        let out = kvctl(
-            &db,
-            &["put", &format!("key:{i}"), &format!("value-number-{i}")],
-        );
-        assert_eq!(status(&out), 0, "{}", stderr(&out));
-    }
-    let wal = db.join("wal-0000000000000000");
-    let mut log = std::fs::read(&wal).expect("read");
-    for damaged in [b"value-number-10", b"value-number-20"] {
-        let at = log
-            .windows(15)
-            .position(|w| w == damaged)
-            .expect("in the log");
-        log[at + 3] ^= 0x01;
-    }
-    std::fs::write(&wal, &log).expect("damage");
+    numbered_store_with_damage(&db, 30, &[10, 20]);
     let before = store_bytes(&db);
     let out = kvctl(&db, &["check"]);
     assert_eq!(status(&out), 4, "{}", stderr(&out));
@@ -731,6 +715,29 @@ fn backup_copies_a_store_an_application_holds_open() {
     assert_eq!(stdout(&kvctl(&copy, &["scan"])), source);
 }
 
+/// A store of `n` acknowledged puts `key:<i>` = `value-number-<i>` (i = 1..=n), each by its
+/// own `kvctl put`, with one bit flipped inside the value of each record in `damaged`.
+fn numbered_store_with_damage(db: &Path, n: usize, damaged: &[usize]) {
+    for i in 1..=n {
+        let out = kvctl(
+            db,
+            &["put", &format!("key:{i}"), &format!("value-number-{i}")],
+        );
+        assert_eq!(status(&out), 0, "{}", stderr(&out));
+    }
+    let wal = db.join("wal-0000000000000000");
+    let mut log = std::fs::read(&wal).expect("read");
+    for i in damaged {
+        let value = format!("value-number-{i}");
+        let at = log
+            .windows(value.len())
+            .position(|w| w == value.as_bytes())
+            .expect("the record is in the log");
+        log[at + 3] ^= 0x01;
+    }
+    std::fs::write(&wal, &log).expect("damage");
+}
+
 /// Every file of the store and its bytes.
 fn store_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -752,21 +759,7 @@ fn store_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
 fn damage_to_acknowledged_writes_is_reported_and_nothing_is_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("store");
-    for i in 1..=50 {
-        let out = kvctl(
-            &db,
-            &["put", &format!("key:{i}"), &format!("value-number-{i}")],
-        );
-        assert_eq!(status(&out), 0, "{}", stderr(&out));
-    }
-    let wal = db.join("wal-0000000000000000");
-    let mut log = std::fs::read(&wal).expect("read");
-    let at = log
-        .windows(15)
-        .position(|w| w == b"value-number-25")
-        .expect("record 25 is in the log");
-    log[at + 3] ^= 0x01;
-    std::fs::write(&wal, &log).expect("damage");
+    numbered_store_with_damage(&db, 50, &[25]);
     let before = store_bytes(&db);
 
     for args in [

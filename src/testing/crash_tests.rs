@@ -893,3 +893,81 @@ fn a_failed_directory_sync_before_following_into_a_new_log_poisons_the_handle() 
         "the follower's directory sync is one of its {steps} steps"
     );
 }
+
+/// A power cut at every mutating operation of a repair: the store either still refuses to open
+/// (and a repair run then salvages it), or opens with exactly the salvaged state. Never a store
+/// that opens with less, or one that neither opens nor repairs.
+#[test]
+fn a_power_cut_at_any_step_of_a_repair_leaves_the_damage_or_the_salvage() {
+    let vfs = SimVfs::new();
+    let mut expected = Model::new();
+    {
+        let db = open(&vfs).expect("open");
+        for i in 0..10 {
+            let (key, value) = (format!("k{i:02}"), format!("value {i}"));
+            db.put(&key, &value).expect("put");
+            if i != 4 {
+                expected.insert(key.into_bytes(), value.into_bytes());
+            }
+        }
+    }
+    let log = std::path::Path::new("/store/wal-0000000000000000");
+    vfs.damage(log, |bytes| {
+        let at = bytes
+            .windows(7)
+            .position(|w| w == b"value 4")
+            .expect("the record is in the log");
+        bytes[at + 2] ^= 0x01;
+    });
+    let damaged = vfs.crash_keeping(u64::MAX);
+    assert!(matches!(
+        open(&damaged),
+        Err(crate::Error::Corruption { .. })
+    ));
+    let repair = |image: &SimVfs| {
+        Options::new()
+            .vfs(std::sync::Arc::new(image.clone()))
+            .repair(std::path::Path::new("/store"))
+    };
+    let dry = damaged.crash_keeping(u64::MAX);
+    let before = dry.ops();
+    repair(&dry).expect("repair");
+    let steps = dry.ops() - before;
+    // Sequence numbers go on after the damaged history, never back over it.
+    let next_sequence = open(&dry)
+        .expect("open")
+        .stats()
+        .expect("stats")
+        .next_sequence;
+    assert!(next_sequence > 10, "{next_sequence}");
+    let check = |db: &crate::Db, what: &str| {
+        assert_eq!(dump(db), expected, "{what}");
+        assert_eq!(
+            db.stats().expect("stats").next_sequence,
+            next_sequence,
+            "{what}: sequence numbers"
+        );
+    };
+    assert!(steps > 5, "{steps} operations");
+
+    for step in 0..=steps {
+        let image = damaged.crash_keeping(u64::MAX);
+        image.freeze_after(image.ops() + step);
+        let _ = repair(&image);
+        for (kept, after) in [
+            ("synced", image.crash_keeping(0)),
+            ("all", image.crash_keeping(u64::MAX)),
+        ] {
+            let what = format!("power cut at repair step {step}, {kept} writes kept");
+            match open(&after) {
+                Ok(db) => check(&db, &what),
+                Err(crate::Error::Corruption { .. }) => {
+                    repair(&after).unwrap_or_else(|e| panic!("{what}: repair again: {e}"));
+                    let db = open(&after).unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
+                    check(&db, &format!("{what}: after a second repair"));
+                }
+                Err(e) => panic!("{what}: {e}"),
+            }
+        }
+    }
+}

@@ -23,7 +23,7 @@ LAYERS = [
     (5, {"db", "iter", "transaction", "watch", "backup", "typed"}),
     (4, {"engine"}),
     (3, {"options", "stats"}),
-    (2, {"wal", "snapshot", "memtable", "view", "locking"}),
+    (2, {"wal", "sorted", "manifest", "memtable", "view", "locking"}),
     (1, {"layout", "format", "io", "sync", "poison", "batch", "bytes", "error", "limits"}),
 ]
 

@@ -1,6 +1,6 @@
 //! The store directory: which file names exist and what they mean, the listing of a directory
-//! sorted into those kinds, and its fingerprint. The names are the manifest: there is no other
-//! record of which files make up the store.
+//! sorted into those kinds, and its fingerprint. Which of the files make up the store is said by
+//! the newest manifest (`MANIFEST-<n>`); a store of format 1 has none, and its names say it.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -13,6 +13,8 @@ use crate::io::Vfs;
 pub const LOCK_NAME: &str = "LOCK";
 /// Held for the whole of a compaction.
 pub const COMPACTION_LOCK_NAME: &str = "LOCK.compaction";
+/// Held for the whole of a flush (a memtable written as a run).
+pub const FLUSH_LOCK_NAME: &str = "LOCK.flush";
 /// Held by every open handle: shared, or exclusively by an exclusive one.
 pub const HANDLES_LOCK_NAME: &str = "LOCK.handles";
 
@@ -23,8 +25,14 @@ pub enum StoreFile {
     Lock,
     /// `wal-<generation>`.
     Wal(u64),
-    /// `snap-<generation>`.
+    /// `snap-<generation>`: a snapshot of store format 1.
     Snapshot(u64),
+    /// `run-<id>`: a flushed memtable.
+    Run(u64),
+    /// `part-<id>`: one key-range partition of the compacted state.
+    Part(u64),
+    /// `MANIFEST-<number>`: the live set.
+    Manifest(u64),
     /// `*.tmp`: an unfinished atomic write, garbage after a crash.
     Temporary,
     /// `quarantine-<generation>-<offset>`: log bytes set aside by recovery.
@@ -43,6 +51,24 @@ pub fn snapshot_name(generation: u64) -> String {
     format!("snap-{generation:016x}")
 }
 
+/// `run-<id>`, the id as 16 hex digits.
+pub fn run_name(id: u64) -> String {
+    format!("run-{id:016x}")
+}
+
+/// `part-<id>`, the id as 16 hex digits.
+pub fn part_name(id: u64) -> String {
+    format!("part-{id:016x}")
+}
+
+/// `MANIFEST-<number>`, the number as 16 hex digits.
+pub fn manifest_name(number: u64) -> String {
+    format!("MANIFEST-{number:016x}")
+}
+
+/// The prefixes of the names of files that are created by an atomic rename from `<name>.tmp`.
+const RENAMED_KINDS: [&str; 5] = ["wal-", "snap-", "run-", "part-", "MANIFEST-"];
+
 /// The file that keeps log bytes found beyond a damaged record at `offset` of `wal-<generation>`.
 pub fn quarantine_name(generation: u64, offset: u64) -> String {
     format!("quarantine-{generation:016x}-{offset:016x}")
@@ -53,10 +79,15 @@ pub fn classify(name: &OsStr) -> StoreFile {
     let Some(name) = name.to_str() else {
         return StoreFile::Foreign;
     };
-    if [LOCK_NAME, COMPACTION_LOCK_NAME, HANDLES_LOCK_NAME].contains(&name) {
+    if [
+        LOCK_NAME,
+        COMPACTION_LOCK_NAME,
+        FLUSH_LOCK_NAME,
+        HANDLES_LOCK_NAME,
+    ].contains(&name) {
         return StoreFile::Lock;
     }
-    if name.ends_with(".tmp") && (name.starts_with("wal-") || name.starts_with("snap-")) {
+    if name.ends_with(".tmp") && RENAMED_KINDS.iter().any(|kind| name.starts_with(kind)) {
         return StoreFile::Temporary;
     }
     if name.starts_with("quarantine-") {
@@ -67,6 +98,15 @@ pub fn classify(name: &OsStr) -> StoreFile {
     }
     if let Some(generation) = name.strip_prefix("snap-").and_then(parse_generation) {
         return StoreFile::Snapshot(generation);
+    }
+    if let Some(id) = name.strip_prefix("run-").and_then(parse_generation) {
+        return StoreFile::Run(id);
+    }
+    if let Some(id) = name.strip_prefix("part-").and_then(parse_generation) {
+        return StoreFile::Part(id);
+    }
+    if let Some(number) = name.strip_prefix("MANIFEST-").and_then(parse_generation) {
+        return StoreFile::Manifest(number);
     }
     StoreFile::Foreign
 }
@@ -83,6 +123,9 @@ fn parse_generation(digits: &str) -> Option<u64> {
 pub(crate) struct Listing {
     pub(crate) wals: Vec<u64>,
     pub(crate) snapshots: Vec<u64>,
+    pub(crate) runs: Vec<u64>,
+    pub(crate) parts: Vec<u64>,
+    pub(crate) manifests: Vec<u64>,
     pub(crate) temporaries: Vec<String>,
     pub(crate) quarantine: Vec<String>,
     pub(crate) lock: bool,
@@ -91,7 +134,12 @@ pub(crate) struct Listing {
 
 impl Listing {
     pub(crate) fn has_store_files(&self) -> bool {
-        self.lock || !self.wals.is_empty() || !self.snapshots.is_empty()
+        self.lock || !self.wals.is_empty() || !self.snapshots.is_empty() || self.has_manifest()
+    }
+
+    /// Whether the store is of format 2 (a manifest names its live set).
+    pub(crate) fn has_manifest(&self) -> bool {
+        !self.manifests.is_empty()
     }
 }
 
@@ -106,6 +154,9 @@ pub(crate) fn list_store(vfs: &dyn Vfs, dir: &Path) -> Result<Listing> {
             StoreFile::Lock => listing.lock = true,
             StoreFile::Wal(g) => listing.wals.push(g),
             StoreFile::Snapshot(g) => listing.snapshots.push(g),
+            StoreFile::Run(id) => listing.runs.push(id),
+            StoreFile::Part(id) => listing.parts.push(id),
+            StoreFile::Manifest(n) => listing.manifests.push(n),
             StoreFile::Temporary => listing
                 .temporaries
                 .push(name.to_string_lossy().into_owned()),
@@ -115,23 +166,33 @@ pub(crate) fn list_store(vfs: &dyn Vfs, dir: &Path) -> Result<Listing> {
     }
     listing.wals.sort_unstable();
     listing.snapshots.sort_unstable();
+    listing.runs.sort_unstable();
+    listing.parts.sort_unstable();
+    listing.manifests.sort_unstable();
     listing.quarantine.sort_unstable();
     Ok(listing)
 }
 
-/// A fingerprint of the store's logs and snapshots (the names whose durability matters): equal
-/// fingerprints mean the same set of names. Never 0 (0 in the hint page means "unknown").
+/// A fingerprint of the store's logs, sorted files and manifests (the names whose durability
+/// matters): equal fingerprints mean the same set of names. Never 0 (0 in the hint page means
+/// "unknown").
 pub(crate) fn directory_fingerprint(listing: &Listing) -> u64 {
     let mut hasher = crc32fast::Hasher::new();
-    for g in &listing.wals {
-        hasher.update(b"w");
-        hasher.update(&g.to_le_bytes());
+    let kinds: [(&[u8], &Vec<u64>); 5] = [
+        (b"w", &listing.wals),
+        (b"s", &listing.snapshots),
+        (b"r", &listing.runs),
+        (b"p", &listing.parts),
+        (b"m", &listing.manifests),
+    ];
+    let mut count = 0u64;
+    for (tag, numbers) in kinds {
+        for n in numbers {
+            hasher.update(tag);
+            hasher.update(&n.to_le_bytes());
+        }
+        count += numbers.len() as u64;
     }
-    for g in &listing.snapshots {
-        hasher.update(b"s");
-        hasher.update(&g.to_le_bytes());
-    }
-    let count = (listing.wals.len() + listing.snapshots.len()) as u64;
     (u64::from(hasher.finalize()) << 32) | ((count + 1) & 0xFFFF_FFFF)
 }
 
@@ -153,6 +214,16 @@ mod tests {
         assert_eq!(
             classify(OsStr::new(&quarantine_name(1, 2))),
             StoreFile::Quarantine
+        );
+        assert_eq!(classify(OsStr::new(&run_name(7))), StoreFile::Run(7));
+        assert_eq!(classify(OsStr::new(&part_name(8))), StoreFile::Part(8));
+        assert_eq!(
+            classify(OsStr::new("MANIFEST-0000000000000009")),
+            StoreFile::Manifest(9)
+        );
+        assert_eq!(
+            classify(OsStr::new("part-0000000000000008.tmp")),
+            StoreFile::Temporary
         );
         assert_eq!(classify(OsStr::new("LOCK")), StoreFile::Lock);
         assert_eq!(classify(OsStr::new("LOCK.compaction")), StoreFile::Lock);

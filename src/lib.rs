@@ -55,8 +55,9 @@ mod stats;
 // What the engine is built from: the log, the sorted snapshot file, the memtable and the view over
 // both, locking and the shared hint page.
 mod locking;
+mod manifest;
 mod memtable;
-mod snapshot;
+mod sorted;
 mod view;
 mod wal;
 
@@ -83,10 +84,13 @@ pub use error::{Error, Result};
 pub use iter::Iter;
 pub use limits::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use options::{
-    DEFAULT_COMPACTION_MIN_WAL_BYTES, DEFAULT_COMPACTION_RATIO, DEFAULT_SPIN_WAIT, Durability,
+    DEFAULT_COMPACTION_RATIO, DEFAULT_MAX_RUNS, DEFAULT_MEMTABLE_BYTES, DEFAULT_PARTITION_BYTES,
+    DEFAULT_SPIN_WAIT, Durability,
     Options,
 };
-pub use stats::{LostKeys, LostRecords, RecoveryReport, RepairReport, Stats, VerifyReport};
+pub use stats::{
+    FileStats, LostKeys, LostRecords, RecoveryReport, RepairReport, Stats, VerifyReport,
+};
 pub use transaction::{CompareAndSwapError, Transaction};
 #[cfg(feature = "serde")]
 pub use typed::{

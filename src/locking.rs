@@ -27,14 +27,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::io::{LockKind, OpenMode, SHARED_BYTES, SharedWords, Vfs, VfsFile};
-use crate::layout::{COMPACTION_LOCK_NAME, HANDLES_LOCK_NAME, LOCK_NAME};
+use crate::layout::{HANDLES_LOCK_NAME, LOCK_NAME};
 use crate::sync::lock;
 
 /// Hint word: the sequence number after the last committed record: durable, or written by a
 /// [`Durability::Buffered`](crate::Durability::Buffered) handle.
 pub const COMMITTED_SEQ: usize = 0;
-/// Hint word: the generation of the newest installed snapshot (0: none).
-pub const SNAPSHOT_GENERATION: usize = 1;
+/// Hint word: the number of the newest installed manifest (0: none yet). Raised after each
+/// install; a handle that has applied an older one reloads its sorted files.
+pub const MANIFEST_NUMBER: usize = 1;
 /// Hint word: the sequence number after the last record an `fdatasync` covered. Differs from
 /// [`COMMITTED_SEQ`] when a [`Durability::Buffered`](crate::Durability::Buffered) handle publishes
 /// records without syncing them: only this word may let a writer skip its own sync.
@@ -42,6 +43,9 @@ pub const SYNCED_SEQ: usize = 2;
 /// Hint word: a fingerprint of the store's log and snapshot names when an open last `fsync`ed
 /// the directory (0: unknown). An open that finds the same names need not sync it again.
 pub const DIRECTORY_SYNCED: usize = 3;
+/// Hint word: the log start of the newest installed manifest: every log segment below it may be
+/// removed (its records are in runs).
+pub const LOG_START: usize = 4;
 // Words 8 to 12 share `fdatasync`s between processes. They change several times per commit, so
 // they sit on their own cache line, away from the words readers load at every operation.
 
@@ -323,7 +327,8 @@ fn lock_error(path: &Path, e: std::io::Error) -> Error {
     }
 }
 
-/// The compaction lock, `LOCK.compaction`: held for a whole compaction.
+/// A lock file held for a whole compaction (`LOCK.compaction`) or flush (`LOCK.flush`): one at
+/// a time across processes.
 #[derive(Debug)]
 pub struct CompactionLock {
     path: PathBuf,
@@ -344,9 +349,10 @@ impl Drop for CompactionGuard<'_> {
 }
 
 impl CompactionLock {
-    /// Opens (creating) `dir/LOCK.compaction`; a read-only handle has none and never compacts.
-    pub fn open(vfs: &dyn Vfs, dir: &Path, access: Access) -> Result<CompactionLock> {
-        let path = dir.join(COMPACTION_LOCK_NAME);
+    /// Opens (creating) `dir/<name>` (`LOCK.compaction` or `LOCK.flush`); a read-only handle has
+    /// none and never compacts or flushes.
+    pub fn open(vfs: &dyn Vfs, dir: &Path, name: &str, access: Access) -> Result<CompactionLock> {
+        let path = dir.join(name);
         let file = match access {
             Access::ReadOnly => None,
             Access::Shared | Access::Exclusive => Some(

@@ -18,16 +18,16 @@ pub enum Durability {
     Buffered,
 }
 
-/// Default for [`Options::compaction_min_wal_bytes`]: 16 MiB.
-pub const DEFAULT_COMPACTION_MIN_WAL_BYTES: u64 = 16 << 20;
+/// Default for [`Options::memtable_bytes`]: 64 MiB.
+pub const DEFAULT_MEMTABLE_BYTES: u64 = 64 << 20;
+/// Default for [`Options::partition_bytes`]: 64 MiB.
+pub const DEFAULT_PARTITION_BYTES: u64 = 64 << 20;
 /// Default for [`Options::compaction_ratio`].
-pub const DEFAULT_COMPACTION_RATIO: f64 = 0.25;
+pub const DEFAULT_COMPACTION_RATIO: f64 = 0.5;
+/// Default for [`Options::max_runs`].
+pub const DEFAULT_MAX_RUNS: usize = 12;
 /// Default for [`Options::spin_wait`]: 500 µs, a few `fdatasync`s of a fast SSD (DECISIONS 39).
 pub const DEFAULT_SPIN_WAIT: Duration = Duration::from_micros(500);
-/// Closing compacts only stores whose snapshot is at most this large (256 MiB): a compaction
-/// rewrites the whole snapshot, and beyond that a close would keep its caller waiting much longer
-/// than the replay it saves the next open (DECISIONS 41).
-const CLOSE_COMPACTION_MAX_SNAPSHOT: u64 = 256 << 20;
 /// The most [`Options::spin_wait`] takes (a deadline that far off cannot overflow an `Instant`).
 const MAX_SPIN_WAIT: Duration = Duration::from_secs(1);
 
@@ -36,12 +36,12 @@ const MAX_SPIN_WAIT: Duration = Duration::from_secs(1);
 pub struct Options {
     pub(crate) durability: Durability,
     pub(crate) create_if_missing: bool,
-    pub(crate) compaction_min_wal_bytes: u64,
+    pub(crate) memtable_bytes: u64,
+    pub(crate) partition_bytes: u64,
     pub(crate) compaction_ratio: f64,
+    pub(crate) max_runs: usize,
     pub(crate) background_compaction: bool,
     pub(crate) compact_on_close: bool,
-    /// Closing compacts only stores whose snapshot is at most this large.
-    pub(crate) close_compaction_max_snapshot: u64,
     pub(crate) spin_wait: Duration,
     pub(crate) exclusive: bool,
     pub(crate) read_only: bool,
@@ -53,8 +53,10 @@ impl fmt::Debug for Options {
         f.debug_struct("Options")
             .field("durability", &self.durability)
             .field("create_if_missing", &self.create_if_missing)
-            .field("compaction_min_wal_bytes", &self.compaction_min_wal_bytes)
+            .field("memtable_bytes", &self.memtable_bytes)
+            .field("partition_bytes", &self.partition_bytes)
             .field("compaction_ratio", &self.compaction_ratio)
+            .field("max_runs", &self.max_runs)
             .field("background_compaction", &self.background_compaction)
             .field("compact_on_close", &self.compact_on_close)
             .field("spin_wait", &self.spin_wait)
@@ -71,17 +73,19 @@ impl Default for Options {
 }
 
 impl Options {
-    /// The defaults: [`Durability::Immediate`], create the store if it is missing, compact in the
-    /// background once the log outgrows both 16 MiB and a quarter of the snapshot.
+    /// The defaults: [`Durability::Immediate`], create the store if it is missing, flush the
+    /// memtable at 64 MiB, and compact in the background once the runs outgrow half the
+    /// partitions or number more than 12.
     pub fn new() -> Self {
         Options {
             durability: Durability::Immediate,
             create_if_missing: true,
-            compaction_min_wal_bytes: DEFAULT_COMPACTION_MIN_WAL_BYTES,
+            memtable_bytes: DEFAULT_MEMTABLE_BYTES,
+            partition_bytes: DEFAULT_PARTITION_BYTES,
             compaction_ratio: DEFAULT_COMPACTION_RATIO,
+            max_runs: DEFAULT_MAX_RUNS,
             background_compaction: true,
             compact_on_close: true,
-            close_compaction_max_snapshot: CLOSE_COMPACTION_MAX_SNAPSHOT,
             spin_wait: DEFAULT_SPIN_WAIT,
             exclusive: false,
             read_only: false,
@@ -102,21 +106,37 @@ impl Options {
         self
     }
 
-    /// Compaction starts once the log is larger than this many bytes *and* larger than
-    /// [`compaction_ratio`](Options::compaction_ratio) times the snapshot (default 16 MiB).
-    /// Until then the log's entries are held in memory, and up to twice over while a
-    /// compaction merges the previous generation.
-    pub fn compaction_min_wal_bytes(mut self, bytes: u64) -> Self {
-        self.compaction_min_wal_bytes = bytes;
+    /// The memtable (the writes not yet in a sorted file, held in memory and replayed from the
+    /// log after a crash) is flushed to a new run once it holds this many bytes (default
+    /// [`DEFAULT_MEMTABLE_BYTES`]). It bounds the heap memory of every handle, at most about
+    /// twice over while a flush runs, and the replay of an open after a crash, whatever the
+    /// store's size. At least 64 KiB.
+    pub fn memtable_bytes(mut self, bytes: u64) -> Self {
+        self.memtable_bytes = bytes.max(64 << 10);
         self
     }
 
-    /// Compaction starts once the log is larger than this fraction of the snapshot (and than
-    /// [`compaction_min_wal_bytes`](Options::compaction_min_wal_bytes)). The default, 0.25, keeps
-    /// the files under 1.25× the live data between compactions; a higher ratio rewrites the
-    /// snapshot less often but holds more log in memory.
+    /// A compaction splits a partition it writes once the partition reaches this many bytes
+    /// (default [`DEFAULT_PARTITION_BYTES`]): the extra disk a compaction needs beside the store
+    /// is about one partition plus the runs it merges. At least 64 KiB.
+    pub fn partition_bytes(mut self, bytes: u64) -> Self {
+        self.partition_bytes = bytes.max(64 << 10);
+        self
+    }
+
+    /// Compaction starts once the runs together are larger than this fraction of the
+    /// partitions (default 0.5), or more than [`max_runs`](Options::max_runs) of them. Each
+    /// compaction rewrites the partitions the runs overlap, so a higher ratio writes less (about
+    /// `1 / ratio` bytes per byte of new data) but leaves more runs for a read to look past.
     pub fn compaction_ratio(mut self, ratio: f64) -> Self {
         self.compaction_ratio = ratio.max(0.0);
+        self
+    }
+
+    /// Compaction starts once there are more runs than this (default [`DEFAULT_MAX_RUNS`]): a
+    /// point read looks at every run its filters do not rule out, and a scan merges them all.
+    pub fn max_runs(mut self, runs: usize) -> Self {
+        self.max_runs = runs;
         self
     }
 
@@ -128,17 +148,15 @@ impl Options {
         self
     }
 
-    /// Whether closing the handle may compact (default `true`), so that the next open maps a
-    /// snapshot instead of replaying the log.
+    /// Whether closing the handle flushes the memtable (default `true`), so that the next open,
+    /// in any process, replays nothing.
     ///
-    /// When the last clone of the handle is dropped, a compaction running in the background is
-    /// finished rather than abandoned; then, if this handle itself appended at least a quarter
-    /// of the compaction trigger to the live log (`max(compaction_min_wal_bytes / 4,
-    /// compaction_ratio / 4 × snapshot)`, 4 MiB by default), the drop compacts before it returns.
-    /// That takes as long as [`Db::compact`](crate::Db::compact), which rewrites the whole snapshot, so it is done only
-    /// while the snapshot is at most 256 MiB: a larger store's next open replays its log instead. A handle that only read, or wrote little, closes at once. A
-    /// failure is logged and loses nothing: the log still holds every write. With `false`,
-    /// closing abandons a running compaction at its next check and never starts one.
+    /// When the last clone of a writable handle is dropped, a flush or compaction running in the
+    /// background is finished rather than abandoned; then, if the log holds writes not yet in a
+    /// run (this handle's or another's), the drop flushes them before it returns: at most
+    /// [`memtable_bytes`](Options::memtable_bytes) to write. A failure is logged and loses
+    /// nothing: the log still holds every write. With `false`, closing abandons a running
+    /// compaction at its next check and never flushes.
     pub fn compact_on_close(mut self, enabled: bool) -> Self {
         self.compact_on_close = enabled;
         self
@@ -176,13 +194,6 @@ impl Options {
     /// every commit other processes make. Default `false`.
     pub fn read_only(mut self, read_only: bool) -> Self {
         self.read_only = read_only;
-        self
-    }
-
-    /// Lowers the snapshot size up to which closing compacts (tests).
-    #[cfg(test)]
-    pub(crate) fn close_compaction_max_snapshot(mut self, bytes: u64) -> Self {
-        self.close_compaction_max_snapshot = bytes;
         self
     }
 

@@ -9,18 +9,23 @@ use crate::options::Durability;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// The current generation (the live log is `wal-<generation>`).
+    /// The live log segment (`wal-<generation>`).
     pub generation: u64,
+    /// The manifest this handle reads the sorted files of (`MANIFEST-<manifest>`; 0 for a store
+    /// of format 1 opened read-only, which has none).
+    pub manifest: u64,
+    /// The first log segment the manifest replays.
+    pub log_start: u64,
     /// Number of keys in the store.
     pub keys: u64,
-    /// Size of the current snapshot file in bytes (0 if there is none yet).
-    pub snapshot_bytes: u64,
-    /// Keys in the current snapshot.
-    pub snapshot_keys: u64,
-    /// Length of the live log in bytes (its logical end; preallocated space not included).
+    /// The runs (flushed memtables), newest first.
+    pub runs: Vec<FileStats>,
+    /// The partitions (the compacted state), in key order.
+    pub partitions: Vec<FileStats>,
+    /// Length of the live log segment in bytes (its logical end; preallocated space not
+    /// included).
     pub wal_bytes: u64,
-    /// Approximate heap bytes held by the in-memory view of the log (and of the previous log
-    /// while a compaction merges it).
+    /// Approximate heap bytes held by the memtable (and by the frozen one a flush writes).
     pub memtable_bytes: u64,
     /// The sequence number the next committed batch will carry.
     pub next_sequence: u64,
@@ -29,7 +34,10 @@ pub struct Stats {
     /// `fdatasync` calls made for those commits and flushes; fewer than `commits` when concurrent
     /// writers shared a sync.
     pub syncs: u64,
-    /// Compactions completed by this handle since it was opened.
+    /// Flushes (memtables written as runs) completed by this handle since it was opened.
+    pub flushes: u64,
+    /// Compactions (runs merged into the partitions) completed by this handle since it was
+    /// opened.
     pub compactions: u64,
     /// Torn records that writers killed in the middle of an append left at the end of the log,
     /// cut off by this handle before it appended (since it was opened).
@@ -40,16 +48,40 @@ pub struct Stats {
     pub recovery: RecoveryReport,
 }
 
+/// One sorted file, in [`Stats`] and [`VerifyReport`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileStats {
+    /// Its path.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Entries in it (tombstones included).
+    pub entries: u64,
+}
+
+impl Stats {
+    /// Bytes of the runs and partitions together.
+    pub fn sorted_bytes(&self) -> u64 {
+        self.runs.iter().chain(&self.partitions).map(|f| f.bytes).sum()
+    }
+
+    /// Entries of the partitions (every key in them is live).
+    pub fn partition_entries(&self) -> u64 {
+        self.partitions.iter().map(|f| f.entries).sum()
+    }
+}
+
 /// What [`Db::verify`](crate::Db::verify) checked, all of it found intact.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct VerifyReport {
-    /// The snapshot checked, if the store has one.
-    pub snapshot: Option<PathBuf>,
-    /// Entries in it.
-    pub snapshot_entries: u64,
-    /// Its size in bytes.
-    pub snapshot_bytes: u64,
+    /// The sorted files checked (runs, then partitions; a format 1 store's snapshot).
+    pub files: Vec<FileStats>,
+    /// The manifest that names them, if the store has one (format 2).
+    pub manifest: Option<PathBuf>,
+    /// The log segments checked before the live one, with their records.
+    pub older_wals: Vec<(PathBuf, u64)>,
     /// The live log checked.
     pub wal: PathBuf,
     /// Records in it.
@@ -74,6 +106,9 @@ pub struct VerifyReport {
 pub struct RecoveryReport {
     /// Log records replayed at open.
     pub replayed_records: u64,
+    /// Whether the open converted a store of format 1 (one snapshot and its logs) to format 2
+    /// (a manifest, runs and partitions).
+    pub converted_from_format_1: bool,
     /// Bytes of a damaged or torn log tail cut off at open.
     pub truncated_bytes: u64,
     /// Leftover files removed at open: unfinished temporaries, and logs and snapshots of

@@ -1,6 +1,6 @@
-//! The in-memory view readers see: the live memtable over the frozen memtable (during a
-//! compaction) over the memory-mapped snapshot. Point reads try them in that order; scans merge
-//! them, the upper layer winning for a key found in several.
+//! The view readers see: the live memtable over the frozen memtable (during a flush) over the
+//! memory-mapped sorted files (runs, newest first, over the partitions). Point reads try them in
+//! that order; scans merge them, the upper layer winning for a key found in several.
 
 use std::cmp::Ordering;
 use std::ops::Bound;
@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use crate::bytes::Bytes;
 use crate::error::Result;
+use crate::format::ManifestData;
 use crate::memtable::Memtable;
-use crate::snapshot::Snapshot;
+use crate::sorted::SortedFile;
 
 /// Operations read from the log during recovery, oldest first, for [`View::replay`].
 #[derive(Debug)]
@@ -103,15 +104,104 @@ fn merge_over(
     out
 }
 
+/// The sorted files of one manifest, opened: the runs over the partitions.
+#[derive(Debug, Default)]
+pub struct Tables {
+    /// The manifest they were opened from (number 0: a store of format 1, read as it is).
+    pub manifest: ManifestData,
+    /// Flushed memtables, newest first; their entries may be tombstones.
+    pub runs: Vec<Arc<SortedFile>>,
+    /// Key-range partitions in key order; their ranges are disjoint.
+    pub parts: Vec<Arc<SortedFile>>,
+    /// Each partition's first key: a key belongs to the last partition whose first key is at
+    /// or below it (to the first partition if none is). Copied to the heap: one key per file.
+    part_firsts: Vec<Bytes>,
+    /// Bytes of the runs, and of the partitions.
+    run_bytes: u64,
+    part_bytes: u64,
+}
+
+impl Tables {
+    /// The tables of `manifest`, with its files opened in its order.
+    pub fn new(
+        manifest: ManifestData,
+        runs: Vec<Arc<SortedFile>>,
+        parts: Vec<Arc<SortedFile>>,
+    ) -> Result<Tables> {
+        let part_firsts = parts
+            .iter()
+            .map(|p| Ok(p.first_key_in_file()?.map(Bytes::from).unwrap_or_default()))
+            .collect::<Result<_>>()?;
+        let sum = |files: &[Arc<SortedFile>]| files.iter().map(|f| f.file_bytes()).sum();
+        Ok(Tables {
+            run_bytes: sum(&runs),
+            part_bytes: sum(&parts),
+            manifest,
+            runs,
+            parts,
+            part_firsts,
+        })
+    }
+
+    /// The index of the partition whose range holds `key` (0 if there is none at all).
+    pub fn part_index(&self, key: &[u8]) -> usize {
+        self.part_firsts
+            .partition_point(|first| &first[..] <= key)
+            .saturating_sub(1)
+    }
+
+    /// The entry for `key` in the runs, newest first, then its partition: `None` if no file has
+    /// one, `Some(None)` for a tombstone.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Option<Bytes>>> {
+        for run in &self.runs {
+            if let Some(entry) = run.get(key)? {
+                return Ok(Some(entry));
+            }
+        }
+        match self.parts.get(self.part_index(key)) {
+            Some(part) => part.get(key),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the files hold a live `key`, reading data blocks with `pread` (see
+    /// [`SortedFile::knows`]).
+    pub fn contains(&self, key: &[u8]) -> Result<bool> {
+        for run in &self.runs {
+            if let Some(live) = run.knows(key)? {
+                return Ok(live);
+            }
+        }
+        match self.parts.get(self.part_index(key)) {
+            Some(part) => Ok(part.knows(key)?.unwrap_or(false)),
+            None => Ok(false),
+        }
+    }
+
+    /// Bytes of the runs, and of the partitions.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.run_bytes, self.part_bytes)
+    }
+
+    /// The open file of each id this set shares with `manifest`, for reuse by the next set.
+    pub fn reusable(&self) -> std::collections::HashMap<(bool, u64), Arc<SortedFile>> {
+        let runs = self.manifest.runs.iter().zip(&self.runs);
+        let parts = self.manifest.parts.iter().zip(&self.parts);
+        runs.map(|(&id, f)| ((true, id), Arc::clone(f)))
+            .chain(parts.map(|(&id, f)| ((false, id), Arc::clone(f))))
+            .collect()
+    }
+}
+
 /// Readers' view of the store, behind the handle's `RwLock`.
 #[derive(Debug, Default)]
 pub struct View {
-    /// Writes since the current generation began.
+    /// Writes since the newest flush this handle knows of.
     pub memtable: Memtable,
-    /// The previous generation's writes, while a compaction merges them into a new snapshot.
+    /// The writes being flushed into a run (by this handle).
     pub frozen: Option<Arc<Memtable>>,
-    /// The newest snapshot.
-    pub snapshot: Option<Arc<Snapshot>>,
+    /// The sorted files, as the newest manifest this handle applied names them.
+    pub tables: Arc<Tables>,
     /// Number of live keys across all layers.
     pub live_keys: u64,
 }
@@ -130,22 +220,16 @@ impl View {
         if let Some(entry) = self.frozen.as_ref().and_then(|f| f.get(key)) {
             return Ok(entry);
         }
-        match &self.snapshot {
-            Some(snapshot) => snapshot.get(key),
-            None => Ok(None),
-        }
+        Ok(self.tables.get(key)?.flatten())
     }
 
-    /// Whether a layer below the live memtable holds `key`, without mapping snapshot data pages
-    /// (see [`Snapshot::contains`]).
+    /// Whether a layer below the live memtable holds `key`, without mapping data pages of the
+    /// sorted files (see [`SortedFile::knows`]).
     pub fn base_contains(&self, key: &[u8]) -> Result<bool> {
         if let Some(entry) = self.frozen.as_ref().and_then(|f| f.knows(key)) {
             return Ok(entry);
         }
-        match &self.snapshot {
-            Some(snapshot) => snapshot.contains(key),
-            None => Ok(false),
-        }
+        self.tables.contains(key)
     }
 
     /// Applies one committed operation, keeping the live key count; a delete leaves a tombstone
@@ -226,33 +310,36 @@ impl View {
         limit: usize,
     ) -> Result<Chunk> {
         let far = if forward { hi } else { lo };
-        // The snapshot first: up to `limit` of its entries. If it has more, only keys up to its
-        // last one can be complete, so the memtables are read no further than that — reading
-        // them to their own `limit` would mostly fetch keys the next chunk reads again.
-        // Sized up front (a chunk is at most a thousand or so): growing these vectors by
+        let tables = &self.tables;
+        // The partitions first: up to `limit` of their entries. If they have more, only keys up
+        // to their last one can be complete, so the other layers are read no further than that
+        // — reading them to their own `limit` would mostly fetch keys the next chunk reads
+        // again. Sized up front (a chunk is at most a thousand or so): growing these vectors by
         // doubling cost about 5 % of a first scan's instructions.
-        let mut from_snapshot = Vec::with_capacity(if self.snapshot.is_some() { limit } else { 0 });
-        if let Some(snapshot) = &self.snapshot {
-            let mut cursor = snapshot.cursor(lo, hi, forward)?;
-            while from_snapshot.len() < limit {
+        let mut from_parts = Vec::with_capacity(if tables.parts.is_empty() { 0 } else { limit });
+        if !tables.parts.is_empty() {
+            let mut cursor = PartsCursor::new(tables, lo, hi, forward)?;
+            while from_parts.len() < limit {
                 match cursor.next_entry()? {
-                    Some((k, v)) if within(&k, far, forward) => from_snapshot.push((k, v)),
+                    Some((k, v)) if within(&k, far, forward) => from_parts.push((k, v)),
                     _ => break,
                 }
             }
         }
-        let snapshot_stop = (from_snapshot.len() >= limit)
-            .then(|| from_snapshot.last().map(|(k, _)| k.clone()))
+        let parts_stop = (from_parts.len() >= limit)
+            .then(|| from_parts.last().map(|(k, _)| k.clone()))
             .flatten();
-        let (mem_lo, mem_hi) = match (&snapshot_stop, forward) {
+        let (upper_lo, upper_hi) = match (&parts_stop, forward) {
             (Some(stop), true) => (lo, Bound::Included(&stop[..])),
             (Some(stop), false) => (Bound::Included(&stop[..]), hi),
             (None, _) => (lo, hi),
         };
-        // Up to `limit` entries (tombstones included) from each memtable, upper layers first.
-        let mut layers: Vec<Vec<(Bytes, Option<Bytes>)>> = Vec::with_capacity(3);
+        let upper_far = if forward { upper_hi } else { upper_lo };
+        // Up to `limit` entries (tombstones included) from each upper layer, newest first.
+        let mut layers: Vec<Vec<(Bytes, Option<Bytes>)>> =
+            Vec::with_capacity(3 + tables.runs.len());
         let from_memtable = |m: &Memtable| -> Vec<(Bytes, Option<Bytes>)> {
-            let range = m.range(mem_lo, mem_hi);
+            let range = m.range(upper_lo, upper_hi);
             let mut out = Vec::with_capacity(limit.min(m.len()));
             if forward {
                 out.extend(range.take(limit));
@@ -265,21 +352,30 @@ impl View {
         if let Some(frozen) = &self.frozen {
             layers.push(from_memtable(frozen));
         }
-        if self.snapshot.is_some() {
+        for run in &tables.runs {
+            let mut cursor = run.cursor(upper_lo, upper_hi, forward)?;
+            let mut out = Vec::new();
+            while out.len() < limit {
+                match cursor.next_entry()? {
+                    Some((k, v)) if within(&k, upper_far, forward) => out.push((k, v)),
+                    _ => break,
+                }
+            }
+            layers.push(out);
+        }
+        if !tables.parts.is_empty() {
             if layers.iter().all(Vec::is_empty) {
-                // Nothing in memory overlaps this stretch (e.g. a scan of a compacted store):
-                // the snapshot's entries are the answer, with nothing to merge.
+                // Nothing above overlaps this stretch (e.g. a scan of a compacted store): the
+                // partitions' entries are the answer, with nothing to merge.
                 return Ok(Chunk {
-                    entries: from_snapshot,
-                    horizon: snapshot_stop,
+                    entries: from_parts
+                        .into_iter()
+                        .filter_map(|(k, v)| Some((k, v?)))
+                        .collect(),
+                    horizon: parts_stop,
                 });
             }
-            layers.push(
-                from_snapshot
-                    .into_iter()
-                    .map(|(k, v)| (k, Some(v)))
-                    .collect(),
-            );
+            layers.push(from_parts);
         }
 
         // Every layer that may hold more stopped at its last key: only keys up to the nearest of
@@ -310,6 +406,51 @@ impl View {
             entries: out,
             horizon,
         })
+    }
+}
+
+/// A cursor across the partitions in key order (or its reverse), as if they were one file.
+struct PartsCursor<'a> {
+    tables: &'a Tables,
+    forward: bool,
+    /// The partition being read, and its cursor.
+    at: usize,
+    cursor: crate::sorted::Cursor,
+}
+
+impl<'a> PartsCursor<'a> {
+    fn new(tables: &'a Tables, lo: Bound<&[u8]>, hi: Bound<&[u8]>, forward: bool) -> Result<Self> {
+        let at = match if forward { lo } else { hi } {
+            Bound::Included(k) | Bound::Excluded(k) => tables.part_index(k),
+            Bound::Unbounded if forward => 0,
+            Bound::Unbounded => tables.parts.len() - 1,
+        };
+        let cursor = tables.parts[at].cursor(lo, hi, forward)?;
+        Ok(PartsCursor {
+            tables,
+            forward,
+            at,
+            cursor,
+        })
+    }
+
+    fn next_entry(&mut self) -> Result<Option<(Bytes, Option<Bytes>)>> {
+        loop {
+            if let Some(entry) = self.cursor.next_entry()? {
+                return Ok(Some(entry));
+            }
+            let next = if self.forward {
+                Some(self.at + 1).filter(|&i| i < self.tables.parts.len())
+            } else {
+                self.at.checked_sub(1)
+            };
+            let Some(next) = next else { return Ok(None) };
+            self.at = next;
+            // The partitions' ranges are disjoint and in order: the next one lies wholly beyond
+            // the near bound; the far bound is the caller's to check.
+            self.cursor =
+                self.tables.parts[next].cursor(Bound::Unbounded, Bound::Unbounded, self.forward)?;
+        }
     }
 }
 

@@ -673,6 +673,14 @@ fn displayed(paths: &[PathBuf]) -> Vec<String> {
     paths.iter().map(|p| p.display().to_string()).collect()
 }
 
+/// Sorted files as JSON: path, bytes, entries.
+fn files_json(files: &[sturdykv::FileStats]) -> Value {
+    files
+        .iter()
+        .map(|f| json!({ "path": f.path.display().to_string(), "bytes": f.bytes, "entries": f.entries }))
+        .collect()
+}
+
 fn stat(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
     let s = ctx.db.stats()?;
     let quarantine = displayed(&s.recovery.quarantine_files);
@@ -683,11 +691,15 @@ fn stat(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
                 "path": ctx.db.path().display().to_string(),
                 "generation": s.generation,
                 "keys": s.keys,
-                "snapshot_bytes": s.snapshot_bytes,
-                "snapshot_keys": s.snapshot_keys,
+                "manifest": s.manifest,
+                "log_start": s.log_start,
+                "runs": files_json(&s.runs),
+                "partitions": files_json(&s.partitions),
+                "sorted_bytes": s.sorted_bytes(),
                 "wal_bytes": s.wal_bytes,
                 "memtable_bytes": s.memtable_bytes,
                 "next_sequence": s.next_sequence,
+                "flushes": s.flushes,
                 "compactions": s.compactions,
                 "replayed_records": s.recovery.replayed_records,
                 "truncated_bytes": s.recovery.truncated_bytes,
@@ -700,11 +712,34 @@ fn stat(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
     writeln!(out, "path              {}", ctx.db.path().display())?;
     writeln!(out, "generation        {}", s.generation)?;
     writeln!(out, "keys              {}", s.keys)?;
-    writeln!(out, "snapshot bytes    {}", s.snapshot_bytes)?;
-    writeln!(out, "snapshot keys     {}", s.snapshot_keys)?;
+    writeln!(out, "manifest          {}", s.manifest)?;
+    writeln!(out, "log start         {}", s.log_start)?;
+    writeln!(
+        out,
+        "runs              {} ({} bytes)",
+        s.runs.len(),
+        s.runs.iter().map(|f| f.bytes).sum::<u64>()
+    )?;
+    writeln!(
+        out,
+        "partitions        {} ({} bytes, {} keys)",
+        s.partitions.len(),
+        s.partitions.iter().map(|f| f.bytes).sum::<u64>(),
+        s.partition_entries()
+    )?;
+    for f in s.runs.iter().chain(&s.partitions) {
+        writeln!(
+            out,
+            "  {:<28} {:>12} bytes {:>10} entries",
+            f.path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            f.bytes,
+            f.entries
+        )?;
+    }
     writeln!(out, "wal bytes         {}", s.wal_bytes)?;
     writeln!(out, "memtable bytes    {}", s.memtable_bytes)?;
     writeln!(out, "next sequence     {}", s.next_sequence)?;
+    writeln!(out, "flushes           {}", s.flushes)?;
     writeln!(out, "compactions       {}", s.compactions)?;
     writeln!(out, "replayed records  {}", s.recovery.replayed_records)?;
     writeln!(out, "truncated bytes   {}", s.recovery.truncated_bytes)?;
@@ -748,13 +783,20 @@ fn compact(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
     if ctx.json {
         print_json(
             out,
-            json!({ "generation": s.generation, "keys": s.keys, "snapshot_bytes": s.snapshot_bytes }),
+            json!({
+                "generation": s.generation,
+                "keys": s.keys,
+                "partitions": s.partitions.len(),
+                "sorted_bytes": s.sorted_bytes(),
+            }),
         )?;
     } else {
         writeln!(
             out,
-            "compacted into generation {}: {} keys, snapshot {} bytes",
-            s.generation, s.keys, s.snapshot_bytes
+            "compacted: {} keys in {} partitions, {} bytes",
+            s.keys,
+            s.partitions.len(),
+            s.sorted_bytes()
         )?;
     }
     Ok(0)
@@ -984,9 +1026,8 @@ fn check(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
             out,
             json!({
                 "ok": true,
-                "snapshot": report.snapshot.as_ref().map(|p| p.display().to_string()),
-                "snapshot_entries": report.snapshot_entries,
-                "snapshot_bytes": report.snapshot_bytes,
+                "manifest": report.manifest.as_ref().map(|p| p.display().to_string()),
+                "files": files_json(&report.files),
                 "wal": report.wal.display().to_string(),
                 "wal_records": report.wal_records,
                 "wal_bytes": report.wal_bytes,
@@ -998,14 +1039,20 @@ fn check(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
         )?;
         return Ok(0);
     }
-    if let Some(snapshot) = &report.snapshot {
+    if let Some(manifest) = &report.manifest {
+        writeln!(out, "ok  {}", manifest.display())?;
+    }
+    for file in &report.files {
         writeln!(
             out,
             "ok  {}: {} entries, {} bytes",
-            snapshot.display(),
-            report.snapshot_entries,
-            report.snapshot_bytes
+            file.path.display(),
+            file.entries,
+            file.bytes
         )?;
+    }
+    for (wal, records) in &report.older_wals {
+        writeln!(out, "ok  {}: {} records", wal.display(), records)?;
     }
     writeln!(
         out,

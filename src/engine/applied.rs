@@ -1,6 +1,7 @@
 //! The applied view: what this handle's readers see, how far it has applied the log, and how it
-//! catches up on commits (its own, from memory; other processes', from the log) and on
-//! compactions made elsewhere (by reloading from the newest snapshot).
+//! catches up on commits (its own, from memory; other processes', from the log) and on flushes
+//! and compactions made elsewhere (by switching to the newest manifest's files, and replaying
+//! from its log start if a flush moved that).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -11,7 +12,7 @@ use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteG
 use crate::bytes::Bytes;
 use crate::error::Result;
 use crate::format::OpRef;
-use crate::locking::{COMMITTED_SEQ, SNAPSHOT_GENERATION};
+use crate::locking::{COMMITTED_SEQ, MANIFEST_NUMBER};
 use crate::sync::lock;
 use crate::view::View;
 use crate::wal::{Followed, Position, read_until};
@@ -29,19 +30,19 @@ pub(crate) struct Applied {
     /// The hint words as of the last time this handle caught up: while the shared page still
     /// holds these, no other process has committed or compacted since.
     pub(crate) seen_seq: AtomicU64,
-    pub(crate) seen_snapshot: AtomicU64,
+    pub(crate) seen_manifest: AtomicU64,
     /// Records this handle appended and has not applied to its view yet, by sequence number.
     pub(crate) own_records: Mutex<BTreeMap<u64, OwnRecord>>,
 }
 
 impl Applied {
     /// The view as recovered, at `position`, with the hint words as they were read at open.
-    pub(crate) fn new(view: View, position: Position, seen_seq: u64, seen_snapshot: u64) -> Self {
+    pub(crate) fn new(view: View, position: Position, seen_seq: u64, seen_manifest: u64) -> Self {
         Applied {
             view: ShardedLock::new(view),
             position: Mutex::new(position),
             seen_seq: AtomicU64::new(seen_seq),
-            seen_snapshot: AtomicU64::new(seen_snapshot),
+            seen_manifest: AtomicU64::new(seen_manifest),
             own_records: Mutex::default(),
         }
     }
@@ -66,40 +67,72 @@ pub(crate) struct OwnRecord {
 }
 
 impl Store {
-    /// Before an operation: if another handle committed or compacted since this one last looked
-    /// (the shared hint moved: two atomic loads), applies what changed. A read therefore sees
-    /// every write acknowledged anywhere before it started.
+    /// Before an operation: if another handle committed, flushed or compacted since this one
+    /// last looked (the shared hint moved: two atomic loads), applies what changed. A read
+    /// therefore sees every write acknowledged anywhere before it started.
     pub(crate) fn refresh(&self) -> Result<()> {
         if !self.store_lock.is_shared() {
             return Ok(());
         }
         let seq = self.store_lock.hint(COMMITTED_SEQ);
-        let snapshot = self.store_lock.hint(SNAPSHOT_GENERATION);
+        let manifest = self.store_lock.hint(MANIFEST_NUMBER);
         if seq == self.applied.seen_seq.load(Ordering::Acquire)
-            && snapshot == self.applied.seen_snapshot.load(Ordering::Acquire)
+            && manifest == self.applied.seen_manifest.load(Ordering::Acquire)
         {
             return Ok(());
         }
-        let ours = self
-            .applied
-            .read()
-            .snapshot
-            .as_ref()
-            .map_or(0, |s| s.generation());
-        if snapshot > ours {
-            // Another process compacted: start from its snapshot rather than keep the logs it
-            // replaced in memory.
-            let mut position = lock(&self.applied.position);
-            let target = seq.max(position.next_seq);
-            self.reload(&mut position, target)?;
+        let ours = self.applied.read().tables.manifest.number;
+        if manifest > ours {
+            self.switch_tables(seq)?;
         } else {
             self.catch_up(seq)?;
         }
         self.applied.seen_seq.store(seq, Ordering::Release);
         self.applied
-            .seen_snapshot
-            .store(snapshot, Ordering::Release);
+            .seen_manifest
+            .store(manifest, Ordering::Release);
         Ok(())
+    }
+
+    /// Another process installed a manifest: switch to its files. If only a compaction changed
+    /// them, the memtable stays as it is; if a flush moved the log start, the memtable's older
+    /// segments are in a run now, and the view is rebuilt from the files plus the segments from
+    /// the new start (about one memtable), rather than holding both.
+    fn switch_tables(&self, seq: u64) -> Result<()> {
+        let mut position = lock(&self.applied.position);
+        let vfs = self.options.vfs.as_ref();
+        let (log_start, open) = {
+            let state = self.applied.read();
+            (state.tables.manifest.log_start, state.tables.reusable())
+        };
+        let listing = crate::layout::list_store(vfs, &self.dir)?;
+        let newest = crate::manifest::read_newest(vfs, &self.dir, &listing);
+        match newest {
+            Ok(Some(m)) if m.log_start == log_start => {
+                match super::tables::open_tables(vfs, &self.dir, m, &open) {
+                    Ok(tables) => {
+                        let mut state = self.applied.write();
+                        // This handle's own install may have overtaken this one's read.
+                        if tables.manifest.number > state.tables.manifest.number {
+                            state.tables = std::sync::Arc::new(tables);
+                        }
+                        drop(state);
+                        drop(position);
+                        return self.catch_up(seq);
+                    }
+                    // A later install removed a file meanwhile: rebuild below.
+                    Err(crate::Error::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(_) => {}
+            Err(crate::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let target = seq.max(position.next_seq);
+        self.reload(&mut position, target)
     }
 
     /// Applies the committed log up to (not including) sequence number `target` to the view.
@@ -175,9 +208,11 @@ impl Store {
         Ok(())
     }
 
-    /// Rebuilds the view from the newest snapshot and the logs after it, up to `target`: when a
-    /// log this handle needs was compacted away, or another process installed a new snapshot.
+    /// Rebuilds the view from the newest manifest's files and the log segments after them, up
+    /// to `target`: when a segment this handle needs was flushed away, or another process moved
+    /// the log start.
     pub(crate) fn reload(&self, position: &mut Position, target: u64) -> Result<()> {
+        let open = self.applied.read().tables.reusable();
         let loaded = recovery::load(
             self.options.vfs.as_ref(),
             &self.dir,
@@ -185,6 +220,7 @@ impl Store {
             false,
             None,
             None,
+            &open,
         )?;
         *self.applied.write() = loaded.view;
         *position = loaded.position;

@@ -1,6 +1,7 @@
-//! The background compaction thread, and closing: the thread starts the first time a compaction is
-//! due (an open that only reads never pays for a thread), and the last handle's drop stops it and
-//! may compact before it returns ([`Options::compact_on_close`](crate::Options::compact_on_close)).
+//! The background thread that flushes and compacts, and closing: the thread starts the first time
+//! a flush or compaction is due (an open that only reads never pays for a thread), and the last
+//! handle's drop stops it and flushes before it returns
+//! ([`Options::compact_on_close`](crate::Options::compact_on_close)).
 
 use std::sync::Weak;
 use std::sync::atomic::Ordering;
@@ -41,6 +42,9 @@ fn spawn_compactor(weak: Weak<Store>) -> std::io::Result<(SyncSender<()>, JoinHa
         .spawn(move || {
             while woken.recv().is_ok() {
                 let Some(store) = weak.upgrade() else { break };
+                if let Err(e) = store.flush_if_due() {
+                    log::error!("background flush of {} failed: {e}", store.dir.display());
+                }
                 if let Err(e) = store.compact_if_due() {
                     log::error!(
                         "background compaction of {} failed: {e}",
@@ -80,9 +84,9 @@ impl Store {
         }
     }
 
-    /// Closes the store when the last handle goes: stops the compaction thread (finishing a
-    /// compaction it runs, unless closing may not compact), then compacts if this handle wrote
-    /// much of the log.
+    /// Closes the store when the last handle goes: stops the background thread (finishing a
+    /// compaction it runs, unless closing may not compact), then flushes what the log holds, so
+    /// that the next open replays nothing; failing that, vouches for this handle's last records.
     pub(crate) fn close(&self) {
         let options = &self.options;
         let compacts = options.compact_on_close && options.background_compaction;
@@ -101,8 +105,22 @@ impl Store {
             let _ = thread.join();
         }
         if compacts {
-            self.compact_before_closing();
+            self.flush_before_closing();
         }
+        // After a flush this handle has appended nothing to the live log: nothing to vouch for.
         self.vouch_before_closing();
+    }
+
+    /// Flushes before closing. Failures are logged: the log still holds everything.
+    fn flush_before_closing(&self) {
+        if self.options.read_only || self.poison.check().is_err() {
+            return;
+        }
+        if let Err(e) = self.flush_memtable() {
+            log::warn!(
+                "flushing {} before closing failed (the log keeps every write): {e}",
+                self.dir.display()
+            );
+        }
     }
 }

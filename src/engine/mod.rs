@@ -4,23 +4,28 @@
 //! - [`applied`]: the view readers see and how far it has applied the log; catching up on
 //!   commits and compactions made elsewhere.
 //! - [`commit`]: group commit, durability, and sharing syncs across processes.
-//! - [`compaction`] and [`compactor`]: folding the log into a new snapshot, and the background
-//!   thread (and the close) that runs it.
+//! - [`flush`]: writing the memtable out as a run, so that memory and replay stay bounded.
+//! - [`compaction`] and [`compactor`]: merging the runs into the partitions, and the background
+//!   thread (and the close) that flushes and compacts.
+//! - [`tables`]: the live set of sorted files: opening them, installing a manifest, removing
+//!   what no manifest names.
 //! - [`recovery`]: opening a store: the directory checks, the lock, the replay, the repair of a
 //!   torn tail.
 //! - [`repair`]: salvage on request of a store whose log has damaged acknowledged records.
 //! - [`verify`]: reading back and checking every byte of the store.
 //!
-//! Below the engine: the log (`wal`), the sorted snapshot file (`snapshot`), the memtable and the
-//! view over both, locking and the hint page, the file layout, the format, and the I/O layer.
+//! Below the engine: the log (`wal`), the sorted files (`sorted`), the manifest, the memtable and
+//! the view over them, locking and the hint page, the file layout, the format, and the I/O layer.
 //! Nothing here imports the public handle (`db`).
 
 pub(crate) mod applied;
 pub(crate) mod commit;
 pub(crate) mod compaction;
 pub(crate) mod compactor;
+pub(crate) mod flush;
 pub(crate) mod recovery;
 pub(crate) mod repair;
+pub(crate) mod tables;
 mod verify;
 
 use std::path::PathBuf;
@@ -29,21 +34,23 @@ use std::sync::{Arc, Weak};
 
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
-use crate::locking::{Access, COMMITTED_SEQ, SNAPSHOT_GENERATION, SYNCED_SEQ, StoreLock};
+use crate::locking::{Access, COMMITTED_SEQ, MANIFEST_NUMBER, SYNCED_SEQ, StoreLock};
 use crate::options::Options;
 use crate::poison::Poison;
-use crate::stats::{RecoveryReport, Stats};
+use crate::stats::{FileStats, RecoveryReport, Stats};
 use crate::sync::lock;
 
 use applied::Applied;
 use commit::GroupCommit;
 use compaction::CompactionState;
+use flush::FlushState;
 
 /// Counts of what this handle (all its clones) did since it was opened, for [`Stats`].
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) commits: AtomicU64,
     pub(crate) syncs: AtomicU64,
+    pub(crate) flushes: AtomicU64,
     pub(crate) compactions: AtomicU64,
     pub(crate) torn_tails_repaired: AtomicU64,
 }
@@ -56,7 +63,9 @@ pub(crate) struct Store {
     pub(crate) applied: Applied,
     /// The writers' queue, the syncs, and the log's appending end.
     pub(crate) commit: GroupCommit,
-    /// One compaction at a time, and the thread that runs them in the background.
+    /// One flush at a time.
+    pub(crate) flush: FlushState,
+    /// One compaction at a time, and the thread that flushes and compacts in the background.
     pub(crate) compaction: CompactionState,
     pub(crate) counters: Counters,
     /// Set after a failed sync: the handle refuses writes from then on.
@@ -84,13 +93,14 @@ impl Store {
             access,
         )?;
         let seen_seq = recovered.store_lock.hint(COMMITTED_SEQ);
-        let seen_snapshot = recovered.store_lock.hint(SNAPSHOT_GENERATION);
+        let seen_manifest = recovered.store_lock.hint(MANIFEST_NUMBER);
         let background = options.background_compaction && access != Access::ReadOnly;
         Ok(Arc::new_cyclic(|me| Store {
             me: me.clone(),
             dir,
-            applied: Applied::new(recovered.view, recovered.position, seen_seq, seen_snapshot),
+            applied: Applied::new(recovered.view, recovered.position, seen_seq, seen_manifest),
             commit: GroupCommit::new(recovered.writer),
+            flush: FlushState::new(recovered.flush_lock),
             compaction: CompactionState::new(recovered.compaction_lock, background),
             counters: Counters::default(),
             poison: Poison::default(),
@@ -138,16 +148,29 @@ impl Store {
         let state = self.applied.read();
         let frozen_bytes = state.frozen.as_ref().map_or(0, |f| f.approximate_bytes());
         let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let figures = |files: &[Arc<crate::sorted::SortedFile>]| {
+            files
+                .iter()
+                .map(|f| FileStats {
+                    path: f.path().to_owned(),
+                    bytes: f.file_bytes(),
+                    entries: f.len(),
+                })
+                .collect()
+        };
         Ok(Stats {
             generation: position.generation,
+            manifest: state.tables.manifest.number,
+            log_start: state.tables.manifest.log_start,
             keys: state.live_keys,
-            snapshot_bytes: state.snapshot.as_ref().map_or(0, |s| s.file_bytes()),
-            snapshot_keys: state.snapshot.as_ref().map_or(0, |s| s.len()),
+            runs: figures(&state.tables.runs),
+            partitions: figures(&state.tables.parts),
             wal_bytes: position.offset,
             memtable_bytes: (state.memtable.approximate_bytes() + frozen_bytes) as u64,
             next_sequence: position.next_seq,
             commits: count(&self.counters.commits),
             syncs: count(&self.counters.syncs),
+            flushes: count(&self.counters.flushes),
             compactions: count(&self.counters.compactions),
             torn_tails_repaired: count(&self.counters.torn_tails_repaired),
             durability: self.options.durability,

@@ -1,6 +1,7 @@
 //! Opening a store: check that the directory is ours before writing anything, take the lock, then
-//! rebuild the in-memory state from the files (replay the logs) and repair a damaged log tail so
-//! that new appends never sit behind garbage.
+//! rebuild the in-memory state from the files (the newest manifest's sorted files, then replay of
+//! the log segments from its log start) and repair a damaged log tail so that new appends never
+//! sit behind garbage. A writable open converts a store of format 1 (no manifest) first.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,22 +10,28 @@ use crate::bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::format::{LOG_FORMAT_VERSION, OpRef, WAL_HEADER_LEN, WalHeader};
 use crate::io::{EntryKind, OpenMode, Vfs};
+use crate::format::ManifestData;
 use crate::layout::{
-    HANDLES_LOCK_NAME, Listing, directory_fingerprint, list_store, snapshot_name, wal_name,
+    COMPACTION_LOCK_NAME, FLUSH_LOCK_NAME, HANDLES_LOCK_NAME, Listing, directory_fingerprint,
+    list_store, part_name, run_name, snapshot_name, wal_name,
 };
 use crate::locking::{
     APPENDED_SEQ, Access, COMMITTED_SEQ, CompactionLock, DIRECTORY_SYNCED, LOG_GENERATION,
-    SNAPSHOT_GENERATION, SYNCED_SEQ, StoreLock,
+    LOG_START, MANIFEST_NUMBER, SYNCED_SEQ, StoreLock,
 };
-use crate::snapshot::Snapshot;
+use crate::manifest;
+use crate::sorted::SortedFile;
 use crate::stats::RecoveryReport;
-use crate::view::{ReplayedOps, View};
+use crate::view::{ReplayedOps, Tables, View};
 use crate::wal::{self, LogWriter, Position, Stop};
+
+use super::tables::{OpenFiles, open_tables};
 
 /// Everything an open handle starts from.
 pub struct Recovered {
     pub store_lock: StoreLock,
     pub compaction_lock: CompactionLock,
+    pub flush_lock: CompactionLock,
     pub writer: LogWriter,
     pub position: Position,
     pub view: View,
@@ -48,7 +55,8 @@ pub fn open(
     }
 
     let store_lock = StoreLock::open(vfs, dir, access)?;
-    let compaction_lock = CompactionLock::open(vfs, dir, access)?;
+    let compaction_lock = CompactionLock::open(vfs, dir, COMPACTION_LOCK_NAME, access)?;
+    let flush_lock = CompactionLock::open(vfs, dir, FLUSH_LOCK_NAME, access)?;
     let writable = access != Access::ReadOnly;
     // Recovery holds the lock for its whole run: no writer appends, cuts a generation or removes
     // files meanwhile (a read-only open only waits for writers to finish).
@@ -63,23 +71,34 @@ pub fn open(
     // created and removed only under it. One listing serves the clean-up and the load.
     let mut listing = None;
     if writable {
-        // With no compaction running, nothing unfinished can be in progress: leftovers are
-        // garbage. (A running compaction cleans up after itself.)
-        let now = match compaction_lock.acquire(false)? {
-            Some(_compacting) => {
+        // With no flush or compaction running, nothing unfinished can be in progress:
+        // leftovers are garbage. (A running one cleans up after itself.)
+        let compacting = compaction_lock.acquire(false)?;
+        let flushing = flush_lock.acquire(false)?;
+        let now = match (compacting, flushing) {
+            (Some(_compacting), Some(_flushing)) => {
                 let (removed, left) = remove_garbage(vfs, dir)?;
                 report.removed_temporaries = removed;
                 left
             }
-            None => list_store(vfs, dir)?,
+            _ => list_store(vfs, dir)?,
         };
-        if now.wals.is_empty() && now.snapshots.is_empty() {
+        if now.wals.is_empty() && now.snapshots.is_empty() && !now.has_manifest() {
+            // A new store: its first log segment, then the manifest that names it.
             let header = WalHeader {
                 version: LOG_FORMAT_VERSION,
                 generation: 0,
                 first_seq: 1,
             };
             wal::create(vfs, dir, header)?;
+            manifest::install(
+                vfs,
+                dir,
+                &ManifestData {
+                    number: 1,
+                    ..ManifestData::default()
+                },
+            )?;
         } else {
             listing = Some(now);
         }
@@ -87,7 +106,7 @@ pub fn open(
 
     if !writable {
         let now = list_store(vfs, dir)?;
-        if now.wals.is_empty() && now.snapshots.is_empty() {
+        if now.wals.is_empty() && now.snapshots.is_empty() && !now.has_manifest() {
             // A power cut while the store was being created, before its first log was durable:
             // only a writable open can finish creating it.
             return Err(Error::NotAStore {
@@ -104,7 +123,15 @@ pub fn open(
         synced_seq: store_lock.hint(SYNCED_SEQ),
         directory: store_lock.hint(DIRECTORY_SYNCED),
     };
-    let mut loaded = load(vfs, dir, u64::MAX, writable, Some(durable), listing)?;
+    let mut loaded = load(
+        vfs,
+        dir,
+        u64::MAX,
+        writable,
+        Some(durable),
+        listing,
+        &OpenFiles::new(),
+    )?;
     report.replayed_records = loaded.replayed_records;
     report.quarantine_files = loaded.quarantine_files.clone();
     report.log_format_version = loaded.position.version;
@@ -157,22 +184,6 @@ pub fn open(
             );
         }
     }
-    if writable {
-        // Everything read was synced first.
-        store_lock.correct_hint(&guard, COMMITTED_SEQ, last.next_seq);
-        store_lock.correct_hint(&guard, SYNCED_SEQ, last.next_seq);
-        store_lock.correct_hint(&guard, APPENDED_SEQ, last.next_seq);
-        store_lock.correct_hint(&guard, LOG_GENERATION, last.generation);
-        store_lock.correct_hint(&guard, DIRECTORY_SYNCED, loaded.directory);
-        // Raised, never lowered: a compaction elsewhere may have installed a newer snapshot
-        // since this open listed the directory.
-        store_lock.raise_hint(
-            SNAPSHOT_GENERATION,
-            loaded.view.snapshot.as_ref().map_or(0, |s| s.generation()),
-        );
-    }
-    drop(guard);
-
     let allocated = match allocated {
         Some(size) => size,
         None => last
@@ -180,7 +191,7 @@ pub fn open(
             .size()
             .map_err(|e| Error::io("read the size of", &last.path, e))?,
     };
-    let writer = LogWriter::new(
+    let mut writer = LogWriter::new(
         last.path.clone(),
         Arc::clone(&last.file),
         last.version,
@@ -189,13 +200,118 @@ pub fn open(
         last.next_seq,
         allocated,
     );
+    let mut position = last;
+    let mut view = std::mem::take(&mut loaded.view);
+    if writable && view.tables.manifest.number == 0 {
+        // A store of format 1 (or one whose creation or conversion a crash interrupted).
+        let converted = convert(vfs, dir, &position, &view)?;
+        report.converted_from_format_1 = true;
+        writer = LogWriter::new(
+            converted.position.path.clone(),
+            Arc::clone(&converted.position.file),
+            converted.position.version,
+            converted.position.generation,
+            converted.position.offset,
+            converted.position.next_seq,
+            WAL_HEADER_LEN as u64,
+        );
+        position = converted.position;
+        view.tables = Arc::new(converted.tables);
+        loaded.directory = 0;
+    }
+    if writable {
+        // Everything read was synced first.
+        store_lock.correct_hint(&guard, COMMITTED_SEQ, position.next_seq);
+        store_lock.correct_hint(&guard, SYNCED_SEQ, position.next_seq);
+        store_lock.correct_hint(&guard, APPENDED_SEQ, position.next_seq);
+        store_lock.correct_hint(&guard, LOG_GENERATION, position.generation);
+        store_lock.correct_hint(&guard, DIRECTORY_SYNCED, loaded.directory);
+        // Raised, never lowered: a flush or compaction elsewhere may have installed a newer
+        // manifest since this open listed the directory.
+        store_lock.raise_hint(MANIFEST_NUMBER, view.tables.manifest.number);
+        store_lock.raise_hint(LOG_START, view.tables.manifest.log_start);
+    }
+    drop(guard);
     Ok(Recovered {
         store_lock,
         compaction_lock,
+        flush_lock,
         writer,
-        position: last,
-        view: std::mem::take(&mut loaded.view),
+        position,
+        view,
         report,
+    })
+}
+
+/// What a conversion leaves: the live segment it started, and the tables of its manifest.
+struct Converted {
+    position: Position,
+    tables: Tables,
+}
+
+/// Converts a store of format 1 to format 2, holding `LOCK` (and with the log's tail repaired):
+/// 1. start a new log segment of the current log version after the last one (durably), so that
+///    older builds, which refuse that version, can no longer open the store;
+/// 2. rename the snapshot `snap-<g>`, if there is one, to the partition `part-<g>` (the sorted
+///    format is the same; version 1 files hold no tombstones), and sync the directory;
+/// 3. install `MANIFEST-1`: that partition, replay from `wal-<g>`.
+///
+/// A crash at any step leaves a store that loads as before (a store with no manifest is read as
+/// format 1, a lone `part-<g>` taken as its snapshot) and is converted again at the next writable
+/// open.
+fn convert(vfs: &dyn Vfs, dir: &Path, last: &Position, view: &View) -> Result<Converted> {
+    last.file
+        .sync_data()
+        .map_err(|e| Error::io("sync", &last.path, e))?;
+    let header = WalHeader {
+        version: LOG_FORMAT_VERSION,
+        generation: last.generation + 1,
+        first_seq: last.next_seq,
+    };
+    let path = wal::create(vfs, dir, header)?;
+    let file = vfs
+        .open(&path, OpenMode::ReadWrite)
+        .map_err(|e| Error::io("open", &path, e))?;
+    let base = view.tables.parts.first();
+    let mut open = OpenFiles::new();
+    let parts = match base {
+        Some(base) => {
+            let id = base.generation();
+            let from = dir.join(snapshot_name(id));
+            let to = dir.join(part_name(id));
+            if base.path() == from {
+                vfs.rename(&from, &to)
+                    .map_err(|e| Error::io("rename into place", &from, e))?;
+                vfs.sync_dir(dir)
+                    .map_err(|e| Error::io("sync the directory", dir, e))?;
+            }
+            open.insert((false, id), Arc::clone(base));
+            vec![id]
+        }
+        None => Vec::new(),
+    };
+    let data = ManifestData {
+        number: 1,
+        log_start: view.tables.manifest.log_start,
+        live_keys: view.tables.manifest.live_keys,
+        next_part_id: parts.first().map_or(0, |id| id + 1),
+        runs: Vec::new(),
+        parts,
+    };
+    manifest::install(vfs, dir, &data)?;
+    log::info!(
+        "{}: converted the store to format 2 (a manifest, runs and partitions)",
+        dir.display()
+    );
+    // The base keeps its open file: a version 1 file, taken as a partition.
+    let tables = Tables::new(
+        data,
+        Vec::new(),
+        open.into_values().collect(),
+    )?;
+    Ok(Converted {
+        position: Position::start_of(&header, path, file),
+        tables,
     })
 }
 
@@ -260,30 +376,49 @@ fn check_before_locking(
     Ok(())
 }
 
-/// Removes unfinished temporaries and the files of generations older than the newest snapshot
-/// (a crash during a compaction's clean-up leaves them). Only with both locks held. Returns how
-/// many it removed, and the store's files that are left.
+/// Removes unfinished temporaries and every file the newest manifest does not name (a crash
+/// during a flush, a compaction or their clean-up leaves some); in a store of format 1, the files
+/// of generations older than the newest snapshot. Only with the flush and compaction locks held,
+/// and `LOCK`. Returns how many it removed, and the store's files that are left.
 fn remove_garbage(vfs: &dyn Vfs, dir: &Path) -> Result<(u64, Listing)> {
     let mut listing = list_store(vfs, dir)?;
-    let start = listing.snapshots.last().copied().unwrap_or(0);
-    let stale = listing
-        .wals
-        .iter()
-        .filter(|&&g| g < start)
-        .map(|&g| wal_name(g))
-        .chain(
-            listing
-                .snapshots
-                .iter()
-                .filter(|&&g| g < start)
-                .map(|&g| snapshot_name(g)),
-        );
-    let garbage: Vec<String> = listing.temporaries.iter().cloned().chain(stale).collect();
-    if !garbage.is_empty()
-        && let Some(&generation) = listing.wals.last()
-    {
+    if let Some(&generation) = listing.wals.last() {
         // Not the files of a newer sturdykv, whose names may mean something else.
         wal::open(vfs, &dir.join(wal_name(generation)), OpenMode::Read)?;
+    }
+    let mut garbage: Vec<String> = listing.temporaries.clone();
+    match manifest::read_newest(vfs, dir, &listing)? {
+        Some(live) => {
+            garbage.extend(listing.wals.iter().filter(|&&g| g < live.log_start).map(|&g| wal_name(g)));
+            garbage.extend(listing.snapshots.iter().map(|&g| snapshot_name(g)));
+            garbage.extend(listing.runs.iter().filter(|id| !live.runs.contains(id)).map(|&id| run_name(id)));
+            garbage.extend(listing.parts.iter().filter(|id| !live.parts.contains(id)).map(|&id| part_name(id)));
+            garbage.extend(
+                listing
+                    .manifests
+                    .iter()
+                    .filter(|&&n| n < live.number)
+                    .map(|&n| crate::layout::manifest_name(n)),
+            );
+            listing.wals.retain(|&g| g >= live.log_start);
+            listing.snapshots.clear();
+            listing.runs.retain(|id| live.runs.contains(id));
+            listing.parts.retain(|id| live.parts.contains(id));
+            listing.manifests.retain(|&n| n == live.number);
+        }
+        None => {
+            let start = listing.snapshots.last().copied().unwrap_or(0);
+            garbage.extend(listing.wals.iter().filter(|&&g| g < start).map(|&g| wal_name(g)));
+            garbage.extend(
+                listing
+                    .snapshots
+                    .iter()
+                    .filter(|&&g| g < start)
+                    .map(|&g| snapshot_name(g)),
+            );
+            listing.wals.retain(|&g| g >= start);
+            listing.snapshots.retain(|&g| g >= start);
+        }
     }
     for name in &garbage {
         vfs.remove_file(&dir.join(name))
@@ -294,8 +429,6 @@ fn remove_garbage(vfs: &dyn Vfs, dir: &Path) -> Result<(u64, Listing)> {
             .map_err(|e| Error::io("sync the directory", dir, e))?;
     }
     listing.temporaries.clear();
-    listing.wals.retain(|&g| g >= start);
-    listing.snapshots.retain(|&g| g >= start);
     Ok((garbage.len() as u64, listing))
 }
 
@@ -339,6 +472,7 @@ pub fn load(
     writable: bool,
     sync_first: Option<AlreadyDurable>,
     mut listing: Option<Listing>,
+    open: &OpenFiles,
 ) -> Result<Loaded> {
     let mut attempt = 0;
     loop {
@@ -347,7 +481,7 @@ pub fn load(
             Some(listing) => listing,
             None => list_store(vfs, dir)?,
         };
-        match load_once(vfs, dir, upto, writable, sync_first, listing) {
+        match load_once(vfs, dir, upto, writable, sync_first, listing, open) {
             Err(Error::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound && attempt < LOAD_ATTEMPTS => {}
             other => return other,
@@ -362,25 +496,15 @@ fn load_once(
     writable: bool,
     sync_first: Option<AlreadyDurable>,
     listing: Listing,
+    open: &OpenFiles,
 ) -> Result<Loaded> {
-    // The newest snapshot is the base; a damaged one is an error, never silently skipped (the
-    // logs it replaced may already be gone).
-    let base = match listing.snapshots.last() {
-        Some(&generation) => {
-            let path = dir.join(snapshot_name(generation));
-            let snapshot = Snapshot::open(vfs, &path)?;
-            if snapshot.generation() != generation {
-                return Err(Error::corruption(
-                    &path,
-                    16,
-                    format!("header says generation {}", snapshot.generation()),
-                ));
-            }
-            Some(Arc::new(snapshot))
-        }
-        None => None,
+    // The newest manifest's files are the base; a damaged one is an error, never silently
+    // skipped (the logs they replaced may already be gone).
+    let tables = match manifest::read_newest(vfs, dir, &listing)? {
+        Some(live) => open_tables(vfs, dir, live, open)?,
+        None => legacy_tables(vfs, dir, &listing)?,
     };
-    let start = base.as_ref().map_or(0, |s| s.generation());
+    let start = tables.manifest.log_start;
     // Replay wal-<start>, wal-<start+1>, ... with no gap.
     let replay: Vec<u64> = listing
         .wals
@@ -401,7 +525,8 @@ fn load_once(
         return Err(Error::corruption(
             dir.join(wal_name(start)),
             0,
-            "this log is missing: a snapshot must be followed by the log of its generation",
+            "this log is missing: the sorted files must be followed by the log the manifest \
+             replays from",
         ));
     }
     let mut logs = Vec::new();
@@ -441,8 +566,8 @@ fn load_once(
         .collect();
 
     let mut view = View {
-        live_keys: base.as_ref().map_or(0, |s| s.len()),
-        snapshot: base,
+        live_keys: tables.manifest.live_keys,
+        tables: Arc::new(tables),
         ..View::default()
     };
     let mut replayed = ReplayedOps::default();
@@ -519,4 +644,38 @@ fn load_once(
     loaded.replayed_records = replayed_records;
     loaded.directory = directory;
     Ok(loaded)
+}
+
+/// The tables of a store of format 1 (no manifest): its newest snapshot `snap-<g>` as the one
+/// partition, or the `part-<g>` an interrupted conversion renamed it to, replaying from `wal-<g>`
+/// (from `wal-0` without either). Read as number 0, which a writable open converts.
+fn legacy_tables(vfs: &dyn Vfs, dir: &Path, listing: &Listing) -> Result<Tables> {
+    let newest_snapshot = listing.snapshots.last().map(|&g| (g, snapshot_name(g)));
+    let renamed = listing.parts.last().map(|&g| (g, part_name(g)));
+    let base = match (newest_snapshot, renamed) {
+        (Some(s), Some(p)) if p.0 > s.0 => Some(p),
+        (Some(s), _) => Some(s),
+        (None, p) => p,
+    };
+    let Some((generation, name)) = base else {
+        return Tables::new(ManifestData::default(), Vec::new(), Vec::new());
+    };
+    let path = dir.join(name);
+    let snapshot = SortedFile::open(vfs, &path)?;
+    if snapshot.generation() != generation {
+        return Err(Error::corruption(
+            &path,
+            16,
+            format!("header says generation {}", snapshot.generation()),
+        ));
+    }
+    let data = ManifestData {
+        number: 0,
+        log_start: generation,
+        live_keys: snapshot.len(),
+        next_part_id: generation + 1,
+        runs: Vec::new(),
+        parts: vec![generation],
+    };
+    Tables::new(data, Vec::new(), vec![Arc::new(snapshot)])
 }

@@ -2,13 +2,15 @@
 //! were acknowledged does not open, because serving the records around them would be a state that
 //! may never have existed. A repair keeps every record that is intact, skips the damaged ones
 //! (naming their sequence numbers and whatever keys still parse in their bytes), keeps each
-//! damaged log whole in a quarantine file, and writes the result as a new generation: a snapshot
-//! of everything kept and an empty log after it, so that the store opens again.
+//! damaged file whole in a quarantine file, and writes the result as new partitions of everything
+//! kept, an empty log segment after them and a manifest naming both, so that the store opens
+//! again. (It holds what it keeps in memory: a repair needs memory for the whole store.)
 //!
-//! Crash safety is the compaction's: the new log is created first, then the new snapshot
-//! (temporary file, sync, rename, directory sync), and only then are the older files removed. A
-//! crash before the snapshot is renamed leaves the store as it was (plus an empty newer log that
-//! the next repair goes past); after it, the store opens from the new snapshot.
+//! Crash safety is a compaction's: the new log segment is created first, then the partitions
+//! (temporary file, sync, rename, directory sync each), then the manifest, and only then are the
+//! older files removed. A crash before the manifest is renamed leaves the store as it was (plus
+//! files no manifest names, which the next open removes); after it, the store opens from the new
+//! partitions.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,17 +19,21 @@ use crate::bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::format::{LOG_FORMAT_VERSION, OpRef, WAL_HEADER_LEN, WalHeader, keys_in_damaged_record};
 use crate::io::{EntryKind, OpenMode, Vfs, write_file_atomically};
-use crate::layout::{StoreFile, classify, list_store, quarantine_name, snapshot_name, wal_name};
+use crate::format::ManifestData;
+use crate::layout::{
+    COMPACTION_LOCK_NAME, FLUSH_LOCK_NAME, StoreFile, classify, list_store, part_name,
+    quarantine_name, run_name, snapshot_name, wal_name,
+};
 use crate::locking::{
     APPENDED_SEQ, Access, COMMITTED_SEQ, CompactionLock, DIRECTORY_SYNCED, LOG_GENERATION,
-    SNAPSHOT_GENERATION, SYNCED_SEQ, StoreLock,
+    LOG_START, MANIFEST_NUMBER, SYNCED_SEQ, StoreLock,
 };
 use crate::memtable::Memtable;
-use crate::snapshot::Snapshot;
+use crate::sorted::{SortedFile, SortedWriter};
 use crate::stats::{LostKeys, LostRecords, RepairReport};
 use crate::wal::{self, Stop, repair::look_beyond};
 
-use super::compaction::write_merged;
+use std::ops::Bound;
 
 /// Salvages the store in `dir`, holding it exclusively (every other open fails with
 /// `Error::Locked` meanwhile, and the repair fails so if another handle has the store open).
@@ -53,7 +59,7 @@ fn salvage(vfs: &dyn Vfs, dir: &Path, write: bool) -> Result<RepairReport> {
         });
     }
     let listing = list_store(vfs, dir)?;
-    if listing.wals.is_empty() && listing.snapshots.is_empty() {
+    if listing.wals.is_empty() && listing.snapshots.is_empty() && !listing.has_manifest() {
         return Err(Error::NotAStore {
             path: dir.to_owned(),
             reason: "it holds no sturdykv log or snapshot".into(),
@@ -65,8 +71,10 @@ fn salvage(vfs: &dyn Vfs, dir: &Path, write: bool) -> Result<RepairReport> {
         Access::ReadOnly
     };
     let store_lock = StoreLock::open(vfs, dir, access)?;
-    let compaction_lock = CompactionLock::open(vfs, dir, access)?;
+    let compaction_lock = CompactionLock::open(vfs, dir, COMPACTION_LOCK_NAME, access)?;
     let _no_compaction = compaction_lock.acquire(true)?;
+    let flush_lock = CompactionLock::open(vfs, dir, FLUSH_LOCK_NAME, access)?;
+    let _no_flush = flush_lock.acquire(true)?;
     let guard = if write {
         store_lock.exclusive()?
     } else {
@@ -77,41 +85,50 @@ fn salvage(vfs: &dyn Vfs, dir: &Path, write: bool) -> Result<RepairReport> {
 
     let mut report = RepairReport::default();
     let mut kept = Memtable::default();
-    // The newest snapshot is the base if it is intact. If some of its blocks are damaged, the
-    // entries of the others are kept (and the damaged blocks' key ranges named); a snapshot
+    // The sorted files, oldest layer first (the partitions, then the runs from oldest to
+    // newest), each loaded into `kept` over the ones before. An intact file is read whole; of a
+    // damaged one, the intact blocks are kept and each damaged block's key range named. A file
     // whose header, footer or index is damaged cannot be salvaged.
-    let (base, start) = match listing.snapshots.last() {
-        Some(&generation) => {
-            let path = dir.join(snapshot_name(generation));
-            let snapshot = Snapshot::open(vfs, &path)?;
-            match snapshot.verify(|_| {}) {
-                Ok(()) => (Some(Arc::new(snapshot)), generation),
-                Err(Error::Corruption { .. }) => {
-                    let salvaged = snapshot.salvage()?;
-                    for (key, value) in salvaged.entries {
-                        kept.insert(key, Some(value));
-                    }
-                    if write && !salvaged.lost.is_empty() {
-                        copy_to_quarantine(vfs, dir, &path, generation, salvaged.lost[0].offset)
-                            .map(|q| report.quarantine_files.push(q))?;
-                    }
-                    report.lost_keys = salvaged
-                        .lost
-                        .into_iter()
-                        .map(|block| LostKeys {
-                            file: path.clone(),
-                            offset: block.offset,
-                            from: block.first_key,
-                            below: block.next_key,
-                        })
-                        .collect();
-                    (None, generation)
-                }
-                Err(other) => return Err(other),
-            }
+    let (files, start) = match crate::manifest::read_newest(vfs, dir, &listing)? {
+        Some(live) => {
+            let parts = live.parts.iter().map(|&id| part_name(id));
+            let runs = live.runs.iter().rev().map(|&id| run_name(id));
+            (parts.chain(runs).collect::<Vec<_>>(), live.log_start)
         }
-        None => (None, 0),
+        None => match listing.snapshots.last() {
+            Some(&generation) => (vec![snapshot_name(generation)], generation),
+            None => (Vec::new(), 0),
+        },
     };
+    for name in files {
+        let path = dir.join(&name);
+        let file = Arc::new(SortedFile::open(vfs, &path)?);
+        match file.verify(|_| {}) {
+            Ok(()) => {
+                let mut stream = file.stream();
+                while let Some((key, value)) = stream.next_entry()? {
+                    kept.insert(Bytes::from(key), value.map(Bytes::from));
+                }
+            }
+            Err(Error::Corruption { .. }) => {
+                let salvaged = file.salvage()?;
+                for (key, value) in salvaged.entries {
+                    kept.insert(key, value);
+                }
+                if write && !salvaged.lost.is_empty() {
+                    copy_to_quarantine(vfs, dir, &path, file.generation(), salvaged.lost[0].offset)
+                        .map(|q| report.quarantine_files.push(q))?;
+                }
+                report.lost_keys.extend(salvaged.lost.into_iter().map(|block| LostKeys {
+                    file: path.clone(),
+                    offset: block.offset,
+                    from: block.first_key,
+                    below: block.next_key,
+                }));
+            }
+            Err(other) => return Err(other),
+        }
+    }
     let mut next_seq = None;
     for &generation in listing.wals.iter().filter(|&&g| g >= start) {
         let path = dir.join(wal_name(generation));
@@ -194,11 +211,14 @@ fn salvage(vfs: &dyn Vfs, dir: &Path, write: bool) -> Result<RepairReport> {
     if !write {
         return Ok(report);
     }
-    // The new generation: its log first (empty, continuing the sequence), then the snapshot.
+    // The new state: its log segment first (empty, continuing the sequence), then the
+    // partitions, then the manifest that names them; only then are the older files removed.
     let generation = listing
         .wals
         .iter()
         .chain(&listing.snapshots)
+        .chain(&listing.runs)
+        .chain(&listing.parts)
         .max()
         .map_or(0, |g| g + 1);
     let first_seq = next_seq.unwrap_or(1);
@@ -211,16 +231,59 @@ fn salvage(vfs: &dyn Vfs, dir: &Path, write: bool) -> Result<RepairReport> {
             first_seq,
         },
     )?;
-    let snapshot = write_merged(vfs, dir, &kept, base.as_ref(), generation, || false, |_| {})?
-        .ok_or_else(|| Error::corruption(dir, 0, "the salvage was cancelled"))?;
-    report.keys = Snapshot::open(vfs, &snapshot)?.len();
+    let mut parts = Vec::new();
+    let mut out: Option<SortedWriter> = None;
+    let mut next_id = generation;
+    for (key, value) in kept.range(Bound::Unbounded, Bound::Unbounded) {
+        let Some(value) = value else { continue };
+        if out
+            .as_ref()
+            .is_some_and(|w| w.bytes_written() >= crate::options::DEFAULT_PARTITION_BYTES)
+            && let Some(full) = out.take()
+        {
+            full.finish()?;
+        }
+        if out.is_none() {
+            parts.push(next_id);
+            out = Some(SortedWriter::create(
+                vfs,
+                dir,
+                part_name(next_id),
+                next_id,
+                kept.len() as u64,
+            )?);
+            next_id += 1;
+        }
+        if let Some(w) = out.as_mut() {
+            w.add(&key, Some(&value))?;
+            report.keys += 1;
+        }
+    }
+    if let Some(last) = out.take() {
+        last.finish()?;
+    }
+    let number = listing.manifests.last().map_or(1, |n| n + 1);
+    let installed = ManifestData {
+        number,
+        log_start: generation,
+        live_keys: report.keys,
+        next_part_id: next_id,
+        runs: Vec::new(),
+        parts,
+    };
+    crate::manifest::install(vfs, dir, &installed)?;
     for name in vfs
         .list(dir)
         .map_err(|e| Error::io("list the store directory", dir, e))?
     {
-        if let StoreFile::Wal(g) | StoreFile::Snapshot(g) = classify(&name)
-            && g < generation
-        {
+        let old = match classify(&name) {
+            StoreFile::Wal(g) => g < generation,
+            StoreFile::Snapshot(_) | StoreFile::Run(_) => true,
+            StoreFile::Part(id) => !installed.parts.contains(&id),
+            StoreFile::Manifest(n) => n < number,
+            _ => false,
+        };
+        if old {
             let path = dir.join(&name);
             vfs.remove_file(&path)
                 .map_err(|e| Error::io("remove old file", &path, e))?;
@@ -234,13 +297,14 @@ fn salvage(vfs: &dyn Vfs, dir: &Path, write: bool) -> Result<RepairReport> {
         (SYNCED_SEQ, first_seq),
         (APPENDED_SEQ, first_seq),
         (LOG_GENERATION, generation),
-        (SNAPSHOT_GENERATION, generation),
+        (MANIFEST_NUMBER, number),
+        (LOG_START, generation),
         (DIRECTORY_SYNCED, 0),
     ] {
         store_lock.correct_hint(&guard, word, value);
     }
     report.generation = generation;
-    report.snapshot = snapshot;
+    report.snapshot = dir.join(crate::layout::manifest_name(number));
     Ok(report)
 }
 

@@ -4,15 +4,18 @@
 //! This module is the code side of `docs/FORMAT.md`; the two must change together, and the golden
 //! tests pin every byte. All integers are fixed-width little-endian.
 
+mod manifest;
 mod snapshot;
 mod wal;
 
+pub use manifest::*;
 pub use snapshot::*;
 pub use wal::*;
 
-/// Version of the snapshot files this build writes; files with a higher version are refused.
-/// (Logs have their own version, [`LOG_FORMAT_VERSION`].)
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// Version of the sorted files (runs and partitions) this build writes; files with a higher
+/// version are refused. Version 1 files (the snapshots of store format 1) are still read.
+/// (Logs and manifests have their own versions.)
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 
 /// Why a file header (or footer) could not be decoded; the caller attaches the file name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! The snapshot's byte layout (docs/FORMAT.md, "Snapshot file").
+//! The sorted file's byte layout (docs/FORMAT.md, "Sorted file"): runs, partitions and the
+//! version 1 snapshots.
 //!
 //! ```text
 //! header (32 bytes)
@@ -81,10 +82,14 @@ pub const ENTRY_HEADER_LEN: usize = 8;
 /// A block is closed once it holds at least this many bytes.
 pub const TARGET_BLOCK_LEN: usize = 4096;
 
-/// The snapshot header.
+/// The sorted file's header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapHeader {
-    /// The generation (`snap-<generation>`): the state as of the start of that generation.
+    /// 1: a version 1 snapshot (`snap-<generation>`, no tombstones); 2: a run or partition
+    /// (`run-<id>`, `part-<id>`), whose entries may be tombstones.
+    pub version: u32,
+    /// Version 1: the generation (the state as of the start of that generation). Version 2: the
+    /// file's id, as in its name.
     pub generation: u64,
 }
 
@@ -93,7 +98,7 @@ impl SnapHeader {
     pub fn encode(&self) -> [u8; SNAP_HEADER_LEN] {
         let mut out = [0u8; SNAP_HEADER_LEN];
         out[S_MAGIC_AT..S_VERSION_AT].copy_from_slice(&SNAP_MAGIC);
-        out[S_VERSION_AT..S_FLAGS_AT].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+        out[S_VERSION_AT..S_FLAGS_AT].copy_from_slice(&self.version.to_le_bytes());
         out[S_GENERATION_AT..S_CRC_AT].copy_from_slice(&self.generation.to_le_bytes());
         let crc = crc32fast::hash(&out[..S_CRC_AT]);
         out[S_CRC_AT..S_RESERVED_AT].copy_from_slice(&crc.to_le_bytes());
@@ -125,6 +130,7 @@ impl SnapHeader {
             });
         }
         Ok(SnapHeader {
+            version,
             generation: read_u64(bytes, S_GENERATION_AT),
         })
     }
@@ -374,15 +380,15 @@ pub struct BlockBuilder {
 }
 
 impl BlockBuilder {
-    /// Adds an entry; keys must come in strictly increasing order.
-    pub fn add(&mut self, key: &[u8], value: &[u8]) {
+    /// Adds an entry (`None`: a tombstone); keys must come in strictly increasing order.
+    pub fn add(&mut self, key: &[u8], value: Option<&[u8]>) {
         self.offsets.push(self.entries.len() as u32);
         self.entries
             .extend_from_slice(&(key.len() as u32).to_le_bytes());
-        self.entries
-            .extend_from_slice(&(value.len() as u32).to_le_bytes());
+        let value_len = value.map_or(TOMBSTONE_LEN, |v| v.len() as u32);
+        self.entries.extend_from_slice(&value_len.to_le_bytes());
         self.entries.extend_from_slice(key);
-        self.entries.extend_from_slice(value);
+        self.entries.extend_from_slice(value.unwrap_or_default());
     }
 
     /// Bytes the block will take.
@@ -482,13 +488,22 @@ pub struct EntryPos {
     pub value_len: usize,
     /// Start of the next entry.
     pub next: usize,
+    /// The entry is a tombstone (its value length field is [`TOMBSTONE_LEN`]; `value_len` is 0).
+    pub tombstone: bool,
 }
+
+/// The value length that marks a tombstone (version 2 files): a delete that must hide an older
+/// value in a lower file. No value is this long (`MAX_VALUE_LEN` is far below).
+pub const TOMBSTONE_LEN: u32 = u32::MAX;
+const _: () = assert!((crate::limits::MAX_VALUE_LEN as u64) < TOMBSTONE_LEN as u64);
 
 /// Decodes the entry at `at` of a block body, if it fits.
 pub fn entry_at(body: &[u8], at: usize) -> Option<EntryPos> {
     let header = body.get(at..at + ENTRY_HEADER_LEN)?;
     let key_len = read_u32(header, 0) as usize;
-    let value_len = read_u32(header, 4) as usize;
+    let raw_value_len = read_u32(header, 4);
+    let tombstone = raw_value_len == TOMBSTONE_LEN;
+    let value_len = if tombstone { 0 } else { raw_value_len as usize };
     let key = at + ENTRY_HEADER_LEN;
     let value = key.checked_add(key_len)?;
     let next = value.checked_add(value_len)?;
@@ -498,6 +513,7 @@ pub fn entry_at(body: &[u8], at: usize) -> Option<EntryPos> {
         value,
         value_len,
         next,
+        tombstone,
     })
 }
 
@@ -509,10 +525,14 @@ mod tests {
     /// computed independently (Python's `zlib.crc32`).
     #[test]
     fn golden_snapshot() {
-        let mut file = SnapHeader { generation: 3 }.encode().to_vec();
+        let header = SnapHeader {
+            version: 1,
+            generation: 3,
+        };
+        let mut file = header.encode().to_vec();
         let mut block = BlockBuilder::default();
-        block.add(b"a", b"1");
-        block.add(b"bc", b"");
+        block.add(b"a", Some(b"1"));
+        block.add(b"bc", Some(b""));
         let block_offset = file.len() as u64;
         let bytes = block.finish().to_vec();
         file.extend_from_slice(&bytes);
@@ -581,7 +601,7 @@ mod tests {
         );
         let hex: String = file.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, expected_hex);
-        assert_eq!(SnapHeader::decode(&file), Ok(SnapHeader { generation: 3 }));
+        assert_eq!(SnapHeader::decode(&file), Ok(header));
         let footer = SnapFooter::decode(&file[file.len() - SNAP_FOOTER_LEN..]).expect("footer");
         assert_eq!(footer.entry_count, 2);
         assert_eq!(footer.meta_len(), Some(40 + 1 + 64));
@@ -604,8 +624,8 @@ mod tests {
     #[test]
     fn every_flipped_bit_in_a_block_is_detected() {
         let mut block = BlockBuilder::default();
-        block.add(b"key", b"value");
-        block.add(b"key2", b"value2");
+        block.add(b"key", Some(b"value"));
+        block.add(b"key2", None);
         let bytes = block.finish().to_vec();
         for bit in 0..bytes.len() * 8 {
             let mut damaged = bytes.clone();

@@ -23,9 +23,14 @@ use crate::limits::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
 /// First eight bytes of every write-ahead log file.
 pub const WAL_MAGIC: [u8; 8] = *b"SKVLOG\r\n";
 
-/// The log format this build writes. Its records carry the durable horizon: every record with a
-/// lower sequence number was durable when the record was appended.
-pub const LOG_FORMAT_VERSION: u32 = 2;
+/// The log format this build writes: the records of version 2 (each carries the durable horizon:
+/// every record with a lower sequence number was durable when the record was appended), in a
+/// segment of a store of format 2, whose live set a manifest names. Builds that know only version
+/// 2 refuse it, so that they cannot misread a converted store.
+pub const LOG_FORMAT_VERSION: u32 = 3;
+/// The log format of stores of format 1 whose records carry the durable horizon; read, and
+/// converted by a writable open.
+pub const LOG_FORMAT_V2: u32 = 2;
 /// The first log format, whose records carry no durable horizon. Read, and appended to in its own
 /// format until the next compaction starts a log of the current version.
 pub const LOG_FORMAT_V1: u32 = 1;

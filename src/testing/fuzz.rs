@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::format::{Frame, LOG_FORMAT_V1, LOG_FORMAT_VERSION, OpRef, decode_frame, encode_record};
 use crate::io::{OpenMode, Vfs};
-use crate::snapshot::Snapshot;
+use crate::sorted::SortedFile;
 use crate::testing::campaign::dump;
 use crate::testing::sim::{CrashModel, SimVfs};
 use crate::{Batch, Db, Options};
@@ -53,7 +53,7 @@ pub fn snapshot(data: &[u8]) {
         return;
     }
     drop(file);
-    let Ok(snapshot) = Snapshot::open(&vfs, path) else {
+    let Ok(snapshot) = SortedFile::open(&vfs, path) else {
         return;
     };
     let snapshot = Arc::new(snapshot);
@@ -61,7 +61,7 @@ pub fn snapshot(data: &[u8]) {
     let probes: [&[u8]; 4] = [b"", b"a", &data[..data.len().min(8)], b"\xff\xff"];
     for key in probes {
         let _ = snapshot.get(key);
-        let _ = snapshot.contains(key);
+        let _ = snapshot.knows(key);
     }
     for forward in [true, false] {
         if let Ok(mut cursor) = snapshot.cursor(Bound::Unbounded, Bound::Unbounded, forward) {

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::format::{Record, WAL_HEADER_LEN, WalHeader};
 use crate::io::{OpenMode, Vfs, VfsFile};
 use crate::layout::{StoreFile, classify, wal_name};
-use crate::locking::{SNAPSHOT_GENERATION, StoreLock};
+use crate::locking::{LOG_START, StoreLock};
 use crate::poison::Poison;
 
 use super::{Damage, LogWriter, Stop, open, read_header, repair_tail, scan};
@@ -112,26 +112,6 @@ pub fn read_until(
     Ok(Followed::Reached)
 }
 
-/// The newest log, starting from the one at `path`: that one, or a later one another process cut.
-pub fn newest_log(
-    vfs: &dyn Vfs,
-    dir: &Path,
-    mut path: PathBuf,
-    mut file: Arc<dyn VfsFile>,
-) -> Result<(PathBuf, Arc<dyn VfsFile>)> {
-    loop {
-        let header = read_header(file.as_ref(), &path)?;
-        let next = dir.join(wal_name(header.generation + 1));
-        match open(vfs, &next, OpenMode::Read) {
-            Ok((next_file, _)) => (path, file) = (next, next_file),
-            Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
-                return Ok((path, file));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// Holding `LOCK`: brings `writer` to the true end of the log, past whatever other processes
 /// appended, into a newer generation if one was cut, and cuts off a torn record a killed process
 /// left, so that nothing is appended behind garbage. Returns how many torn records it cut off.
@@ -191,9 +171,9 @@ pub fn follow_to_end(
         let (file, header) = match open(vfs, &path, OpenMode::ReadWrite) {
             Ok(opened) => opened,
             Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
-                // A log is removed only after a snapshot of a later generation is installed,
+                // A segment is removed only after a manifest that starts replay later is installed,
                 // which the hint announces first: without one, ours is still the newest.
-                let removable = store_lock.hint(SNAPSHOT_GENERATION) > writer.generation();
+                let removable = store_lock.hint(LOG_START) > writer.generation();
                 let unlinked = removable
                     && writer
                         .file()

@@ -184,7 +184,7 @@ impl Store {
         self.poison.check()?;
         self.store_lock.raise_hint(COMMITTED_SEQ, end_seq);
         self.catch_up(end_seq)?;
-        if self.compaction_due() {
+        if self.flush_due() || self.compaction_due() {
             self.wake_compactor();
         }
         Ok(())

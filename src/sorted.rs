@@ -1,8 +1,11 @@
-//! Snapshots: the whole state as of the start of a generation, in one immutable, sorted file.
+//! Sorted files: immutable, sorted runs of entries (a flushed memtable, `run-<id>`, or one
+//! key-range partition of the compacted state, `part-<id>`; the version 1 `snap-<generation>` is
+//! the same format without tombstones). An entry is a value or, in version 2, a tombstone that
+//! hides the key in the files below.
 //!
-//! A snapshot is read through a memory map: opening checks only the header, the footer and the
+//! A sorted file is read through a memory map: opening checks only the header, the footer and the
 //! (small) block index, so it costs the same for ten keys and for ten million. Each data block's
-//! CRC is checked the first time the block is touched, and [`Snapshot::verify`] checks every byte.
+//! CRC is checked the first time the block is touched, and [`SortedFile::verify`] checks every byte.
 //! Keys and values are served straight from the map.
 
 use std::ops::Bound;
@@ -18,13 +21,15 @@ use crate::format::{
     SNAP_HEADER_LEN, SnapFooter, SnapHeader, TARGET_BLOCK_LEN,
 };
 use crate::io::{Mapping, OpenMode, Vfs, VfsFile};
-use crate::layout::snapshot_name;
 
 /// An open, memory-mapped snapshot.
 #[derive(Debug)]
-pub struct Snapshot {
+pub struct SortedFile {
     path: PathBuf,
+    /// The id (version 2) or generation (version 1) in the header.
     generation: u64,
+    /// The file's format version: 1 (a snapshot of store format 1) or 2.
+    version: u32,
     map: Arc<dyn Mapping>,
     /// The open file, for reads that should not go through the map.
     file: Arc<dyn VfsFile>,
@@ -64,10 +69,10 @@ fn check_once(set: &[AtomicU64], i: usize, check: impl FnOnce() -> Result<()>) -
     Ok(())
 }
 
-impl Snapshot {
+impl SortedFile {
     /// Opens and checks the snapshot at `path`: its header, its footer and the small array of
     /// page checksums. Nothing else is read until it is needed.
-    pub fn open(vfs: &dyn Vfs, path: &Path) -> Result<Snapshot> {
+    pub fn open(vfs: &dyn Vfs, path: &Path) -> Result<SortedFile> {
         let file = vfs
             .open(path, OpenMode::Read)
             .map_err(|e| Error::io("open", path, e))?;
@@ -125,9 +130,10 @@ impl Snapshot {
         let block_count = footer.block_count as usize;
         let index_at = block_count * PREFIX_LEN;
         let keys_at = index_at + block_count * INDEX_ENTRY_LEN;
-        Ok(Snapshot {
+        Ok(SortedFile {
             path: path.to_owned(),
             generation: header.generation,
+            version: header.version,
             meta_offset: footer.meta_offset as usize,
             meta_len: meta_len as usize,
             page_crcs_offset,
@@ -144,9 +150,22 @@ impl Snapshot {
         })
     }
 
-    /// The snapshot's generation, from its header.
+    /// The file's id (version 2) or generation (version 1), from its header.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The file's format version, from its header.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The smallest key in the file (`None` if it is empty), from the index.
+    pub fn first_key_in_file(&self) -> Result<Option<&[u8]>> {
+        if self.block_count == 0 {
+            return Ok(None);
+        }
+        self.first_key(0).map(Some)
     }
 
     /// Number of entries.
@@ -317,8 +336,8 @@ impl Snapshot {
         &self.map.bytes()[e.key..e.key + e.key_len]
     }
 
-    /// The value of `key`, if the snapshot has it.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+    /// The entry for `key`: `None` if the file has none, `Some(None)` for a tombstone.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Option<Bytes>>> {
         if self.block_count == 0 || !self.may_contain(key)? {
             return Ok(None);
         }
@@ -327,20 +346,23 @@ impl Snapshot {
         let base = entry.offset as usize;
         // `block` passed `check_block`: its offsets and entries are consistent.
         Ok(Self::search_block(block, key)
-            .map(|e| Bytes::mapped(&self.map, base + e.value, e.value_len)))
+            .map(|e| (!e.tombstone).then(|| Bytes::mapped(&self.map, base + e.value, e.value_len))))
     }
 
     /// Whether the snapshot holds `key`, for the write path. The data block is read with `pread`
     /// rather than through the map: a write of a new key that the filter lets through (about
     /// 0.3 % of them) would otherwise fault in, and keep resident, the 64 KiB around the block.
-    pub fn contains(&self, key: &[u8]) -> Result<bool> {
+    ///
+    /// `None` if the file has no entry for `key`; `Some(live)` if it has one, `false` for a
+    /// tombstone.
+    pub fn knows(&self, key: &[u8]) -> Result<Option<bool>> {
         if self.block_count == 0 || !self.may_contain(key)? {
-            return Ok(false);
+            return Ok(None);
         }
         let i = self.block_for(key)?;
         if self.verified[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0 {
             // Read through the map before, so already resident: no need for a system call.
-            return Ok(Self::search_block(self.block(i)?.1, key).is_some());
+            return Ok(Self::search_block(self.block(i)?.1, key).map(|e| !e.tombstone));
         }
         let entry = self.index_entry(i)?;
         let mut block = vec![0u8; entry.len as usize];
@@ -350,7 +372,7 @@ impl Snapshot {
         format::check_block(&block, entry.entries)
             .map_err(|reason| Error::corruption(&self.path, entry.offset, reason))?;
         let body = &block[..block.len() - BLOCK_CRC_LEN];
-        Ok(Self::search_block(body, key).is_some())
+        Ok(Self::search_block(body, key).map(|e| !e.tombstone))
     }
 
     /// Binary-searches a checked block body for `key`.
@@ -517,7 +539,7 @@ impl Snapshot {
                     while let Some(e) = format::entry_at(body, at) {
                         salvaged.entries.push((
                             Bytes::from(&body[e.key..e.key + e.key_len]),
-                            Bytes::from(&body[e.value..e.next]),
+                            (!e.tombstone).then(|| Bytes::from(&body[e.value..e.next])),
                         ));
                         at = e.next;
                     }
@@ -556,11 +578,11 @@ impl Snapshot {
     }
 }
 
-/// What [`Snapshot::salvage`] could read.
+/// What [`SortedFile::salvage`] could read.
 #[derive(Debug, Default)]
 pub struct Salvaged {
     /// The entries of the intact blocks, in key order.
-    pub entries: Vec<(Bytes, Bytes)>,
+    pub entries: Vec<(Bytes, Option<Bytes>)>,
     /// The damaged blocks.
     pub lost: Vec<LostBlock>,
 }
@@ -576,9 +598,9 @@ pub struct LostBlock {
     pub next_key: Option<Vec<u8>>,
 }
 
-/// The entries of a snapshot in order, read with `pread` (see [`Snapshot::stream`]).
+/// The entries of a snapshot in order, read with `pread` (see [`SortedFile::stream`]).
 pub struct Stream {
-    snapshot: Arc<Snapshot>,
+    snapshot: Arc<SortedFile>,
     file: Arc<dyn VfsFile>,
     next_block: usize,
     /// Bytes read ahead, starting at file offset `buf_start`.
@@ -648,20 +670,15 @@ impl Stream {
         }
     }
 
-    /// The next entry's key, without moving.
-    pub fn peek_key(&mut self) -> Result<Option<&[u8]>> {
-        Ok(self.current()?.map(|e| &self.buf[e.key..e.key + e.key_len]))
-    }
-
     /// The next entry, then moves past it.
-    pub fn next_entry(&mut self) -> Result<Option<(&[u8], &[u8])>> {
+    pub fn next_entry(&mut self) -> Result<Option<(&[u8], Option<&[u8]>)>> {
         let Some(e) = self.current()? else {
             return Ok(None);
         };
         self.at = e.next;
         Ok(Some((
             &self.buf[e.key..e.key + e.key_len],
-            &self.buf[e.value..e.value + e.value_len],
+            (!e.tombstone).then(|| &self.buf[e.value..e.value + e.value_len]),
         )))
     }
 }
@@ -669,7 +686,7 @@ impl Stream {
 /// Walks a snapshot's entries in one direction, a block at a time.
 #[derive(Debug)]
 pub struct Cursor {
-    snapshot: Arc<Snapshot>,
+    snapshot: Arc<SortedFile>,
     forward: bool,
     /// The block being walked.
     block: Option<usize>,
@@ -730,7 +747,7 @@ impl Cursor {
     }
 
     /// Takes the next entry.
-    pub fn next_entry(&mut self) -> Result<Option<(Bytes, Bytes)>> {
+    pub fn next_entry(&mut self) -> Result<Option<(Bytes, Option<Bytes>)>> {
         let Some(e) = self.current()? else {
             return Ok(None);
         };
@@ -742,17 +759,17 @@ impl Cursor {
         let map = &self.snapshot.map;
         Ok(Some((
             Bytes::mapped(map, e.key, e.key_len),
-            Bytes::mapped(map, e.value, e.value_len),
+            (!e.tombstone).then(|| Bytes::mapped(map, e.value, e.value_len)),
         )))
     }
 }
 
-/// Writes a snapshot as a stream of sorted entries: `snap-<gen>.tmp`, then `fdatasync`,
-/// `rename`, and a directory sync in [`SnapshotWriter::finish`].
-pub struct SnapshotWriter<'a> {
+/// Writes a sorted file as a stream of sorted entries: `<name>.tmp`, then `fdatasync`,
+/// `rename` to `<name>`, and a directory sync in [`SortedWriter::finish`].
+pub struct SortedWriter<'a> {
     vfs: &'a dyn Vfs,
     dir: PathBuf,
-    generation: u64,
+    name: String,
     tmp_path: PathBuf,
     file: Arc<dyn VfsFile>,
     /// Bytes written to the file so far.
@@ -771,26 +788,31 @@ pub struct SnapshotWriter<'a> {
 /// Bytes buffered before each write to the file.
 const WRITE_BUFFER: usize = 1 << 20;
 
-impl<'a> SnapshotWriter<'a> {
-    /// Starts `dir/snap-<generation>.tmp`, replacing any leftover one, for at most
-    /// `expected_keys` entries (this sizes the filter).
+impl<'a> SortedWriter<'a> {
+    /// Starts `dir/<name>.tmp` (a version 2 file whose header holds `id`), replacing any leftover
+    /// one, for at most `expected_keys` entries (this sizes the filter).
     pub fn create(
         vfs: &'a dyn Vfs,
         dir: &Path,
-        generation: u64,
+        name: String,
+        id: u64,
         expected_keys: u64,
     ) -> Result<Self> {
-        let tmp_path = dir.join(format!("{}.tmp", snapshot_name(generation)));
+        let tmp_path = dir.join(format!("{name}.tmp"));
         let _ = vfs.remove_file(&tmp_path);
         let file = vfs
             .open(&tmp_path, OpenMode::CreateNew)
             .map_err(|e| Error::io("create", &tmp_path, e))?;
         let mut out = Vec::with_capacity(WRITE_BUFFER + TARGET_BLOCK_LEN);
-        out.extend_from_slice(&SnapHeader { generation }.encode());
-        Ok(SnapshotWriter {
+        let header = SnapHeader {
+            version: format::SNAPSHOT_FORMAT_VERSION,
+            generation: id,
+        };
+        out.extend_from_slice(&header.encode());
+        Ok(SortedWriter {
             vfs,
             dir: dir.to_owned(),
-            generation,
+            name,
             tmp_path,
             file,
             written: 0,
@@ -805,8 +827,21 @@ impl<'a> SnapshotWriter<'a> {
         })
     }
 
-    /// Adds an entry; keys must come in strictly increasing order.
-    pub fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+    /// Writes a version 1 file (a snapshot of store format 1) instead, for tests of reading and
+    /// converting old stores. Before the first `add`.
+    #[cfg(test)]
+    pub fn as_version_1(mut self) -> Self {
+        debug_assert_eq!(self.entries, 0);
+        let header = SnapHeader {
+            version: 1,
+            generation: format::read_u64(&self.out, 16),
+        };
+        self.out[..SNAP_HEADER_LEN].copy_from_slice(&header.encode());
+        self
+    }
+
+    /// Adds an entry (`None`: a tombstone); keys must come in strictly increasing order.
+    pub fn add(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
         if self.block.is_empty() {
             // The block's first key goes into the index; its entry is written with the block.
             self.index_keys.extend_from_slice(key);
@@ -885,7 +920,7 @@ impl<'a> SnapshotWriter<'a> {
         self.out.extend_from_slice(&meta);
         self.out.extend_from_slice(&crcs);
         self.out.extend_from_slice(&footer.encode());
-        let path = self.dir.join(snapshot_name(self.generation));
+        let path = self.dir.join(&self.name);
         let written = self.flush().and_then(|()| {
             self.file
                 .sync_data()
@@ -916,13 +951,14 @@ mod tests {
     use super::*;
     use crate::io::StdVfs;
 
-    fn write(dir: &Path, entries: &[(Vec<u8>, Vec<u8>)]) -> Arc<Snapshot> {
-        let mut w = SnapshotWriter::create(&StdVfs, dir, 1, entries.len() as u64).expect("create");
+    fn write(dir: &Path, entries: &[(Vec<u8>, Vec<u8>)]) -> Arc<SortedFile> {
+        let mut w = SortedWriter::create(&StdVfs, dir, "part-1".into(), 1, entries.len() as u64)
+            .expect("create");
         for (k, v) in entries {
-            w.add(k, v).expect("add");
+            w.add(k, Some(v)).expect("add");
         }
         let path = w.finish().expect("finish");
-        Arc::new(Snapshot::open(&StdVfs, &path).expect("open"))
+        Arc::new(SortedFile::open(&StdVfs, &path).expect("open"))
     }
 
     fn entries(n: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -937,7 +973,7 @@ mod tests {
     }
 
     fn collect(
-        s: &Arc<Snapshot>,
+        s: &Arc<SortedFile>,
         lo: Bound<&[u8]>,
         hi: Bound<&[u8]>,
         forward: bool,
@@ -969,7 +1005,10 @@ mod tests {
         assert!(s.block_count > 10);
         s.verify(|_| {}).expect("verify");
         for (k, v) in &all {
-            assert_eq!(s.get(k).expect("get").as_deref(), Some(v.as_slice()));
+            assert_eq!(
+                s.get(k).expect("get").flatten().as_deref(),
+                Some(v.as_slice())
+            );
             let mut absent = k.clone();
             absent.push(0);
             assert_eq!(s.get(&absent).expect("get"), None);
@@ -1016,7 +1055,7 @@ mod tests {
         s.verify(|_| {}).expect("verify");
         for (k, v) in &all {
             assert_eq!(
-                s.get(k).expect("get").as_deref(),
+                s.get(k).expect("get").flatten().as_deref(),
                 Some(v.as_slice()),
                 "{k:?}"
             );
@@ -1043,8 +1082,8 @@ mod tests {
         // First through `pread` (blocks untouched), then through the map (after `get`s).
         for _ in 0..2 {
             for (k, _) in &all {
-                assert!(s.contains(k).expect("contains"));
-                assert!(!s.contains(&absent(k)).expect("contains"));
+                assert_eq!(s.knows(k).expect("knows"), Some(true));
+                assert_eq!(s.knows(&absent(k)).expect("knows"), None);
             }
             for (k, _) in &all {
                 s.get(k).expect("get");
@@ -1055,9 +1094,59 @@ mod tests {
         let mut bytes = std::fs::read(&path).expect("read");
         bytes[SNAP_HEADER_LEN + 200] ^= 0x40;
         std::fs::write(&path, bytes).expect("write");
-        let s = Snapshot::open(&StdVfs, &path).expect("open");
-        let err = s.contains(&all[0].0).expect_err("damaged block");
+        let s = SortedFile::open(&StdVfs, &path).expect("open");
+        let err = s.knows(&all[0].0).expect_err("damaged block");
         assert!(matches!(err, Error::Corruption { offset: 32, .. }), "{err}");
+    }
+
+    /// Tombstones read back as tombstones by every path (get, knows, both cursors, the stream),
+    /// and a version 1 file (no tombstones) still reads.
+    #[test]
+    fn tombstones_read_back_by_every_path_and_version_1_still_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = SortedWriter::create(&StdVfs, dir.path(), "run-7".into(), 7, 3000)
+            .expect("create");
+        for i in 0..3000u32 {
+            let value = (i % 3 != 0).then(|| i.to_le_bytes());
+            w.add(&i.to_be_bytes(), value.as_ref().map(|v| &v[..]))
+                .expect("add");
+        }
+        let s = Arc::new(SortedFile::open(&StdVfs, &w.finish().expect("finish")).expect("open"));
+        assert_eq!((s.version(), s.generation(), s.len()), (2, 7, 3000));
+        s.verify(|_| {}).expect("verify");
+        let expect = |i: u32| (i % 3 != 0).then(|| i.to_le_bytes().to_vec());
+        for i in 0..3000u32 {
+            let key = i.to_be_bytes();
+            let got = s.get(&key).expect("get").expect("an entry");
+            assert_eq!(got.map(|v| v.to_vec()), expect(i));
+            assert_eq!(s.knows(&key).expect("knows"), Some(i % 3 != 0));
+        }
+        for forward in [true, false] {
+            let mut c = s.cursor(Bound::Unbounded, Bound::Unbounded, forward).expect("cursor");
+            let mut n = 0;
+            while let Some((k, v)) = c.next_entry().expect("next") {
+                let i = u32::from_be_bytes(k[..].try_into().expect("4 bytes"));
+                assert_eq!(v.map(|v| v.to_vec()), expect(i));
+                n += 1;
+            }
+            assert_eq!(n, 3000);
+        }
+        let mut stream = s.stream();
+        let mut n = 0u32;
+        while let Some((k, v)) = stream.next_entry().expect("next") {
+            assert_eq!(k, n.to_be_bytes());
+            assert_eq!(v.map(<[u8]>::to_vec), expect(n));
+            n += 1;
+        }
+        assert_eq!(n, 3000);
+
+        let mut w = SortedWriter::create(&StdVfs, dir.path(), "snap-0000000000000002".into(), 2, 1)
+            .expect("create")
+            .as_version_1();
+        w.add(b"k", Some(b"v")).expect("add");
+        let old = SortedFile::open(&StdVfs, &w.finish().expect("finish")).expect("open");
+        assert_eq!((old.version(), old.generation()), (1, 2));
+        assert_eq!(old.get(b"k").expect("get"), Some(Some(Bytes::from(&b"v"[..]))));
     }
 
     #[test]
@@ -1079,7 +1168,7 @@ mod tests {
         let at = SNAP_HEADER_LEN + 4 + 8 + 2; // inside the first entry's value area
         bytes[at] ^= 0x01;
         std::fs::write(&path, &bytes).expect("write");
-        let s = Snapshot::open(&StdVfs, &path).expect("open checks only header, footer, index");
+        let s = SortedFile::open(&StdVfs, &path).expect("open checks only header, footer, index");
         let err = s.get(&all[0].0).expect_err("damaged block");
         assert!(matches!(err, Error::Corruption { offset: 32, .. }), "{err}");
         assert!(s.verify(|_| {}).is_err());
@@ -1105,11 +1194,15 @@ mod tests {
             let mut bytes = clean.clone();
             bytes[at] ^= 0x10;
             std::fs::write(&path, &bytes).expect("write");
-            let s = Snapshot::open(&StdVfs, &path).expect("open reads no meta page");
+            let s = SortedFile::open(&StdVfs, &path).expect("open reads no meta page");
             let mut corruption = 0;
             for (k, v) in &all {
                 match s.get(k) {
-                    Ok(found) => assert_eq!(found.as_deref(), Some(v.as_slice()), "wrong answer"),
+                    Ok(found) => assert_eq!(
+                        found.flatten().as_deref(),
+                        Some(v.as_slice()),
+                        "wrong answer"
+                    ),
                     Err(Error::Corruption { .. }) => corruption += 1,
                     Err(e) => panic!("{e}"),
                 }
@@ -1126,7 +1219,7 @@ mod tests {
         let bytes = std::fs::read(&path).expect("read");
         for keep in [bytes.len() - 1, bytes.len() / 2, 40, 10] {
             std::fs::write(&path, &bytes[..keep]).expect("write");
-            let err = Snapshot::open(&StdVfs, &path).expect_err("truncated");
+            let err = SortedFile::open(&StdVfs, &path).expect_err("truncated");
             assert!(matches!(err, Error::Corruption { .. }), "{keep}: {err}");
         }
     }

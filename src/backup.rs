@@ -1,11 +1,11 @@
 //! Online backup: a consistent copy of a live store as of one commit, taken without stopping
 //! other threads or processes.
 //!
-//! The copy is the newest snapshot and the logs after it, each log cut at the end of the last
-//! record before the commit point. Files are opened before the commit point is read: a
-//! compaction that deletes them afterwards does not matter (open files stay readable), and one
-//! that cut a newer log in between is noticed (the last log ends before the commit point) and
-//! the copy starts over. The copy is written into a staging directory beside the destination,
+//! The copy is the newest manifest, the sorted files it names and the log segments it replays,
+//! each segment cut at the end of the last record before the commit point. Files are opened
+//! before the commit point is read: a flush or compaction that deletes them afterwards does not
+//! matter (open files stay readable), and a flush that cut a newer segment in between is noticed
+//! (the last segment ends before the commit point) and the copy starts over. The copy is written into a staging directory beside the destination,
 //! synced, and renamed into place: a backup interrupted by a crash leaves no destination, only
 //! a directory whose name says it is incomplete.
 
@@ -19,7 +19,8 @@ use crate::error::{Error, Result};
 use crate::format::WAL_HEADER_LEN;
 use crate::io::{EntryKind, OpenMode, SHARED_BYTES, Vfs, VfsFile};
 use crate::layout::{
-    COMPACTION_LOCK_NAME, HANDLES_LOCK_NAME, LOCK_NAME, list_store, snapshot_name, wal_name,
+    COMPACTION_LOCK_NAME, FLUSH_LOCK_NAME, HANDLES_LOCK_NAME, LOCK_NAME, list_store,
+    manifest_name, part_name, run_name, snapshot_name, wal_name,
 };
 use crate::locking::COMMITTED_SEQ;
 use crate::wal::{self, Stop};
@@ -141,6 +142,7 @@ impl Db {
             for (lock, len) in [
                 (LOCK_NAME, SHARED_BYTES),
                 (COMPACTION_LOCK_NAME, 0),
+                (FLUSH_LOCK_NAME, 0),
                 (HANDLES_LOCK_NAME, 0),
             ] {
                 let path = staging.join(lock);
@@ -156,7 +158,12 @@ impl Db {
         if let Err(e) = written {
             // Best effort: what is left says it is incomplete anyway.
             let names = parts.iter().map(|part| part.name.as_str());
-            for name in names.chain([LOCK_NAME, COMPACTION_LOCK_NAME, HANDLES_LOCK_NAME]) {
+            for name in names.chain([
+                LOCK_NAME,
+                COMPACTION_LOCK_NAME,
+                FLUSH_LOCK_NAME,
+                HANDLES_LOCK_NAME,
+            ]) {
                 let _ = vfs.remove_file(&staging.join(name));
             }
             let _ = vfs.remove_dir(&staging);
@@ -205,20 +212,35 @@ fn try_parts(
 ) -> Result<Option<(u64, Vec<Part>)>> {
     let listing = list_store(vfs, dir)?;
     let mut parts = Vec::new();
-    let start = match listing.snapshots.last() {
-        Some(&generation) => {
-            let name = snapshot_name(generation);
-            let path = dir.join(&name);
-            let file = vfs
-                .open(&path, OpenMode::Read)
-                .map_err(|e| Error::io("open", &path, e))?;
-            let len = file
-                .size()
-                .map_err(|e| Error::io("read the size of", &path, e))?;
-            parts.push(Part { name, file, len });
-            generation
+    let whole = |name: String| -> Result<Part> {
+        let path = dir.join(&name);
+        let file = vfs
+            .open(&path, OpenMode::Read)
+            .map_err(|e| Error::io("open", &path, e))?;
+        let len = file
+            .size()
+            .map_err(|e| Error::io("read the size of", &path, e))?;
+        Ok(Part { name, file, len })
+    };
+    let start = match crate::manifest::read_newest(vfs, dir, &listing)? {
+        // Format 2: the manifest and every file it names, then the segments it replays.
+        Some(live) => {
+            parts.push(whole(manifest_name(live.number))?);
+            for &id in &live.runs {
+                parts.push(whole(run_name(id))?);
+            }
+            for &id in &live.parts {
+                parts.push(whole(part_name(id))?);
+            }
+            live.log_start
         }
-        None => 0,
+        None => match listing.snapshots.last() {
+            Some(&generation) => {
+                parts.push(whole(snapshot_name(generation))?);
+                generation
+            }
+            None => 0,
+        },
     };
     let mut logs = Vec::new();
     for &generation in listing.wals.iter().filter(|&&g| g >= start) {

@@ -371,13 +371,14 @@ mod tests {
         decode_frame(bytes, LOG_FORMAT_VERSION)
     }
 
-    /// Pins the WAL header of both versions byte for byte; if this fails, the format changed:
+    /// Pins the WAL header of every version byte for byte; if this fails, the format changed:
     /// bump `LOG_FORMAT_VERSION` and update docs/FORMAT.md.
     #[test]
     fn golden_wal_header() {
         for (version, crc) in [
             (LOG_FORMAT_V1, [0x7b, 0x5d, 0x93, 0x38]),
-            (LOG_FORMAT_VERSION, [0x53, 0xf4, 0x8d, 0x60]),
+            (LOG_FORMAT_V2, [0x53, 0xf4, 0x8d, 0x60]),
+            (LOG_FORMAT_VERSION, [0x74, 0x91, 0xa8, 0xe1]),
         ] {
             let header = WalHeader {
                 version,
@@ -524,11 +525,11 @@ mod tests {
         );
 
         let mut future = good;
-        future[VERSION_AT] = 3;
+        future[VERSION_AT] = 4;
         assert_eq!(
             WalHeader::decode(&future),
             Err(HeaderError::FutureVersion {
-                found: 3,
+                found: 4,
                 supported: LOG_FORMAT_VERSION
             })
         );

@@ -330,14 +330,15 @@ fn corruption_anywhere_never_yields_a_wrong_value() {
         .filter(|(p, _)| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("wal-") || n.starts_with("snap-"))
+                .is_some_and(|n| ["wal-", "part-", "run-", "MANIFEST-"].iter().any(|k| n.starts_with(k)))
         })
         .collect();
-    assert!(
-        files
-            .iter()
-            .any(|(p, _)| p.to_string_lossy().contains("snap-"))
-    );
+    for kind in ["part-", "MANIFEST-"] {
+        assert!(
+            files.iter().any(|(p, _)| p.to_string_lossy().contains(kind)),
+            "{kind}"
+        );
+    }
 
     let mut cases = 0;
     for (path, len) in &files {

@@ -184,8 +184,8 @@ mod tests {
         let (path, _) = vfs
             .files()
             .into_iter()
-            .find(|(p, _)| p.to_string_lossy().contains("snap-"))
-            .expect("a snapshot");
+            .find(|(p, _)| p.to_string_lossy().contains("part-"))
+            .expect("a partition");
         let file = vfs.open(&path, OpenMode::Read).expect("open");
         let mut bytes = vec![0u8; file.size().expect("size") as usize];
         file.read_exact_at(&mut bytes, 0).expect("read");

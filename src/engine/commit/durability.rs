@@ -237,6 +237,7 @@ mod tests {
     }
 
     const WAL: &str = "wal-0000000000000000";
+    const MANIFEST: &str = "MANIFEST-0000000000000001";
 
     #[test]
     fn creating_a_log_syncs_the_file_before_the_rename_and_the_directory_after() {
@@ -256,6 +257,12 @@ mod tests {
                 format!("write {tmp} 0+40"),
                 format!("sync {tmp}"),
                 format!("rename {tmp} {WAL}"),
+                "sync_dir new-store".to_string(),
+                // Then the manifest that names it, the same way.
+                format!("remove {MANIFEST}.tmp"),
+                format!("write {MANIFEST}.tmp 0+60"),
+                format!("sync {MANIFEST}.tmp"),
+                format!("rename {MANIFEST}.tmp {MANIFEST}"),
                 "sync_dir new-store".to_string(),
                 // Recovery makes what it is about to read durable.
                 "sync_dir new-store".to_string(),

@@ -19,8 +19,8 @@ use crate::error::{Error, Result};
 use crate::format::WAL_HEADER_LEN;
 use crate::io::{EntryKind, OpenMode, SHARED_BYTES, Vfs, VfsFile};
 use crate::layout::{
-    COMPACTION_LOCK_NAME, FLUSH_LOCK_NAME, HANDLES_LOCK_NAME, LOCK_NAME, list_store,
-    manifest_name, part_name, run_name, snapshot_name, wal_name,
+    COMPACTION_LOCK_NAME, FLUSH_LOCK_NAME, HANDLES_LOCK_NAME, LOCK_NAME, list_store, manifest_name,
+    part_name, run_name, snapshot_name, wal_name,
 };
 use crate::locking::COMMITTED_SEQ;
 use crate::wal::{self, Stop};

@@ -143,8 +143,19 @@ impl Db {
         self.store.flush()
     }
 
-    /// Compacts now: cuts a new generation and merges the log into a new snapshot. Returns once
-    /// the new snapshot is durable and the old files are gone. Writers keep going meanwhile.
+    /// Writes the memtable out as a run now (cutting a new log segment), so that an open after a
+    /// crash replays nothing written before. Returns once the run is installed and the old
+    /// segments are gone; `false` if the log held nothing to flush. Writers keep going
+    /// meanwhile. (The background thread flushes by itself at
+    /// [`Options::memtable_bytes`](crate::Options::memtable_bytes).)
+    pub fn flush_memtable(&self) -> Result<bool> {
+        self.store.check_writable()?;
+        self.store.flush_memtable()
+    }
+
+    /// Compacts now: flushes the memtable, then merges every run into the partitions, one
+    /// partition at a time. Returns once the new partitions are installed and the old files are
+    /// gone. Writers keep going meanwhile.
     pub fn compact(&self) -> Result<()> {
         self.compact_with_progress(|_, _| {})
     }
@@ -155,9 +166,9 @@ impl Db {
         self.store.compact(progress)
     }
 
-    /// Reads back and checks every byte of the snapshot (every block's checksum and structure, key
-    /// order, counts) and of the live log (every record's checksum and sequence number, and zeros
-    /// after its end). Calls `progress(bytes_done, bytes_total)`. Writers wait while the log is
+    /// Reads back and checks every byte of the sorted files (every block's checksum and
+    /// structure, key order, counts), the manifest, and the log segments it replays (every
+    /// record's checksum and sequence number, and zeros after the live one's end). Calls `progress(bytes_done, bytes_total)`. Writers wait while the log is
     /// checked; compactions wait for the whole check. Writes nothing.
     ///
     /// Damage is an `Err(Error::Corruption)` naming the file and offset. A torn tail of the live

@@ -84,7 +84,9 @@ pub fn classify(name: &OsStr) -> StoreFile {
         COMPACTION_LOCK_NAME,
         FLUSH_LOCK_NAME,
         HANDLES_LOCK_NAME,
-    ].contains(&name) {
+    ]
+    .contains(&name)
+    {
         return StoreFile::Lock;
     }
     if name.ends_with(".tmp") && RENAMED_KINDS.iter().any(|kind| name.starts_with(kind)) {

@@ -85,8 +85,7 @@ pub use iter::Iter;
 pub use limits::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use options::{
     DEFAULT_COMPACTION_RATIO, DEFAULT_MAX_RUNS, DEFAULT_MEMTABLE_BYTES, DEFAULT_PARTITION_BYTES,
-    DEFAULT_SPIN_WAIT, Durability,
-    Options,
+    DEFAULT_SPIN_WAIT, Durability, Options,
 };
 pub use stats::{
     FileStats, LostKeys, LostRecords, RecoveryReport, RepairReport, Stats, VerifyReport,

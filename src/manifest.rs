@@ -23,10 +23,14 @@ pub fn read(vfs: &dyn Vfs, dir: &Path, number: u64) -> Result<ManifestData> {
     let size = file
         .size()
         .map_err(|e| Error::io("read the size of", &path, e))?;
-    let limit = (crate::format::MANIFEST_HEADER_LEN + 8 * crate::format::MANIFEST_MAX_FILES + 4)
-        as u64;
+    let limit =
+        (crate::format::MANIFEST_HEADER_LEN + 8 * crate::format::MANIFEST_MAX_FILES + 4) as u64;
     if size > limit {
-        return Err(Error::corruption(&path, limit, "manifest longer than any can be"));
+        return Err(Error::corruption(
+            &path,
+            limit,
+            "manifest longer than any can be",
+        ));
     }
     let mut bytes = vec![0u8; size as usize];
     file.read_exact_at(&mut bytes, 0)

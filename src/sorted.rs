@@ -578,6 +578,9 @@ impl SortedFile {
     }
 }
 
+/// A key and its value (`None`: a tombstone), borrowed from a [`Stream`]'s buffer.
+pub type RawEntry<'a> = (&'a [u8], Option<&'a [u8]>);
+
 /// What [`SortedFile::salvage`] could read.
 #[derive(Debug, Default)]
 pub struct Salvaged {
@@ -671,7 +674,7 @@ impl Stream {
     }
 
     /// The next entry, then moves past it.
-    pub fn next_entry(&mut self) -> Result<Option<(&[u8], Option<&[u8]>)>> {
+    pub fn next_entry(&mut self) -> Result<Option<RawEntry<'_>>> {
         let Some(e) = self.current()? else {
             return Ok(None);
         };
@@ -830,7 +833,7 @@ impl<'a> SortedWriter<'a> {
     /// Writes a version 1 file (a snapshot of store format 1) instead, for tests of reading and
     /// converting old stores. Before the first `add`.
     #[cfg(test)]
-    pub fn as_version_1(mut self) -> Self {
+    pub fn into_version_1(mut self) -> Self {
         debug_assert_eq!(self.entries, 0);
         let header = SnapHeader {
             version: 1,
@@ -1104,25 +1107,27 @@ mod tests {
     #[test]
     fn tombstones_read_back_by_every_path_and_version_1_still_reads() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut w = SortedWriter::create(&StdVfs, dir.path(), "run-7".into(), 7, 3000)
-            .expect("create");
+        let mut w =
+            SortedWriter::create(&StdVfs, dir.path(), "run-7".into(), 7, 3000).expect("create");
         for i in 0..3000u32 {
-            let value = (i % 3 != 0).then(|| i.to_le_bytes());
+            let value = (!i.is_multiple_of(3)).then(|| i.to_le_bytes());
             w.add(&i.to_be_bytes(), value.as_ref().map(|v| &v[..]))
                 .expect("add");
         }
         let s = Arc::new(SortedFile::open(&StdVfs, &w.finish().expect("finish")).expect("open"));
         assert_eq!((s.version(), s.generation(), s.len()), (2, 7, 3000));
         s.verify(|_| {}).expect("verify");
-        let expect = |i: u32| (i % 3 != 0).then(|| i.to_le_bytes().to_vec());
+        let expect = |i: u32| (!i.is_multiple_of(3)).then(|| i.to_le_bytes().to_vec());
         for i in 0..3000u32 {
             let key = i.to_be_bytes();
             let got = s.get(&key).expect("get").expect("an entry");
             assert_eq!(got.map(|v| v.to_vec()), expect(i));
-            assert_eq!(s.knows(&key).expect("knows"), Some(i % 3 != 0));
+            assert_eq!(s.knows(&key).expect("knows"), Some(!i.is_multiple_of(3)));
         }
         for forward in [true, false] {
-            let mut c = s.cursor(Bound::Unbounded, Bound::Unbounded, forward).expect("cursor");
+            let mut c = s
+                .cursor(Bound::Unbounded, Bound::Unbounded, forward)
+                .expect("cursor");
             let mut n = 0;
             while let Some((k, v)) = c.next_entry().expect("next") {
                 let i = u32::from_be_bytes(k[..].try_into().expect("4 bytes"));
@@ -1142,11 +1147,14 @@ mod tests {
 
         let mut w = SortedWriter::create(&StdVfs, dir.path(), "snap-0000000000000002".into(), 2, 1)
             .expect("create")
-            .as_version_1();
+            .into_version_1();
         w.add(b"k", Some(b"v")).expect("add");
         let old = SortedFile::open(&StdVfs, &w.finish().expect("finish")).expect("open");
         assert_eq!((old.version(), old.generation()), (1, 2));
-        assert_eq!(old.get(b"k").expect("get"), Some(Some(Bytes::from(&b"v"[..]))));
+        assert_eq!(
+            old.get(b"k").expect("get"),
+            Some(Some(Bytes::from(&b"v"[..])))
+        );
     }
 
     #[test]

@@ -63,7 +63,11 @@ pub struct FileStats {
 impl Stats {
     /// Bytes of the runs and partitions together.
     pub fn sorted_bytes(&self) -> u64 {
-        self.runs.iter().chain(&self.partitions).map(|f| f.bytes).sum()
+        self.runs
+            .iter()
+            .chain(&self.partitions)
+            .map(|f| f.bytes)
+            .sum()
     }
 
     /// Entries of the partitions (every key in them is live).

@@ -335,7 +335,7 @@ fn two_handles_share_a_store_and_see_each_others_writes() {
     a.put("after", "x")
         .expect("put after the other's compaction");
     assert_eq!(a.stats().expect("stats").generation, 1);
-    assert_eq!(a.stats().expect("stats").snapshot_keys, 101);
+    assert_eq!(a.stats().expect("stats").partition_entries(), 101);
     assert_eq!(b.get("after").expect("get").as_deref(), Some(&b"x"[..]));
     assert_eq!(a.get("k042").expect("get").as_deref(), Some(&b"v42"[..]));
     assert_eq!(a.len().expect("len"), 102);

@@ -1,5 +1,6 @@
-//! Snapshot compaction through the public API: generations, deletes over a snapshot, background
-//! triggers, readers across a compaction, zero-copy values outliving their file, damaged snapshots.
+//! Flush and compaction through the public API: runs and partitions, deletes over them,
+//! background triggers, bounded memory and replay, readers across a compaction, zero-copy values
+//! outliving their file, damaged sorted files.
 
 use std::collections::BTreeMap;
 
@@ -17,24 +18,31 @@ fn fill(db: &Db, range: std::ops::Range<u32>, tag: &str) {
 }
 
 #[test]
-fn compaction_moves_the_log_into_a_snapshot_and_reopen_reads_it() {
+fn compaction_moves_the_log_into_a_partition_and_reopen_reads_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open_manual(dir.path());
     fill(&db, 0..5000, "v1");
     let before = dump(&db);
     db.compact().expect("compact");
     let stats = db.stats().expect("stats");
-    assert_eq!((stats.generation, stats.compactions), (1, 1));
-    assert_eq!(stats.snapshot_keys, 5000);
-    assert!(stats.snapshot_bytes > 5000 * 20);
+    assert_eq!(
+        (stats.generation, stats.flushes, stats.compactions),
+        (1, 1, 1)
+    );
+    assert!(stats.runs.is_empty(), "{stats:?}");
+    assert_eq!(stats.partition_entries(), 5000);
+    assert!(stats.sorted_bytes() > 5000 * 20);
     assert_eq!(stats.wal_bytes, 40, "the new log holds only its header");
+    // Manifests 1 (the new store), 2 (the flush's run), 3 (the partition), 4 (the run gone).
     assert_eq!(
         files(dir.path()),
         [
             "LOCK",
             "LOCK.compaction",
+            "LOCK.flush",
             "LOCK.handles",
-            "snap-0000000000000001",
+            "MANIFEST-0000000000000004",
+            "part-0000000000000000",
             "wal-0000000000000001"
         ]
     );
@@ -80,9 +88,9 @@ fn writes_and_deletes_over_a_snapshot_win_and_survive_the_next_compaction() {
     db.compact().expect("compact again");
     assert_eq!(dump(&db), expected);
     assert_eq!(
-        db.stats().expect("stats").snapshot_keys,
+        db.stats().expect("stats").partition_entries(),
         expected.len() as u64,
-        "no tombstones in a snapshot"
+        "no tombstones in a partition"
     );
     drop(db);
     let db = open_manual(dir.path());
@@ -93,10 +101,95 @@ fn writes_and_deletes_over_a_snapshot_win_and_survive_the_next_compaction() {
         [
             "LOCK",
             "LOCK.compaction",
+            "LOCK.flush",
             "LOCK.handles",
-            "snap-0000000000000002",
+            "MANIFEST-0000000000000007",
+            "part-0000000000000001",
             "wal-0000000000000002"
         ]
+    );
+}
+
+/// Deletes flushed into a run hide the keys in the partitions below until a compaction drops
+/// both; a reopen in between counts the live keys right.
+#[test]
+fn tombstones_in_a_run_hide_the_partitions_below_across_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open_manual(dir.path());
+    fill(&db, 0..1000, "old");
+    db.compact().expect("compact");
+    for i in (0..1000u32).step_by(2) {
+        db.delete(format!("key{i:06}")).expect("delete");
+    }
+    fill(&db, 1000..1100, "new");
+    db.flush_memtable().expect("flush");
+    let stats = db.stats().expect("stats");
+    assert_eq!((stats.runs.len(), stats.partitions.len()), (1, 1));
+    assert_eq!(stats.runs[0].entries, 600, "500 tombstones and 100 puts");
+    drop(db);
+    let db = open_manual(dir.path());
+    assert_eq!(db.stats().expect("stats").recovery.replayed_records, 0);
+    assert_eq!(db.len().expect("len"), 600);
+    assert_eq!(db.get("key000002").expect("get"), None);
+    assert_eq!(
+        db.get("key000003").expect("get").as_deref(),
+        Some(&b"old-3"[..])
+    );
+    assert_eq!(dump(&db).len(), 600);
+    assert_eq!(keys_descending(&db).len(), 600);
+    db.compact().expect("compact");
+    let stats = db.stats().expect("stats");
+    assert!(stats.runs.is_empty());
+    assert_eq!(stats.partition_entries(), 600);
+}
+
+/// Partitions are split at `partition_bytes`, and a compaction rewrites only those the runs
+/// overlap: a run of keys at the top of the key space leaves the lower partitions' files alone.
+#[test]
+fn a_compaction_rewrites_only_the_partitions_the_runs_overlap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Options::new()
+        .background_compaction(false)
+        .partition_bytes(64 << 10)
+        .open(dir.path())
+        .expect("open");
+    let mut batch = Batch::new();
+    for i in 0..20_000u32 {
+        batch.put(
+            format!("key{i:06}"),
+            format!("a value of about forty bytes: {i:08}"),
+        );
+    }
+    db.write(batch).expect("write");
+    db.compact().expect("compact");
+    let before = db.stats().expect("stats").partitions;
+    assert!(before.len() >= 10, "{} partitions", before.len());
+    for part in &before {
+        assert!(part.bytes < 80 << 10, "{part:?}");
+    }
+    // Keys in the last partition's range only.
+    for i in 19_990..20_010u32 {
+        db.put(format!("key{i:06}"), "newer").expect("put");
+    }
+    db.compact().expect("compact");
+    let after = db.stats().expect("stats").partitions;
+    let paths = |files: &[sturdykv::FileStats]| -> Vec<std::path::PathBuf> {
+        files.iter().map(|f| f.path.clone()).collect()
+    };
+    assert_eq!(
+        paths(&after[..before.len() - 1]),
+        paths(&before[..before.len() - 1]),
+        "the untouched partitions keep their files"
+    );
+    assert_ne!(after.last(), before.last());
+    assert_eq!(db.len().expect("len"), 20_010);
+    assert_eq!(
+        db.get("key019995").expect("get").as_deref(),
+        Some(&b"newer"[..])
+    );
+    assert_eq!(
+        db.get("key000005").expect("get").as_deref(),
+        Some(&b"a value of about forty bytes: 00000005"[..])
     );
 }
 
@@ -109,35 +202,42 @@ fn compacting_an_empty_log_changes_nothing() {
     fill(&db, 0..10, "v");
     db.compact().expect("compact");
     db.compact().expect("nothing new");
-    assert_eq!(db.stats().expect("stats").generation, 1);
+    let stats = db.stats().expect("stats");
+    assert_eq!(
+        (stats.generation, stats.flushes, stats.compactions),
+        (1, 1, 1)
+    );
 }
 
 #[test]
-fn the_background_compactor_keeps_the_log_bounded() {
+fn the_background_flusher_keeps_the_memtable_and_the_log_bounded() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Options::new()
-        .compaction_min_wal_bytes(64 << 10)
-        .compaction_ratio(0.5)
+        .memtable_bytes(64 << 10)
         .open(dir.path())
         .expect("open");
+    let mut most = 0;
     for round in 0..150u32 {
         fill(&db, round * 100..round * 100 + 100, "bg");
+        most = most.max(db.stats().expect("stats").memtable_bytes);
     }
     // The trigger is checked after each commit; give the thread a moment to finish.
     let mut stats = db.stats().expect("stats");
     for _ in 0..200 {
-        if stats.compactions > 0 && stats.generation == stats.compactions {
+        if stats.flushes > 0 && stats.compactions > 0 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
         stats = db.stats().expect("stats");
     }
-    assert!(stats.compactions >= 2, "{stats:?}");
-    // The trigger, plus slack for batches committed while the compactor was starting.
-    let bound = (64 << 10).max(stats.snapshot_bytes / 2) + 32 * 1024;
+    assert!(stats.flushes >= 5, "{stats:?}");
+    assert!(stats.compactions >= 1, "{stats:?}");
+    // The bound, twice over while a flush runs, plus slack for batches committed while the
+    // flusher was starting.
+    assert!(most <= 3 * (64 << 10), "memtable reached {most} bytes");
     assert!(
-        stats.wal_bytes <= bound,
-        "log {} over the trigger {bound}",
+        stats.wal_bytes <= 3 * (64 << 10),
+        "log {} bytes",
         stats.wal_bytes
     );
     assert_eq!(db.len().expect("len"), 15000);
@@ -181,8 +281,8 @@ fn values_from_a_snapshot_outlive_its_file() {
     let value = db.get("key000042").expect("get").expect("present");
     fill(&db, 0..100, "replaced");
     db.compact()
-        .expect("compact replaces snap-1 and deletes it");
-    assert!(!dir.path().join("snap-0000000000000001").exists());
+        .expect("compact replaces part-0 and deletes it");
+    assert!(!dir.path().join("part-0000000000000000").exists());
     assert_eq!(value.as_ref(), b"kept-42", "the mapping stays alive");
     assert_eq!(
         db.get("key000042").expect("get").as_deref(),
@@ -191,13 +291,13 @@ fn values_from_a_snapshot_outlive_its_file() {
 }
 
 #[test]
-fn a_damaged_snapshot_is_reported_with_file_and_offset() {
+fn a_damaged_partition_is_reported_with_file_and_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open_manual(dir.path());
     fill(&db, 0..2000, "v");
     db.compact().expect("compact");
     drop(db);
-    let snap = dir.path().join("snap-0000000000000001");
+    let snap = dir.path().join("part-0000000000000000");
     let mut bytes = std::fs::read(&snap).expect("read");
 
     // A damaged footer: refused at open.
@@ -206,7 +306,7 @@ fn a_damaged_snapshot_is_reported_with_file_and_offset() {
     std::fs::write(&snap, &bytes).expect("write");
     let err = Db::open(dir.path()).expect_err("damaged footer");
     match &err {
-        Error::Corruption { file, .. } => assert!(file.ends_with("snap-0000000000000001"), "{err}"),
+        Error::Corruption { file, .. } => assert!(file.ends_with("part-0000000000000000"), "{err}"),
         other => panic!("expected corruption, got {other}"),
     }
     bytes[last] ^= 0x20;
@@ -235,13 +335,13 @@ fn a_damaged_snapshot_is_reported_with_file_and_offset() {
 }
 
 #[test]
-fn a_truncated_snapshot_is_corruption_not_an_empty_store() {
+fn a_truncated_partition_is_corruption_not_an_empty_store() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open_manual(dir.path());
     fill(&db, 0..100, "v");
     db.compact().expect("compact");
     drop(db);
-    let snap = dir.path().join("snap-0000000000000001");
+    let snap = dir.path().join("part-0000000000000000");
     let bytes = std::fs::read(&snap).expect("read");
     std::fs::write(&snap, &bytes[..bytes.len() / 2]).expect("write");
     assert!(matches!(

@@ -125,10 +125,10 @@ enum Command {
     /// Print figures about the store.
     #[command(after_help = "Example:\n  kvctl --db demo.db stat --json")]
     Stat,
-    /// Fold the log into a new snapshot now (a progress bar on a terminal).
+    /// Flush the memtable and merge the runs into the partitions now (a progress bar on a terminal).
     #[command(after_help = "Example:\n  kvctl --db demo.db compact")]
     Compact,
-    /// Read back and verify every byte of the snapshot and the log, writing nothing. Exit status
+    /// Read back and verify every byte of the sorted files, the manifest and the log, writing nothing. Exit status
     /// 4 on damage to acknowledged data, naming the file and the byte offset; a torn tail (writes
     /// a crash interrupted before they were acknowledged) is normal and exits 0.
     #[command(after_help = "Example:\n  kvctl --db demo.db check")]
@@ -731,7 +731,9 @@ fn stat(ctx: &Ctx, out: &mut dyn Write) -> Result<u8, Failure> {
         writeln!(
             out,
             "  {:<28} {:>12} bytes {:>10} entries",
-            f.path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            f.path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
             f.bytes,
             f.entries
         )?;
@@ -860,7 +862,7 @@ fn repair(path: &std::path::Path, json: bool, out: &mut dyn Write) -> Result<u8,
                 "keys": report.keys,
                 "records_kept": report.records_kept,
                 "lost": lost,
-                "lost_snapshot_blocks": report.lost_keys.iter().map(|lost| {
+                "lost_blocks": report.lost_keys.iter().map(|lost| {
                     let mut block = Map::new();
                     block.insert("file".into(), lost.file.display().to_string().into());
                     block.insert("offset".into(), lost.offset.into());
@@ -902,7 +904,7 @@ fn repair(path: &std::path::Path, json: bool, out: &mut dyn Write) -> Result<u8,
         let below = lost.below.as_deref().map_or("the end".into(), shown);
         writeln!(
             out,
-            "lost the snapshot block at offset {} of {}: keys from {from} to before {below}, \
+            "lost the block at offset {} of {}: keys from {from} to before {below}, \
              unless written again since",
             lost.offset,
             lost.file.display()
@@ -972,12 +974,12 @@ fn check_failed(
                 json!({
                     "file": lost.file.display().to_string(),
                     "offset": lost.offset,
-                    "what": "snapshot block",
+                    "what": "sorted-file block",
                     "from_key": from,
                     "below_key": below,
                 }),
                 format!(
-                    "DAMAGED {} at offset {}: a snapshot block, keys from {} to before {}",
+                    "DAMAGED {} at offset {}: a sorted-file block, keys from {} to before {}",
                     lost.file.display(),
                     lost.offset,
                     from.as_deref().unwrap_or("(unknown)"),

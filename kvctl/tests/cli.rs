@@ -291,15 +291,25 @@ fn compact_check_and_stat() {
     }
     let out = kvctl(&db, &["compact"]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("generation 1"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("50 keys in 1 partitions"),
+        "{}",
+        stdout(&out)
+    );
     let out = kvctl(&db, &["stat"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.contains("generation        1"), "{text}");
-    assert!(text.contains("snapshot keys     50"), "{text}");
+    assert!(text.contains("runs              0 "), "{text}");
+    assert!(text.contains("partitions        1 ("), "{text}");
+    assert!(text.contains(" bytes, 50 keys)"), "{text}");
     let out = kvctl(&db, &["check"]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(text.contains("snap-0000000000000001: 50 entries"), "{text}");
+    assert!(text.contains("part-0000000000000000: 50 entries"), "{text}");
+    assert!(
+        text.contains("ok  ") && text.contains("MANIFEST-"),
+        "{text}"
+    );
     assert_eq!(kvctl(&db, &["get", "k07"]).stdout, b"v");
 }
 
@@ -311,7 +321,7 @@ fn check_names_the_file_and_offset_of_damage() {
         kvctl(&db, &["put", &format!("key{i:04}"), "some value"]);
     }
     assert_eq!(status(&kvctl(&db, &["compact"])), 0);
-    let snap = db.join("snap-0000000000000001");
+    let snap = db.join("part-0000000000000000");
     let mut bytes = std::fs::read(&snap).expect("read");
     bytes[3000] ^= 0xff;
     std::fs::write(&snap, bytes).expect("write");
@@ -319,11 +329,11 @@ fn check_names_the_file_and_offset_of_damage() {
     assert_eq!(status(&out), 4, "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("snap-0000000000000001") && err.contains("offset"),
+        err.contains("part-0000000000000000") && err.contains("offset"),
         "{err}"
     );
     assert!(
-        stdout(&out).contains("DAMAGED") && stdout(&out).contains("a snapshot block, keys from"),
+        stdout(&out).contains("DAMAGED") && stdout(&out).contains("a sorted-file block, keys from"),
         "{}",
         stdout(&out)
     );

@@ -12,6 +12,11 @@ use crate::sync::lock;
 
 use super::Store;
 
+/// Closing flushes only a memtable of at least this many bytes (or a quarter of
+/// `memtable_bytes`, if less): a smaller one replays in a few milliseconds, and a flush at every
+/// close of a handle that wrote a little (every `kvctl put`) would leave a run file each time.
+const CLOSE_FLUSH_MIN_BYTES: u64 = 1 << 20;
+
 /// The background compaction thread.
 pub(crate) struct Compactor {
     /// Wakes the thread; `None` until it starts, and again once the handle closes.
@@ -57,6 +62,12 @@ fn spawn_compactor(weak: Weak<Store>) -> std::io::Result<(SyncSender<()>, JoinHa
 }
 
 impl Store {
+    /// Whether the background thread runs or may still start (the handle is open and background
+    /// flushing and compaction are on).
+    pub(crate) fn background_flush_allowed(&self) -> bool {
+        lock(&self.compaction.compactor).allowed
+    }
+
     /// Wakes the background compaction thread, starting it the first time (if it is already
     /// awake, it will look again).
     pub(crate) fn wake_compactor(&self) {
@@ -111,10 +122,16 @@ impl Store {
         self.vouch_before_closing();
     }
 
-    /// Flushes before closing. Failures are logged: the log still holds everything.
+    /// Flushes before closing if the memtable holds enough that replaying it would show in the
+    /// next open (see [`CLOSE_FLUSH_MIN_BYTES`]). Failures are logged: the log still holds
+    /// everything.
     fn flush_before_closing(&self) {
         if self.options.read_only || self.poison.check().is_err() {
             return;
+        }
+        let least = CLOSE_FLUSH_MIN_BYTES.min(self.options.memtable_bytes / 4);
+        if (self.applied.read().memtable.approximate_bytes() as u64) < least {
+            return; // a few milliseconds of replay: not worth a run file per close
         }
         if let Err(e) = self.flush_memtable() {
             log::warn!(

@@ -31,6 +31,9 @@ use crate::wal::{self, LogWriter, Position};
 use super::Store;
 use super::tables::OpenFiles;
 
+/// The longest a commit waits for a flush to make room in the memtable.
+const MAX_WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One flush at a time.
 pub(crate) struct FlushState {
     /// Held for the whole of a flush in this handle (`lock` does the same across handles).
@@ -63,6 +66,32 @@ impl Store {
     pub(crate) fn flush_due(&self) -> bool {
         let state = self.applied.read();
         state.memtable.approximate_bytes() as u64 >= self.options.memtable_bytes
+    }
+
+    /// Before a commit: holds the writer back while the memtable (with the one being flushed) is
+    /// at twice `memtable_bytes`, until a flush, here or in another process, makes room. This is
+    /// what bounds memory when writers outpace the flush. Only while a background thread can
+    /// flush (otherwise nothing would make room), and for at most [`MAX_WRITE_STALL`]: a flush
+    /// that keeps failing (a full disk) must not stop every write.
+    pub(crate) fn wait_for_memtable_room(&self) -> Result<()> {
+        let bound = 2 * self.options.memtable_bytes;
+        let started = std::time::Instant::now();
+        loop {
+            let held = {
+                let state = self.applied.read();
+                state.memtable.approximate_bytes()
+                    + state.frozen.as_ref().map_or(0, |f| f.approximate_bytes())
+            };
+            if (held as u64) < bound
+                || !self.background_flush_allowed()
+                || started.elapsed() >= MAX_WRITE_STALL
+            {
+                return Ok(());
+            }
+            self.wake_compactor();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            self.refresh()?;
+        }
     }
 
     /// Flushes if the memtable is still over its bound once this thread has the flush to itself

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
+use crate::format::ManifestData;
 use crate::format::{LOG_FORMAT_VERSION, OpRef, WAL_HEADER_LEN, WalHeader};
 use crate::io::{EntryKind, OpenMode, Vfs};
-use crate::format::ManifestData;
 use crate::layout::{
     COMPACTION_LOCK_NAME, FLUSH_LOCK_NAME, HANDLES_LOCK_NAME, Listing, directory_fingerprint,
     list_store, part_name, run_name, snapshot_name, wal_name,
@@ -304,11 +304,7 @@ fn convert(vfs: &dyn Vfs, dir: &Path, last: &Position, view: &View) -> Result<Co
         dir.display()
     );
     // The base keeps its open file: a version 1 file, taken as a partition.
-    let tables = Tables::new(
-        data,
-        Vec::new(),
-        open.into_values().collect(),
-    )?;
+    let tables = Tables::new(data, Vec::new(), open.into_values().collect())?;
     Ok(Converted {
         position: Position::start_of(&header, path, file),
         tables,
@@ -389,10 +385,28 @@ fn remove_garbage(vfs: &dyn Vfs, dir: &Path) -> Result<(u64, Listing)> {
     let mut garbage: Vec<String> = listing.temporaries.clone();
     match manifest::read_newest(vfs, dir, &listing)? {
         Some(live) => {
-            garbage.extend(listing.wals.iter().filter(|&&g| g < live.log_start).map(|&g| wal_name(g)));
+            garbage.extend(
+                listing
+                    .wals
+                    .iter()
+                    .filter(|&&g| g < live.log_start)
+                    .map(|&g| wal_name(g)),
+            );
             garbage.extend(listing.snapshots.iter().map(|&g| snapshot_name(g)));
-            garbage.extend(listing.runs.iter().filter(|id| !live.runs.contains(id)).map(|&id| run_name(id)));
-            garbage.extend(listing.parts.iter().filter(|id| !live.parts.contains(id)).map(|&id| part_name(id)));
+            garbage.extend(
+                listing
+                    .runs
+                    .iter()
+                    .filter(|id| !live.runs.contains(id))
+                    .map(|&id| run_name(id)),
+            );
+            garbage.extend(
+                listing
+                    .parts
+                    .iter()
+                    .filter(|id| !live.parts.contains(id))
+                    .map(|&id| part_name(id)),
+            );
             garbage.extend(
                 listing
                     .manifests
@@ -408,7 +422,13 @@ fn remove_garbage(vfs: &dyn Vfs, dir: &Path) -> Result<(u64, Listing)> {
         }
         None => {
             let start = listing.snapshots.last().copied().unwrap_or(0);
-            garbage.extend(listing.wals.iter().filter(|&&g| g < start).map(|&g| wal_name(g)));
+            garbage.extend(
+                listing
+                    .wals
+                    .iter()
+                    .filter(|&&g| g < start)
+                    .map(|&g| wal_name(g)),
+            );
             garbage.extend(
                 listing
                     .snapshots

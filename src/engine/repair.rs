@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
+use crate::format::ManifestData;
 use crate::format::{LOG_FORMAT_VERSION, OpRef, WAL_HEADER_LEN, WalHeader, keys_in_damaged_record};
 use crate::io::{EntryKind, OpenMode, Vfs, write_file_atomically};
-use crate::format::ManifestData;
 use crate::layout::{
     COMPACTION_LOCK_NAME, FLUSH_LOCK_NAME, StoreFile, classify, list_store, part_name,
     quarantine_name, run_name, snapshot_name, wal_name,
@@ -119,12 +119,14 @@ fn salvage(vfs: &dyn Vfs, dir: &Path, write: bool) -> Result<RepairReport> {
                     copy_to_quarantine(vfs, dir, &path, file.generation(), salvaged.lost[0].offset)
                         .map(|q| report.quarantine_files.push(q))?;
                 }
-                report.lost_keys.extend(salvaged.lost.into_iter().map(|block| LostKeys {
-                    file: path.clone(),
-                    offset: block.offset,
-                    from: block.first_key,
-                    below: block.next_key,
-                }));
+                report
+                    .lost_keys
+                    .extend(salvaged.lost.into_iter().map(|block| LostKeys {
+                        file: path.clone(),
+                        offset: block.offset,
+                        from: block.first_key,
+                        below: block.next_key,
+                    }));
             }
             Err(other) => return Err(other),
         }

@@ -121,9 +121,7 @@ impl Store {
                 StoreFile::Wal(g) => g < installed.log_start,
                 StoreFile::Snapshot(_) => true,
                 StoreFile::Manifest(n) => n < installed.number,
-                StoreFile::Run(id) => {
-                    !installed.runs.contains(&id) && id < installed.log_start
-                }
+                StoreFile::Run(id) => !installed.runs.contains(&id) && id < installed.log_start,
                 StoreFile::Part(id) => {
                     !installed.parts.contains(&id) && id < installed.next_part_id
                 }

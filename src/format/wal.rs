@@ -30,6 +30,7 @@ pub const WAL_MAGIC: [u8; 8] = *b"SKVLOG\r\n";
 pub const LOG_FORMAT_VERSION: u32 = 3;
 /// The log format of stores of format 1 whose records carry the durable horizon; read, and
 /// converted by a writable open.
+#[cfg(any(test, feature = "__testing"))]
 pub const LOG_FORMAT_V2: u32 = 2;
 /// The first log format, whose records carry no durable horizon. Read, and appended to in its own
 /// format until the next compaction starts a log of the current version.

@@ -328,14 +328,18 @@ fn corruption_anywhere_never_yields_a_wrong_value() {
         .files()
         .into_iter()
         .filter(|(p, _)| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| ["wal-", "part-", "run-", "MANIFEST-"].iter().any(|k| n.starts_with(k)))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                ["wal-", "part-", "run-", "MANIFEST-"]
+                    .iter()
+                    .any(|k| n.starts_with(k))
+            })
         })
         .collect();
     for kind in ["part-", "MANIFEST-"] {
         assert!(
-            files.iter().any(|(p, _)| p.to_string_lossy().contains(kind)),
+            files
+                .iter()
+                .any(|(p, _)| p.to_string_lossy().contains(kind)),
             "{kind}"
         );
     }

@@ -6,7 +6,9 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::format::{Frame, LOG_FORMAT_V1, LOG_FORMAT_VERSION, OpRef, decode_frame, encode_record};
+use crate::format::{
+    Frame, LOG_FORMAT_V1, LOG_FORMAT_V2, LOG_FORMAT_VERSION, OpRef, decode_frame, encode_record,
+};
 use crate::io::{OpenMode, Vfs};
 use crate::sorted::SortedFile;
 use crate::testing::campaign::dump;
@@ -16,7 +18,7 @@ use crate::{Batch, Db, Options};
 /// Walks `data` as recovery does, in each log format, and checks that each decoded record
 /// re-encodes byte for byte. Used by the fuzz target and by property tests of the log format.
 pub fn check_decode_roundtrip(data: &[u8]) {
-    for version in [LOG_FORMAT_V1, LOG_FORMAT_VERSION] {
+    for version in [LOG_FORMAT_V1, LOG_FORMAT_V2, LOG_FORMAT_VERSION] {
         let mut rest = data;
         while let Frame::Record(record) = decode_frame(rest, version) {
             let len = usize::try_from(record.len).unwrap_or(usize::MAX);

@@ -70,6 +70,9 @@ impl Store {
     /// Queues `batch` and returns once the group that carries it is acknowledged. The first
     /// waiting writer to find no commit appending leads: it commits everything queued.
     pub(crate) fn commit(&self, batch: Batch) -> Result<()> {
+        if !batch.is_empty() {
+            self.wait_for_memtable_room()?;
+        }
         let mut queue = lock(&self.commit.queue);
         queue.pending.push(batch);
         let group = Arc::clone(&queue.forming);

@@ -118,9 +118,9 @@ impl Options {
 
     /// A compaction splits a partition it writes once the partition reaches this many bytes
     /// (default [`DEFAULT_PARTITION_BYTES`]): the extra disk a compaction needs beside the store
-    /// is about one partition plus the runs it merges. At least 64 KiB.
+    /// is about one partition plus the runs it merges. At least 1 KiB.
     pub fn partition_bytes(mut self, bytes: u64) -> Self {
-        self.partition_bytes = bytes.max(64 << 10);
+        self.partition_bytes = bytes.max(1 << 10);
         self
     }
 

@@ -280,32 +280,32 @@ fn version_1_store(dir: &Path, n: usize) -> Vec<u64> {
     ends
 }
 
-/// A version 1 log opens, is read, and is appended to in its own format.
+/// A version 1 log (a store of format 1) opens, and the open converts the store: appends go to
+/// a new segment of the current log format.
 #[test]
-fn a_version_1_log_opens_and_takes_appends() {
+fn a_version_1_log_opens_and_the_store_is_converted() {
     let dir = tempfile::tempdir().expect("tempdir");
     version_1_store(dir.path(), 5);
     let db = Db::open(dir.path()).expect("open");
     assert_eq!(present(&db, 5), [true; 5]);
-    assert_eq!(db.stats().expect("stats").recovery.log_format_version, 1);
+    let report = db.stats().expect("stats").recovery;
+    assert_eq!(report.log_format_version, 1, "the log the open read");
+    assert!(report.converted_from_format_1);
     db.put("k05", "v5").expect("put");
     drop(db);
+    assert!(dir.path().join("MANIFEST-0000000000000001").exists());
     let db = Db::open(dir.path()).expect("reopen");
     assert_eq!(present(&db, 6), [true; 6]);
-    db.compact().expect("compact");
+    let report = db.stats().expect("stats").recovery;
     assert_eq!(
-        db.stats().expect("stats").recovery.log_format_version,
-        1,
-        "the report is of the open"
+        report.log_format_version, 3,
+        "a segment of the current format"
     );
+    assert!(!report.converted_from_format_1);
+    db.compact().expect("compact");
     drop(db);
     let db = Db::open(dir.path()).expect("reopen");
     assert_eq!(present(&db, 6), [true; 6]);
-    assert_eq!(
-        db.stats().expect("stats").recovery.log_format_version,
-        2,
-        "a compaction starts a log of the current format"
-    );
 }
 
 /// In a version 1 log, whose records do not say what was durable, damage cannot be told from a
@@ -415,7 +415,7 @@ fn a_log_from_a_future_version_is_refused_as_such() {
     let dir = tempfile::tempdir().expect("tempdir");
     store_with(dir.path(), 1);
     let before = std::fs::read(wal_path(dir.path())).expect("read");
-    write_at(&wal_path(dir.path()), 8, &3u32.to_le_bytes());
+    write_at(&wal_path(dir.path()), 8, &4u32.to_le_bytes());
     // What would be garbage to this version may not be to the newer one.
     let leftover = dir.path().join("snap-0000000000000009.tmp");
     std::fs::write(&leftover, b"the newer version's").expect("write");
@@ -431,8 +431,8 @@ fn a_log_from_a_future_version_is_refused_as_such() {
         matches!(
             err,
             Error::UnsupportedVersion {
-                found: 3,
-                supported: 2,
+                found: 4,
+                supported: 3,
                 ..
             }
         ),
@@ -518,7 +518,7 @@ fn repair_salvages_the_intact_blocks_of_a_damaged_snapshot() {
     db.put("key00000", "rewritten after the snapshot")
         .expect("put");
     drop(db);
-    let snap = dir.path().join("snap-0000000000000001");
+    let snap = dir.path().join("part-0000000000000000");
     let mut bytes = std::fs::read(&snap).expect("read");
     bytes[3000] ^= 0xff;
     std::fs::write(&snap, bytes).expect("damage");

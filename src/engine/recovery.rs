@@ -699,3 +699,176 @@ fn legacy_tables(vfs: &dyn Vfs, dir: &Path, listing: &Listing) -> Result<Tables>
     };
     Tables::new(data, Vec::new(), vec![Arc::new(snapshot)])
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use crate::format::{LOG_FORMAT_V2, OpRef, WalHeader, encode_record};
+    use crate::io::{OpenMode, StdVfs, Vfs};
+    use crate::layout::{snapshot_name, wal_name};
+    use crate::sorted::SortedWriter;
+    use crate::sync::lock;
+    use crate::testing::campaign::dump;
+    use crate::testing::faulty::FaultyVfs;
+    use crate::testing::sim::SimVfs;
+    use crate::{Db, Options};
+
+    /// A store of format 1, as the previous build left it: `snap-2` (keys `k000`..`k099` =
+    /// `old-<i>`), a stale `wal-1`, and `wal-2` (version 2 records: `k050` = `new`, `k010`
+    /// deleted, `k100` = `added`). Returns what it holds.
+    fn format_1_store(vfs: &dyn Vfs, dir: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut expected = BTreeMap::new();
+        vfs.create_dir_all(dir).expect("mkdir");
+        let mut snap = SortedWriter::create(vfs, dir, snapshot_name(2), 2, 100)
+            .expect("create")
+            .into_version_1();
+        for i in 0..100u32 {
+            let (k, v) = (format!("k{i:03}"), format!("old-{i}"));
+            snap.add(k.as_bytes(), Some(v.as_bytes())).expect("add");
+            expected.insert(k.into_bytes(), v.into_bytes());
+        }
+        snap.finish().expect("finish");
+        let header = |generation| WalHeader {
+            version: LOG_FORMAT_V2,
+            generation,
+            first_seq: 7,
+        };
+        let write = |name: String, bytes: &[u8]| {
+            let file = vfs
+                .open(&dir.join(name), OpenMode::CreateNew)
+                .expect("create");
+            file.write_all_at(bytes, 0).expect("write");
+            file.sync_data().expect("sync");
+        };
+        write(wal_name(1), &header(1).encode());
+        let mut log = header(2).encode().to_vec();
+        let records: [&[OpRef]; 3] = [
+            &[OpRef::Put(b"k050", b"new")],
+            &[OpRef::Delete(b"k010")],
+            &[OpRef::Put(b"k100", b"added")],
+        ];
+        for (i, ops) in records.iter().enumerate() {
+            let len = ops.iter().map(OpRef::encoded_len).sum();
+            let seq = 7 + i as u64;
+            encode_record(&mut log, LOG_FORMAT_V2, seq, seq, ops.iter().copied(), len);
+        }
+        write(wal_name(2), &log);
+        vfs.sync_dir(dir).expect("sync the directory");
+        expected.insert(b"k050".to_vec(), b"new".to_vec());
+        expected.remove(&b"k010"[..]);
+        expected.insert(b"k100".to_vec(), b"added".to_vec());
+        expected
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A writable open converts a store of format 1: a new segment, the snapshot renamed to a
+    /// partition, the first manifest. A crash (the disk freezes) after any file operation of the
+    /// open leaves a store that opens with everything, and converts at the next open.
+    #[test]
+    fn a_crash_at_every_step_of_the_conversion_loses_nothing() {
+        let mut steps = 0;
+        for crash_at in 0.. {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let expected = format_1_store(&StdVfs, dir.path());
+            let vfs = FaultyVfs::default();
+            let faults = Arc::clone(&vfs.faults);
+            lock(&faults).freeze_after = Some(crash_at);
+            let opened = Options::new()
+                .background_compaction(false)
+                .vfs(Arc::new(vfs))
+                .open(dir.path());
+            let journal = std::mem::take(&mut lock(&faults).journal);
+            let finished = opened.is_ok();
+            drop(opened);
+
+            let db = Options::new()
+                .background_compaction(false)
+                .open(dir.path())
+                .unwrap_or_else(|e| panic!("crash after {journal:?}: {e}"));
+            assert_eq!(dump(&db), expected, "crash after {journal:?}");
+            assert_eq!(db.len().expect("len"), expected.len() as u64);
+            db.put("k200", "after").expect("put");
+            drop(db);
+            let listed = names(dir.path());
+            assert!(
+                listed.contains(&"MANIFEST-0000000000000001".to_string())
+                    && listed.contains(&"part-0000000000000002".to_string())
+                    && !listed.iter().any(|n| n.starts_with("snap-")),
+                "crash after {journal:?}: not converted: {listed:?}"
+            );
+            let db = Db::open(dir.path()).expect("reopen");
+            let mut with = expected.clone();
+            with.insert(b"k200".to_vec(), b"after".to_vec());
+            assert_eq!(dump(&db), with);
+            db.compact().expect("compact");
+            assert_eq!(dump(&db), with);
+            drop(db);
+            if finished && journal.len() < crash_at {
+                break;
+            }
+            steps += 1;
+        }
+        // The new segment's write, sync, rename, directory sync; the rename of the snapshot and
+        // the directory sync; the manifest's removal of a leftover, write, sync, rename and
+        // directory sync.
+        assert!(steps >= 10, "only {steps} crash points were exercised");
+    }
+
+    /// The same on the simulated disk, where a power cut loses what was not synced: at every
+    /// operation of the conversion, and with every subset of the operations not yet synced kept.
+    #[test]
+    fn a_power_cut_at_every_step_of_the_conversion_loses_nothing() {
+        let store = Path::new("/store");
+        let built = SimVfs::new();
+        let expected = format_1_store(&built, store);
+        let base = built.crash_keeping(0);
+        let open = |vfs: &SimVfs| {
+            Options::new()
+                .background_compaction(false)
+                .vfs(Arc::new(vfs.clone()))
+                .open(store)
+        };
+        let dry = base.crash_keeping(0);
+        let start = dry.ops();
+        drop(open(&dry).expect("the conversion"));
+        let total = dry.ops() - start;
+        let mut images = 0;
+        for cut in 0..=total {
+            let vfs = base.crash_keeping(0);
+            vfs.freeze_after(vfs.ops() + cut);
+            drop(open(&vfs));
+            let pending = vfs.pending();
+            let masks = if pending <= 10 { 1u64 << pending } else { 1024 };
+            for mask in 0..masks {
+                let image = vfs.crash_keeping(mask);
+                let what = format!("power cut at operation {cut} of {total}, kept-mask {mask:#b}");
+                let listed: Vec<String> = image
+                    .files()
+                    .into_iter()
+                    .map(|(p, n)| format!("{} {n}", p.display()))
+                    .collect();
+                let db = open(&image).unwrap_or_else(|e| panic!("{what}: {e} {listed:?}"));
+                assert_eq!(dump(&db), expected, "{what}");
+                drop(db);
+                let db = open(&image).unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
+                assert_eq!(dump(&db), expected, "{what}: reopen");
+                images += 1;
+            }
+        }
+        assert!(
+            total >= 8 && images > total,
+            "{total} operations, {images} images"
+        );
+    }
+}

@@ -17,11 +17,17 @@ use crate::{Batch, Db, Options};
 
 pub(crate) type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
+/// The campaign's partition bound: the smallest there is.
+const PARTITION_BYTES: u64 = 1 << 10;
+
 #[derive(Clone, Debug)]
 pub(crate) enum Op {
     Write(Vec<(Vec<u8>, Option<Vec<u8>>)>),
     /// A transaction that adds one to the number under `counter`.
     Increment,
+    /// Writes the memtable out as a run.
+    Flush,
+    /// Flushes, then merges the runs into the partitions.
     Compact,
     Reopen,
 }
@@ -67,6 +73,7 @@ pub(crate) fn workload(rng: &mut Rng) -> Vec<Op> {
         .map(|_| match rng.below(20) {
             0 => Op::Compact,
             1 => Op::Reopen,
+            9 => Op::Flush,
             2..=5 => {
                 let n = 1 + rng.below(5);
                 Op::Write(
@@ -108,6 +115,9 @@ pub(crate) fn open(vfs: &SimVfs) -> crate::Result<Db> {
     Options::new()
         .vfs(Arc::new(vfs.clone()))
         .background_compaction(false)
+        // A few blocks per partition, so that a compaction writes several and installs a
+        // manifest after each: every step of a partial compaction is a crash point.
+        .partition_bytes(PARTITION_BYTES)
         .open(Path::new("/store"))
 }
 
@@ -179,6 +189,11 @@ pub(crate) fn run_on(vfs: &SimVfs, ops: &[(usize, Op)], handles: usize) -> Run {
             }
             Op::Compact => {
                 if db.compact().is_err() {
+                    return out;
+                }
+            }
+            Op::Flush => {
+                if db.flush_memtable().is_err() {
                     return out;
                 }
             }

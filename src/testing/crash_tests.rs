@@ -80,6 +80,16 @@ fn canonical_workloads() -> Vec<Vec<Op>> {
             Op::Compact,
             put("d", "4"),
         ],
+        vec![
+            put("a", "1"),
+            put("b", "2"),
+            Op::Compact,
+            del("a"),
+            put("c", "3"),
+            Op::Flush,
+            put("b", "4"),
+            Op::Compact,
+        ],
     ]
 }
 
@@ -194,6 +204,13 @@ fn run_with_faults(vfs: &SimVfs, ops: &[(usize, Op)], handles: usize, what: &str
             }
             Op::Compact => {
                 if db.compact().is_err() && matches!(db.flush(), Err(crate::Error::Poisoned { .. }))
+                {
+                    *poisoned = true;
+                }
+            }
+            Op::Flush => {
+                if db.flush_memtable().is_err()
+                    && matches!(db.flush(), Err(crate::Error::Poisoned { .. }))
                 {
                     *poisoned = true;
                 }

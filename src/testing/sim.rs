@@ -204,6 +204,14 @@ enum DirOp {
     Unlink {
         path: PathBuf,
     },
+    /// A file renamed within its directory: `from` gone and `to` naming its inode, in one step
+    /// (journaling file systems commit a rename as one transaction, and every store that
+    /// installs a file by renaming it relies on that; DECISIONS 52).
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        ino: u64,
+    },
     /// A directory renamed: everything under `from` is now under `to`, in one step.
     MoveDir {
         from: PathBuf,
@@ -216,7 +224,7 @@ impl DirOp {
     fn parent(&self) -> Option<&Path> {
         match self {
             DirOp::Link { path, .. } | DirOp::Unlink { path } => path.parent(),
-            DirOp::MoveDir { to, .. } => to.parent(),
+            DirOp::Rename { to, .. } | DirOp::MoveDir { to, .. } => to.parent(),
         }
     }
 
@@ -228,6 +236,10 @@ impl DirOp {
             }
             DirOp::Unlink { path } => {
                 names.remove(path);
+            }
+            DirOp::Rename { from, to, ino } => {
+                names.remove(from);
+                names.insert(to.clone(), *ino);
             }
             DirOp::MoveDir { from, to } => {
                 let moved: Vec<PathBuf> = names
@@ -676,11 +688,9 @@ impl Vfs for SimVfs {
         let ino = state.live.remove(from).ok_or_else(|| not_found(from))?;
         state.live.insert(to.to_owned(), ino);
         // Atomic, but durable only after a directory sync: both halves in one step.
-        state.pending.push(DirOp::Unlink {
-            path: from.to_owned(),
-        });
-        state.pending.push(DirOp::Link {
-            path: to.to_owned(),
+        state.pending.push(DirOp::Rename {
+            from: from.to_owned(),
+            to: to.to_owned(),
             ino,
         });
         Ok(())

@@ -1,25 +1,31 @@
-//! Scale figures for the snapshot design, on 1,000,000 keys (16-byte keys, 100-byte values), each
-//! next to its baseline measured in the same run:
+//! The scale run: does sturdykv stay bounded as the store grows? One store of `SCALE_KEYS` keys
+//! (16-byte keys spread over the key space, 100-byte values; default 1,000,000), each phase in a
+//! process of its own, as an application would run:
 //!
-//! - peak resident memory of this process while loading them in batches of 1,000 with default
-//!   options (raw data: 116 MB);
-//! - bytes on disk after compaction, against the raw data;
-//! - open + first `get` of the compacted 1,000,000-key store, against a 1,000-key store;
-//! - random `get` on one thread, against an in-memory `BTreeMap` of the same data;
-//! - a full ordered scan.
+//! 1. **write**: load the keys in durable batches of 1,000, then overwrite `SCALE_KEYS / 2`
+//!    random keys the same way. Per tenth of the run: throughput, heap (anonymous resident)
+//!    memory, disk, bytes written. Then the slowest batches (p50, p99.9, max), peak heap, peak
+//!    disk ÷ disk at the end, and bytes written ÷ bytes of data. The process then dies without
+//!    closing (`abort`), as a crash would leave it.
+//! 2. **after the crash**: open + first get; random gets for `SCALE_SECONDS` (default 3); a full
+//!    scan; then a clean close.
+//! 3. **after the clean close**: open + first get.
 //!
-//! Run: `cargo bench --bench scale` (`SCALE_KEYS=100000` for a quicker run; `SCALE_REUSE=1` to
-//! measure the reads again on the store the previous run left).
+//! Run: `cargo bench --bench scale` (`SCALE_KEYS=16000000 cargo bench --bench scale` by hand for
+//! the large sizes; `SCALE_DIR` puts the store elsewhere than `target/`).
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sturdykv::{Batch, Db};
 
 const KEY_LEN: usize = 16;
 const VALUE_LEN: usize = 100;
+const BATCH: u64 = 1000;
 
 fn key(i: u64) -> [u8; KEY_LEN] {
     let mut k = [0u8; KEY_LEN];
@@ -30,157 +36,269 @@ fn key(i: u64) -> [u8; KEY_LEN] {
     k
 }
 
-fn value(i: u64) -> [u8; VALUE_LEN] {
+fn value(i: u64, round: u64) -> [u8; VALUE_LEN] {
     let mut v = [b'v'; VALUE_LEN];
     v[..8].copy_from_slice(&i.to_le_bytes());
+    v[8..16].copy_from_slice(&round.to_le_bytes());
     v
 }
 
-fn peak_rss_mb() -> f64 {
+/// A field of `/proc/self/status`, in MB.
+fn status_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kb: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|l| l.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0.0);
     kb / 1024.0
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
+/// Bytes this process has caused to be written to storage (`/proc/self/io`).
+fn write_bytes() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Bytes the store's files take on disk (allocated blocks: the log's preallocation counts).
+fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").metadata().expect("metadata").len())
-        .sum()
-}
-
-fn fresh(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn load(dir: &Path, n: u64) -> Duration {
-    let db = Db::open(dir).expect("open");
-    let start = Instant::now();
-    for chunk in 0..n.div_ceil(1000) {
-        let mut batch = Batch::new();
-        for i in chunk * 1000..((chunk + 1) * 1000).min(n) {
-            batch.put(key(i), value(i));
-        }
-        db.write(batch).expect("write");
-    }
-    let took = start.elapsed();
-    db.compact().expect("compact");
-    took
-}
-
-/// Median time of `runs` opens followed by one `get`.
-fn open_and_get(dir: &Path, runs: usize) -> Duration {
-    let mut times: Vec<Duration> = (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            let db = Db::open(dir).expect("open");
-            black_box(db.get(key(7)).expect("get"));
-            let took = start.elapsed();
-            drop(db);
-            took
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.blocks() * 512)
+                .sum()
         })
-        .collect();
-    times.sort();
-    times[runs / 2]
+        .unwrap_or(0)
 }
 
-fn main() {
-    // `cargo bench` passes `--bench`; nothing else to parse.
-    let n: u64 = std::env::var("SCALE_KEYS")
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let raw_mb = (n as f64) * (KEY_LEN + VALUE_LEN) as f64 / 1e6;
+        .unwrap_or(default)
+}
 
-    // SCALE_REUSE=1 measures reads on the store a previous run left (for profiling them).
-    let reuse = std::env::var_os("SCALE_REUSE").is_some();
-    let big = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("scale-big");
-    let load_time = if reuse {
-        Duration::ZERO
-    } else {
-        load(&fresh("scale-big"), n)
-    };
-    let peak = peak_rss_mb();
-    let disk = dir_bytes(&big) as f64 / 1e6;
-
-    let small = fresh("scale-small");
-    load(&small, 1000);
-    let open_small = open_and_get(&small, 21);
-    let open_big = open_and_get(&big, 21);
-
-    let db = Db::open(&big).expect("open");
-    // Interleaved rounds, best of three each, so that both see the same machine.
-    let lookups = 1_000_000u64;
-    let (mut get_rate, mut btree_rate) = (0f64, 0f64);
-    let mut x = 1u64;
-    let mut next = || {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        key((x >> 20) % n)
-    };
-    // SCALE_SKIP_GETS=1 leaves the scan alone in a profile.
-    let rounds = if std::env::var_os("SCALE_SKIP_GETS").is_some() {
-        0
-    } else {
-        3
-    };
-    let model: BTreeMap<Vec<u8>, Vec<u8>> = (0..n * (rounds > 0) as u64)
-        .map(|i| (key(i).to_vec(), value(i).to_vec()))
-        .collect();
-    for _ in 0..rounds {
-        let start = Instant::now();
-        for _ in 0..lookups {
-            black_box(db.get(next()).expect("get"));
-        }
-        get_rate = get_rate.max(lookups as f64 / start.elapsed().as_secs_f64());
-        let start = Instant::now();
-        for _ in 0..lookups {
-            black_box(model.get(next().as_slice()));
-        }
-        btree_rate = btree_rate.max(lookups as f64 / start.elapsed().as_secs_f64());
+/// A small PRNG (xorshift), the same in every process.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
     }
-    drop(model);
+}
 
-    let start = Instant::now();
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+/// Phase 1, in a child process: load, overwrite, report, die.
+fn write_phase(dir: &Path, n: u64) -> ! {
+    let db = Db::open(dir).expect("open");
+    // Peak heap and disk, sampled every 20 ms by a thread of their own.
+    let done = Arc::new(AtomicBool::new(false));
+    let peak_heap = Arc::new(AtomicU64::new(0));
+    let peak_disk = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (done, peak_heap, peak_disk) = (done.clone(), peak_heap.clone(), peak_disk.clone());
+        let dir = dir.to_owned();
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let heap = (status_mb("RssAnon:") * 1e6) as u64;
+                peak_heap.fetch_max(heap, Ordering::Relaxed);
+                peak_disk.fetch_max(disk_bytes(&dir), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let total_batches = n.div_ceil(BATCH) + (n / 2).div_ceil(BATCH);
+    let tenth = total_batches.div_ceil(10);
+    let mut latencies = Vec::with_capacity(total_batches as usize);
+    let written_before = write_bytes();
+    let started = Instant::now();
+    let mut tenth_started = Instant::now();
+    let mut in_tenth = 0u64;
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    println!(
+        "| tenth | phase | keys/s | heap MB | disk MB | written MB |\n|---:|---|---:|---:|---:|---:|"
+    );
+    for b in 0..total_batches {
+        let load = b < n.div_ceil(BATCH);
+        let mut batch = Batch::new();
+        if load {
+            for i in b * BATCH..((b + 1) * BATCH).min(n) {
+                batch.put(key(i), value(i, 0));
+            }
+        } else {
+            for _ in 0..BATCH {
+                let i = rng.below(n);
+                batch.put(key(i), value(i, 1));
+            }
+        }
+        let t = Instant::now();
+        db.write(batch).expect("write");
+        latencies.push(t.elapsed());
+        in_tenth += 1;
+        if (b + 1) % tenth == 0 || b + 1 == total_batches {
+            let keys = std::mem::take(&mut in_tenth) * BATCH;
+            println!(
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                (b + 1).div_ceil(tenth),
+                if load { "load" } else { "overwrite" },
+                keys as f64 / tenth_started.elapsed().as_secs_f64(),
+                status_mb("RssAnon:"),
+                mb(disk_bytes(dir)),
+                mb(write_bytes() - written_before),
+            );
+            tenth_started = Instant::now();
+        }
+    }
+    let took = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    sampler.join().expect("sampler");
+    let data = (n + n / 2) * (KEY_LEN + VALUE_LEN) as u64;
+    let end_disk = disk_bytes(dir);
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let stats = db.stats().expect("stats");
+    println!();
+    println!("| figure | value |\n|---|---:|");
+    println!(
+        "| load + overwrite, keys/s | {:.0} |",
+        (n + n / 2) as f64 / took.as_secs_f64()
+    );
+    println!(
+        "| durable batch p50 / p99.9 / max (ms) | {:.1} / {:.1} / {:.1} |",
+        ms(at(0.5)),
+        ms(at(0.999)),
+        ms(*latencies.last().expect("batches"))
+    );
+    println!(
+        "| peak heap (RssAnon), MB | {:.0} |",
+        mb(peak_heap.load(Ordering::Relaxed))
+    );
+    println!(
+        "| peak disk ÷ disk at the end | {:.2} ({:.0} MB ÷ {:.0} MB) |",
+        peak_disk.load(Ordering::Relaxed) as f64 / end_disk as f64,
+        mb(peak_disk.load(Ordering::Relaxed)),
+        mb(end_disk)
+    );
+    println!(
+        "| bytes written ÷ bytes of data | {:.2} |",
+        (write_bytes() - written_before) as f64 / data as f64
+    );
+    println!(
+        "| files at the crash | {} runs, {} partitions, {} flushes, {} compactions |",
+        stats.runs.len(),
+        stats.partitions.len(),
+        stats.flushes,
+        stats.compactions
+    );
+    use std::io::Write;
+    std::io::stdout().flush().expect("flush stdout");
+    std::process::abort();
+}
+
+/// Phase 2 or 3, in a child process: open + first get, then (after the crash) reads and a
+/// clean close.
+fn read_phase(dir: &Path, n: u64, after_crash: bool) {
+    let started = Instant::now();
+    let db = Db::open(dir).expect("open");
+    black_box(db.get(key(7)).expect("get"));
+    let open = started.elapsed();
+    let what = if after_crash {
+        "after the crash"
+    } else {
+        "after a clean close"
+    };
+    println!(
+        "| open + first get {what} (ms) | {:.1} (replayed {} records) |",
+        open.as_secs_f64() * 1e3,
+        db.stats().expect("stats").recovery.replayed_records
+    );
+    if !after_crash {
+        return;
+    }
+    let seconds = env_number("SCALE_SECONDS", 3);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut gets = 0u64;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        for _ in 0..1000 {
+            black_box(db.get(key(rng.below(n))).expect("get"));
+        }
+        gets += 1000;
+    }
+    println!(
+        "| random gets after the reopen, /s | {:.0} |",
+        gets as f64 / started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
     let mut scanned = 0u64;
     for kv in db.range::<&[u8], _>(..) {
         black_box(kv.expect("scan"));
         scanned += 1;
     }
-    let scan_rate = scanned as f64 / start.elapsed().as_secs_f64();
-    assert_eq!(scanned, n);
+    assert_eq!(scanned, n, "every key once");
+    println!(
+        "| full scan, keys/s | {:.0} |",
+        scanned as f64 / started.elapsed().as_secs_f64()
+    );
+    println!(
+        "| heap after the reads (RssAnon), MB | {:.0} |",
+        status_mb("RssAnon:")
+    );
+    let started = Instant::now();
     drop(db);
+    println!(
+        "| clean close (ms) | {:.1} |",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+}
 
-    println!("| figure ({n} keys, 16 B keys, 100 B values) | sturdykv | baseline | ratio |");
-    println!("|---|---:|---:|---:|");
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let n = env_number("SCALE_KEYS", 1_000_000);
+    if let Some(at) = args.iter().position(|a| a == "--phase") {
+        let dir = PathBuf::from(&args[at + 2]);
+        match args[at + 1].as_str() {
+            "write" => write_phase(&dir, n),
+            "crash" => read_phase(&dir, n, true),
+            "clean" => read_phase(&dir, n, false),
+            other => panic!("unknown phase {other}"),
+        }
+        return;
+    }
+    let base = std::env::var_os("SCALE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    let dir = base.join("scale-store");
+    let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "| bulk load, batches of 1,000 (keys/s) | {:.0} | | |",
-        n as f64 / load_time.as_secs_f64()
+        "## sturdykv scale run: {n} keys of {KEY_LEN} B, values of {VALUE_LEN} B \
+         (raw data {:.0} MB), then {} random overwrites\n",
+        mb(n * (KEY_LEN + VALUE_LEN) as u64),
+        n / 2
     );
-    println!(
-        "| peak RSS while loading (MB) | {peak:.1} | raw data {raw_mb:.1} | {:.2}× |",
-        peak / raw_mb
-    );
-    println!(
-        "| bytes on disk after compaction (MB) | {disk:.1} | raw data {raw_mb:.1} | {:.3}× |",
-        disk / raw_mb
-    );
-    println!(
-        "| open + first get (µs) | {:.0} | 1,000-key store {:.0} | {:.2}× |",
-        open_big.as_secs_f64() * 1e6,
-        open_small.as_secs_f64() * 1e6,
-        open_big.as_secs_f64() / open_small.as_secs_f64()
-    );
-    println!(
-        "| random get, 1 thread (lookups/s) | {get_rate:.0} | BTreeMap<Vec<u8>, Vec<u8>> {btree_rate:.0} | {:.2}× |",
-        get_rate / btree_rate
-    );
-    println!("| full ordered scan (keys/s) | {scan_rate:.0} | | |");
+    let me = std::env::current_exe().expect("this benchmark's path");
+    for phase in ["write", "crash", "clean"] {
+        let status = Command::new(&me)
+            .args(["--phase", phase])
+            .arg(&dir)
+            .status()
+            .expect("run a phase");
+        if phase == "write" {
+            assert!(!status.success(), "the write phase ends by dying");
+        } else {
+            assert!(status.success(), "phase {phase} failed");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -790,6 +790,8 @@ pub struct SortedWriter<'a> {
 
 /// Bytes buffered before each write to the file.
 const WRITE_BUFFER: usize = 1 << 20;
+/// A file being written is synced each time this many more bytes are written.
+const SYNC_EVERY: u64 = 4 << 20;
 
 impl<'a> SortedWriter<'a> {
     /// Starts `dir/<name>.tmp` (a version 2 file whose header holds `id`), replacing any leftover
@@ -895,8 +897,16 @@ impl<'a> SortedWriter<'a> {
         self.file
             .write_all_at(&self.out, self.written)
             .map_err(|e| Error::io("write", &self.tmp_path, e))?;
+        let before = self.written;
         self.written += self.out.len() as u64;
         self.out.clear();
+        // Written back in steps rather than all at the final sync: a commit's `fdatasync` of the
+        // log queued behind tens of megabytes of dirty pages would wait for all of them.
+        if before / SYNC_EVERY != self.written / SYNC_EVERY {
+            self.file
+                .sync_data()
+                .map_err(|e| Error::io("sync", &self.tmp_path, e))?;
+        }
         Ok(())
     }
 

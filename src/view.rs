@@ -271,7 +271,9 @@ impl View {
         let mut failed = None;
         let view = &*self;
         let entries = ops.ops.into_iter().map_while(|op| {
-            let in_base = match view.base_contains(&op.key) {
+            // Through the map, not `pread`: replay looks up a memtable's worth of keys in a
+            // row, and most blocks it touches it touches again.
+            let in_base = match view.base_get(&op.key).map(|v| v.is_some()) {
                 Ok(in_base) => in_base,
                 Err(e) => {
                     failed = Some(e);

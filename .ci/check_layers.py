@@ -4,7 +4,7 @@
 - no import cycle among its modules (a child module adding an `impl` block to its parent's type,
   as every engine file does for `Store`, is not counted: that is one concept split over files);
 - every module imports only from its own layer or the layers below it:
-  the handle > the engine > options and reports > the log, snapshot, memtable, view and locking
+  the handle > the engine > options and reports > the log, sorted files, manifest, memtable, view and locking
   > the layout, format, I/O and small primitives.
 
 It reads `use crate::…` / `use super::…` paths and `crate::…` paths in code, outside

@@ -175,7 +175,8 @@ impl Db {
     }
 }
 
-/// The newest snapshot and the logs after it, open, with the commit point they all reach:
+/// The newest manifest, its files and the log segments after them, open, with the commit point
+/// they all reach:
 /// every record below it, read after the files were opened from `committed`.
 fn consistent_parts(
     vfs: &dyn Vfs,

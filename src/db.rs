@@ -89,7 +89,7 @@ impl Db {
     }
 
     /// What [`Db::repair`] would keep and lose, writing nothing: every damaged log record and
-    /// snapshot block of the store, with what they held. `kvctl check` lists them from this.
+    /// sorted-file block of the store, with what they held. `kvctl check` lists them from this.
     pub fn inspect_damage(path: impl AsRef<Path>) -> Result<RepairReport> {
         crate::engine::repair::inspect(Options::new().vfs.as_ref(), path.as_ref())
     }
@@ -99,7 +99,7 @@ impl Db {
         &self.store.dir
     }
 
-    /// The value of `key`, if present. Values read from the snapshot are not copied.
+    /// The value of `key`, if present. Values read from a sorted file are not copied.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
         self.store.get(key.as_ref())
     }

@@ -52,7 +52,7 @@ mod engine;
 mod options;
 mod stats;
 
-// What the engine is built from: the log, the sorted snapshot file, the memtable and the view over
+// What the engine is built from: the log, the sorted files and the manifest, the memtable and the view over
 // both, locking and the shared hint page.
 mod locking;
 mod manifest;

@@ -52,7 +52,7 @@ pub struct SortedFile {
 }
 
 fn header_error(path: &Path, e: HeaderError, base: u64) -> Error {
-    Error::from_header(path, "snapshot", base, e)
+    Error::from_header(path, "sorted file", base, e)
 }
 
 fn bitset(bits: usize) -> Box<[AtomicU64]> {

@@ -115,8 +115,8 @@ pub struct RecoveryReport {
     pub converted_from_format_1: bool,
     /// Bytes of a damaged or torn log tail cut off at open.
     pub truncated_bytes: u64,
-    /// Leftover files removed at open: unfinished temporaries, and logs and snapshots of
-    /// generations a finished compaction had replaced.
+    /// Leftover files removed at open: unfinished temporaries, and the segments, sorted files and
+    /// manifests that a finished flush or compaction had replaced.
     pub removed_temporaries: u64,
     /// The format version of the live log (see [`VerifyReport::log_format_version`]).
     pub log_format_version: u32,
@@ -129,18 +129,19 @@ pub struct RecoveryReport {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RepairReport {
-    /// The generation the repaired store starts at (its snapshot and empty log; 0 from an
+    /// The log segment the repaired store starts at (its partitions and empty log; 0 from an
     /// inspection, which writes nothing).
     pub generation: u64,
-    /// The snapshot holding everything kept (empty from an inspection).
-    pub snapshot: PathBuf,
+    /// The manifest naming the partitions that hold everything kept (empty from an
+    /// inspection).
+    pub manifest: PathBuf,
     /// Keys in the repaired store (0 from an inspection).
     pub keys: u64,
     /// Log records replayed into it.
     pub records_kept: u64,
     /// The damaged records skipped: a state that may never have existed, so each is named.
     pub lost: Vec<LostRecords>,
-    /// The damaged blocks of the snapshot left out, by the keys they held.
+    /// The damaged blocks of sorted files left out, by the keys they held.
     pub lost_keys: Vec<LostKeys>,
     /// Bytes of a torn tail left out (writes a crash interrupted, never acknowledged).
     pub torn_tail_bytes: u64,
@@ -148,12 +149,12 @@ pub struct RepairReport {
     pub quarantine_files: Vec<PathBuf>,
 }
 
-/// A damaged snapshot block a repair left out: every key in `[from, below)` that was not
+/// A damaged sorted-file block a repair left out: every key in `[from, below)` that was not
 /// written again later may be missing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LostKeys {
-    /// The snapshot.
+    /// The sorted file.
     pub file: PathBuf,
     /// Where the block starts.
     pub offset: u64,

@@ -306,7 +306,7 @@ fn salvage(vfs: &dyn Vfs, dir: &Path, write: bool) -> Result<RepairReport> {
         store_lock.correct_hint(&guard, word, value);
     }
     report.generation = generation;
-    report.snapshot = dir.join(crate::layout::manifest_name(number));
+    report.manifest = dir.join(crate::layout::manifest_name(number));
     Ok(report)
 }
 

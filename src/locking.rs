@@ -1,19 +1,20 @@
 //! Coordination between processes: the `LOCK` file, the hint page shared through it, and the
-//! compaction lock.
+//! flush and compaction locks.
 //!
-//! - `LOCK` is `flock`ed exclusively by whoever appends to the log, creates a log or removes old
-//!   generations, for just that long (or for the handle's whole life with
+//! - `LOCK` is `flock`ed exclusively by whoever appends to the log, cuts a segment, installs a
+//!   manifest or removes old files, for just that long (or for the handle's whole life with
 //!   [`Options::exclusive`](crate::Options::exclusive)). Recovery and reloads take it shared.
 //! - Its first page is mapped shared by every handle: word [`COMMITTED_SEQ`] is the sequence number
-//!   after the last record committed (visible), word [`SNAPSHOT_GENERATION`] the newest installed
-//!   snapshot, word [`SYNCED_SEQ`] the sequence number after the last record known durable. A
+//!   after the last record committed (visible), word [`MANIFEST_NUMBER`] the newest installed
+//!   manifest, word [`SYNCED_SEQ`] the sequence number after the last record known durable. A
 //!   handle compares them with what it has applied before every operation (two atomic loads) and
 //!   reads the log only when they moved. The hint is never trusted over the files: it only says
 //!   where to look, and every writer corrects it under the lock.
 //! - Further words let processes share `fdatasync`s ([`SYNC_RUNNING`] and its neighbours; see
 //!   `engine/commit/shared_sync.rs`): they decide who syncs, never what is acknowledged.
-//! - `LOCK.compaction` is held (exclusively, without waiting in the background) for the whole of a
-//!   compaction, so that one runs at a time and nobody deletes its temporary file.
+//! - `LOCK.compaction` and `LOCK.flush` are held (exclusively, without waiting in the
+//!   background) for the whole of a compaction or a flush, so that one of each runs at a time and
+//!   nobody deletes the files they are writing.
 //! - `LOCK.handles` is held for a handle's whole life: shared by ordinary and read-only handles,
 //!   exclusively by an [`Options::exclusive`](crate::Options::exclusive) one, which therefore
 //!   gets (or causes) a clear [`Error::Locked`] at open instead of waiting forever for `LOCK`.

@@ -590,7 +590,9 @@ fn a_read_error_anywhere_is_an_error_never_a_wrong_value_or_a_lost_write() {
     let probe = clean.crash_keeping(0);
     exercise(&open(&probe).expect("open"), "probe");
     let total = probe.reads();
-    assert!(total > 10, "{total} reads");
+    // The manifest, the log segments' headers and records (sorted files are read through their
+    // maps, which cannot fail this way).
+    assert!(total >= 5, "{total} reads");
 
     let mut cases = 0;
     for at in 0..total {

@@ -1,10 +1,15 @@
-//! The in-memory view of the writes since the last snapshot: an ordered map from key to value, or
+//! The in-memory view of the writes since the last flush: an ordered map from key to value, or
 //! to a tombstone where a delete must hide an older value underneath.
+#![allow(
+    clippy::mutable_key_type,
+    reason = "an entry's `below` is an atomic, but its order, equality and hash read only its key"
+)]
 
 use std::collections::{BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use crate::bytes::Bytes;
 
@@ -19,12 +24,55 @@ const ENTRY_OVERHEAD: usize = 112;
 /// load in comparisons, each a cache miss somewhere on the heap); and whether it is a tombstone.
 /// Ordered, compared and hashed as its key's bytes, so both the tree and the hash index look it
 /// up by a bare `&[u8]`.
-#[derive(Clone)]
+///
+/// `below` says whether the layers below this table hold the key live: [`Below::Unknown`] until
+/// it is looked up ([`Memtable::resolve`]), so that a write never waits for a read of the files
+/// (the tree's entry is the one that carries it; the index's copy is not kept up to date).
 struct Entry {
     prefix: u64,
     bytes: Arc<[u8]>,
     key_len: u32,
     live: bool,
+    below: AtomicU8,
+}
+
+impl Clone for Entry {
+    fn clone(&self) -> Self {
+        Entry {
+            prefix: self.prefix,
+            bytes: Arc::clone(&self.bytes),
+            key_len: self.key_len,
+            live: self.live,
+            below: AtomicU8::new(self.below.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// Whether the layers below a memtable hold a key live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Below {
+    /// Not looked up yet.
+    Unknown = 0,
+    /// No lower layer holds the key, or the newest one that does holds a tombstone.
+    Absent = 1,
+    /// A lower layer holds a value for the key.
+    Present = 2,
+}
+
+impl Below {
+    fn from_u8(b: u8) -> Below {
+        match b {
+            1 => Below::Absent,
+            2 => Below::Present,
+            _ => Below::Unknown,
+        }
+    }
+
+    /// `Present` if `live`, else `Absent`.
+    pub fn from_live(live: bool) -> Below {
+        if live { Below::Present } else { Below::Absent }
+    }
 }
 
 // The tree and the index each hold 32 bytes per entry, and share its allocation.
@@ -35,7 +83,7 @@ const _: () = assert!(crate::limits::MAX_KEY_LEN <= u32::MAX as usize);
 impl Entry {
     /// Takes over the allocation of a key and value made by [`Bytes::pair`] (every batch's
     /// puts, and replayed records, are), or copies them into one.
-    fn new(key: Bytes, value: Option<Bytes>) -> Entry {
+    fn new(key: Bytes, value: Option<Bytes>, below: Below) -> Entry {
         let bytes = Bytes::key_and_value(&key, value.as_ref())
             .unwrap_or_else(|| crate::bytes::joined(&key, value.as_deref().unwrap_or_default()));
         Entry {
@@ -43,7 +91,12 @@ impl Entry {
             bytes,
             key_len: key.len() as u32,
             live: value.is_some(),
+            below: AtomicU8::new(below as u8),
         }
+    }
+
+    fn below(&self) -> Below {
+        Below::from_u8(self.below.load(Ordering::Relaxed))
     }
 
     fn key(&self) -> &[u8] {
@@ -120,6 +173,11 @@ pub struct Memtable {
     map: BTreeSet<Entry>,
     index: HashSet<Entry, foldhash::fast::RandomState>,
     approximate_bytes: usize,
+    /// Entries that hold a value.
+    live: usize,
+    /// Entries whose key the layers below hold live, and entries not looked up yet.
+    present: AtomicUsize,
+    unknown: AtomicUsize,
 }
 
 impl Memtable {
@@ -142,21 +200,88 @@ impl Memtable {
     }
 
     /// Records `key = value` (or a tombstone). Returns what the table held for the key before:
-    /// `Some(true)` a value, `Some(false)` a tombstone, `None` nothing.
+    /// `Some(true)` a value, `Some(false)` a tombstone, `None` nothing. What the layers below
+    /// hold of the key is carried over from the entry replaced, or else unknown.
     pub fn insert(&mut self, key: Bytes, value: Option<Bytes>) -> Option<bool> {
-        self.insert_entry(Entry::new(key, value))
+        self.insert_entry(Entry::new(key, value, Below::Unknown))
+    }
+
+    /// What the layers below hold of `key`, if the table has an entry for it.
+    pub fn below(&self, key: &[u8]) -> Option<Below> {
+        self.map.get(key).map(Entry::below)
+    }
+
+    fn count(&mut self, entry: &Entry, sign: isize) {
+        let add = |n: usize| n.wrapping_add_signed(sign);
+        if entry.live {
+            self.live = add(self.live);
+        }
+        match entry.below() {
+            Below::Present => *self.present.get_mut() = add(*self.present.get_mut()),
+            Below::Unknown => *self.unknown.get_mut() = add(*self.unknown.get_mut()),
+            Below::Absent => {}
+        }
     }
 
     fn insert_entry(&mut self, entry: Entry) -> Option<bool> {
         let added = entry.footprint();
-        self.index.replace(entry.clone());
-        let previous = self.map.replace(entry);
+        let previous = self.map.take(entry.key());
         if let Some(old) = &previous {
-            // Replacing an entry: take the old one off before adding the new one.
+            // Replacing an entry: take the old one off before adding the new one, which keeps
+            // what the old one knew of the layers below.
             self.approximate_bytes -= old.footprint();
+            self.count(old, -1);
+            entry
+                .below
+                .store(old.below.load(Ordering::Relaxed), Ordering::Relaxed);
         }
+        self.count(&entry, 1);
         self.approximate_bytes += added;
+        self.index.replace(entry.clone());
+        self.map.insert(entry);
         previous.map(|old| old.live)
+    }
+
+    /// Looks up, with `below`, what the layers below hold of every key not looked up yet
+    /// (`below(key)` says whether they hold it live). Shared access: the answers are kept in
+    /// atomics, so readers may resolve while others read.
+    pub fn resolve(
+        &self,
+        below: impl Fn(&[u8]) -> crate::error::Result<bool>,
+    ) -> crate::error::Result<()> {
+        if self.unknown.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        for entry in &self.map {
+            if entry.below() != Below::Unknown {
+                continue;
+            }
+            let found = Below::from_live(below(entry.key())?);
+            if entry
+                .below
+                .compare_exchange(
+                    Below::Unknown as u8,
+                    found as u8,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                if found == Below::Present {
+                    self.present.fetch_add(1, Ordering::Relaxed);
+                }
+                self.unknown.fetch_sub(1, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// Live keys in this table over layers that hold `below` live keys. Exact once
+    /// [`Memtable::resolve`] has run since the last change (entries not looked up count as
+    /// absent below).
+    pub fn count_over(&self, below: u64) -> u64 {
+        debug_assert_eq!(self.unknown.load(Ordering::Acquire), 0, "resolve first");
+        (below + self.live as u64).saturating_sub(self.present.load(Ordering::Relaxed) as u64)
     }
 
     /// A table of `entries`, which must be sorted by key with no key twice (`capacity`: about
@@ -167,20 +292,24 @@ impl Memtable {
         capacity: usize,
     ) -> Memtable {
         let mut index = HashSet::with_capacity_and_hasher(capacity, Default::default());
-        let mut approximate_bytes = 0;
+        let (mut approximate_bytes, mut live) = (0, 0);
         let map: BTreeSet<Entry> = entries
             .into_iter()
             .map(|(key, value)| {
-                let entry = Entry::new(key, value);
+                let entry = Entry::new(key, value, Below::Unknown);
                 approximate_bytes += entry.footprint();
+                live += usize::from(entry.live);
                 index.insert(entry.clone());
                 entry
             })
             .collect();
         Memtable {
+            unknown: AtomicUsize::new(map.len()),
             map,
             index,
             approximate_bytes,
+            live,
+            present: AtomicUsize::new(0),
         }
     }
 
@@ -191,7 +320,12 @@ impl Memtable {
             map: self.map.clone(),
             index: self.index.clone(),
             approximate_bytes: self.approximate_bytes,
+            live: self.live,
+            present: AtomicUsize::new(self.present.load(Ordering::Relaxed)),
+            unknown: AtomicUsize::new(self.unknown.load(Ordering::Relaxed)),
         };
+        // An upper entry over one of this table's keys takes over what that one knew of the
+        // layers below both; for other keys, what it knew of them is the same.
         for entry in upper.map {
             merged.insert_entry(entry);
         }
@@ -202,10 +336,10 @@ impl Memtable {
     /// held for it, as [`Memtable::insert`] does.
     pub fn remove(&mut self, key: &[u8]) -> Option<bool> {
         self.index.remove(key);
-        self.map.take(key).map(|old| {
-            self.approximate_bytes -= old.footprint();
-            old.live
-        })
+        let old = self.map.take(key)?;
+        self.approximate_bytes -= old.footprint();
+        self.count(&old, -1);
+        Some(old.live)
     }
 
     /// Entries with keys within the bounds, in order; empty if the bounds are inverted.

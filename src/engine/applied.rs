@@ -191,18 +191,11 @@ impl Store {
         // Anything older is applied (or superseded by a reload).
         own.retain(|&seq, _| seq >= moved.next_seq);
         drop(own);
-        // Whether a key exists below the memtable can take a disk read: find out under the read
-        // lock, not while readers wait for the write lock. Nothing but this (under `position`)
-        // changes the lower layers' answers.
-        let in_base: Vec<bool> = {
-            let state = self.applied.read();
-            ops.iter()
-                .map(|(key, _)| state.base_contains(key))
-                .collect::<Result<_>>()?
-        };
+        // Applying looks nothing up in the files (see `View::apply`): readers wait for the write
+        // lock only as long as the memtable inserts take.
         let mut state = self.applied.write();
-        for ((key, value), known) in ops.into_iter().zip(in_base) {
-            state.apply(key, value, known);
+        for (key, value) in ops {
+            state.apply(key, value);
         }
         *position = moved;
         Ok(())

@@ -26,6 +26,7 @@ use crate::locking::CompactionLock;
 use crate::memtable::Memtable;
 use crate::sorted::{SortedFile, SortedWriter};
 use crate::sync::lock;
+use crate::view::Tables;
 use crate::wal::{self, LogWriter, Position};
 
 use super::Store;
@@ -57,8 +58,8 @@ struct Cut {
     frozen: Arc<Memtable>,
     /// The last of those segments: the run's id.
     segment: u64,
-    /// Live keys in the store as of the cut.
-    live_keys: u64,
+    /// The sorted files below the frozen memtable as of the cut.
+    below: Arc<Tables>,
 }
 
 impl Store {
@@ -126,6 +127,12 @@ impl Store {
         let Some(cut) = self.cut()? else {
             return Ok(false);
         };
+        // What the files hold of each key the frozen memtable does not know yet, for the live
+        // count the manifest records (read through the maps; writers do not wait for it).
+        let tables = &cut.below;
+        cut.frozen
+            .resolve(|key| Ok(tables.get(key)?.flatten().is_some()))?;
+        let live_keys = cut.frozen.count_over(tables.manifest.live_keys);
         let vfs = self.options.vfs.as_ref();
         if cut.frozen.len() == 0 {
             // Only empty records (a close's vouching record, say): nothing for a run to hold,
@@ -134,7 +141,7 @@ impl Store {
                 &OpenFiles::new(),
                 |m| {
                     m.log_start = m.log_start.max(cut.segment + 1);
-                    m.live_keys = cut.live_keys;
+                    m.live_keys = live_keys;
                     Ok(())
                 },
                 |view| view.frozen = None,
@@ -150,6 +157,10 @@ impl Store {
             cut.frozen.len() as u64,
         )?;
         let written = (|| {
+            // Every tombstone is written, even one over nothing the cut's files hold: a flush
+            // whose install failed after its manifest became durable left a run below this
+            // one that the cut's files do not show, and this run (which holds all of that one's
+            // writes too) must hide it whole.
             for (key, value) in cut.frozen.range(Bound::Unbounded, Bound::Unbounded) {
                 out.add(&key, value.as_deref())?;
             }
@@ -178,7 +189,7 @@ impl Store {
                 }
                 m.runs.insert(0, cut.segment);
                 m.log_start = cut.segment + 1;
-                m.live_keys = cut.live_keys;
+                m.live_keys = live_keys;
                 Ok(())
             },
             |view| view.frozen = None,
@@ -267,12 +278,12 @@ impl Store {
         });
         state.frozen = Some(Arc::clone(&frozen));
         *position = Position::start_of(&header, path, file);
-        let live_keys = state.live_keys;
+        let below = Arc::clone(&state.tables);
         drop(guard);
         Ok(Some(Cut {
             frozen,
             segment,
-            live_keys,
+            below,
         }))
     }
 }

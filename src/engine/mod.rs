@@ -119,7 +119,7 @@ impl Store {
     /// Number of keys, as [`Store::get`] sees the store.
     pub(crate) fn len(&self) -> Result<u64> {
         self.refresh()?;
-        Ok(self.applied.read().live_keys)
+        self.applied.read().len()
     }
 
     /// Refuses writes through a read-only or poisoned handle.
@@ -162,7 +162,7 @@ impl Store {
             generation: position.generation,
             manifest: state.tables.manifest.number,
             log_start: state.tables.manifest.log_start,
-            keys: state.live_keys,
+            keys: state.len()?,
             runs: figures(&state.tables.runs),
             partitions: figures(&state.tables.parts),
             wal_bytes: position.offset,

@@ -586,7 +586,6 @@ fn load_once(
         .collect();
 
     let mut view = View {
-        live_keys: tables.manifest.live_keys,
         tables: Arc::new(tables),
         ..View::default()
     };
@@ -659,7 +658,7 @@ fn load_once(
                 .map_err(|e| Error::io("sync", path.as_path(), e))?;
         }
     }
-    view.replay(replayed)?;
+    view.replay(replayed);
     loaded.view = view;
     loaded.replayed_records = replayed_records;
     loaded.directory = directory;

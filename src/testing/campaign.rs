@@ -258,10 +258,18 @@ pub(crate) fn check_seed_on(
                 context()
             ));
         }
+        let counted = db.len().map_err(|e| format!("{}: len failed: {e}", context()))?;
+        if counted != recovered.len() as u64 {
+            return Err(format!(
+                "{}: len says {counted} keys, the store holds {}",
+                context(),
+                recovered.len()
+            ));
+        }
         drop(db);
         let again =
             open(&image).map_err(|e| format!("{}: second reopen failed: {e}", context()))?;
-        if dump(&again) != recovered {
+        if dump(&again) != recovered || again.len().ok() != Some(counted) {
             return Err(format!("{}: replay is not idempotent", context()));
         }
         images += 1;

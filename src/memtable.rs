@@ -206,6 +206,12 @@ impl Memtable {
         self.insert_entry(Entry::new(key, value, Below::Unknown))
     }
 
+    /// [`Memtable::insert`], with what the layers below hold of the key if the table has no
+    /// entry for it yet (an entry replaced passes on what it knew).
+    pub fn insert_over(&mut self, key: Bytes, value: Option<Bytes>, below: Below) -> Option<bool> {
+        self.insert_entry(Entry::new(key, value, below))
+    }
+
     /// What the layers below hold of `key`, if the table has an entry for it.
     pub fn below(&self, key: &[u8]) -> Option<Below> {
         self.map.get(key).map(Entry::below)

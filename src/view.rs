@@ -164,6 +164,20 @@ impl Tables {
         }
     }
 
+    /// Whether the files hold a live `key`, reading data blocks with `pread` (see
+    /// [`SortedFile::knows`]).
+    pub fn contains(&self, key: &[u8]) -> Result<bool> {
+        for run in &self.runs {
+            if let Some(live) = run.knows(key)? {
+                return Ok(live);
+            }
+        }
+        match self.parts.get(self.part_index(key)) {
+            Some(part) => Ok(part.knows(key)?.unwrap_or(false)),
+            None => Ok(false),
+        }
+    }
+
     /// Bytes of the runs, and of the partitions.
     pub fn bytes(&self) -> (u64, u64) {
         (self.run_bytes, self.part_bytes)
@@ -207,20 +221,40 @@ impl View {
         Ok(self.tables.get(key)?.flatten())
     }
 
-    /// Applies one committed operation. Nothing is looked up below: a put or a delete of a key
-    /// this memtable does not hold records that what lies below is unknown (resolved by
-    /// [`View::len`] or the flush), so a write never waits for a read of the files. A delete
-    /// leaves a tombstone unless the memtable knows nothing lies below.
-    pub fn apply(&mut self, key: Bytes, value: Option<Bytes>) {
+    /// What the layers below the live memtable hold of `key`, looked up in the frozen memtable
+    /// and then the files (with `pread`, so that a write of a new key the filter lets through
+    /// does not fault in the map around its block); `None` if the live memtable holds the key,
+    /// which then knows.
+    pub fn below(&self, key: &[u8]) -> Result<Option<Below>> {
+        if self.memtable.knows(key).is_some() {
+            return Ok(None);
+        }
+        let live = match self.frozen.as_ref().and_then(|f| f.knows(key)) {
+            Some(live) => live,
+            None => self.tables.contains(key)?,
+        };
+        Ok(Some(Below::from_live(live)))
+    }
+
+    /// Applies one committed operation. `below` is what [`View::below`] said of the key (looked
+    /// up beforehand, under the read lock rather than this write lock), or `None` to leave it
+    /// unknown until [`View::len`] or the flush resolves it. A delete leaves a tombstone unless
+    /// nothing is known to lie below.
+    pub fn apply(&mut self, key: Bytes, value: Option<Bytes>, below: Option<Below>) {
+        let known = self
+            .memtable
+            .below(&key)
+            .or(below)
+            .unwrap_or(Below::Unknown);
         match value {
             Some(value) => {
-                self.memtable.insert(key, Some(value));
+                self.memtable.insert_over(key, Some(value), known);
             }
-            None if self.memtable.below(&key) == Some(Below::Absent) => {
+            None if known == Below::Absent => {
                 self.memtable.remove(&key);
             }
             None => {
-                self.memtable.insert(key, None);
+                self.memtable.insert_over(key, None, known);
             }
         }
     }
@@ -459,7 +493,7 @@ mod tests {
                     Bytes::from(format!("{:0w$}", r % 61, w = (r >> 8) as usize % 12).as_str());
                 let value = (r % 5 != 0).then(|| Bytes::from(r.to_le_bytes().to_vec()));
                 replayed.push(key.clone(), value.clone());
-                one_by_one.apply(key, value);
+                one_by_one.apply(key, value, None);
             }
             let mut at_once = View::default();
             at_once.replay(replayed);
@@ -496,7 +530,12 @@ mod tests {
             let k = (x % 40) as u8;
             let key = Bytes::from(vec![k]);
             let value = !(x >> 32).is_multiple_of(3);
-            view.apply(key, value.then(|| Bytes::from(vec![0])));
+            let below = if x.is_multiple_of(2) {
+                view.below(&key).expect("look below")
+            } else {
+                None // left for `len` to resolve
+            };
+            view.apply(key, value.then(|| Bytes::from(vec![0])), below);
             if value {
                 model.insert(k);
             } else {

@@ -13,6 +13,7 @@ use crate::bytes::Bytes;
 use crate::error::Result;
 use crate::format::OpRef;
 use crate::locking::{COMMITTED_SEQ, MANIFEST_NUMBER};
+use crate::memtable::Below;
 use crate::sync::lock;
 use crate::view::View;
 use crate::wal::{Followed, Position, read_until};
@@ -191,11 +192,19 @@ impl Store {
         // Anything older is applied (or superseded by a reload).
         own.retain(|&seq, _| seq >= moved.next_seq);
         drop(own);
-        // Applying looks nothing up in the files (see `View::apply`): readers wait for the write
-        // lock only as long as the memtable inserts take.
+        // What lies below each key the memtable does not hold can take a disk read: found out
+        // under the read lock, not while readers wait for the write lock. Nothing but this
+        // (under `position`) changes what the lower layers hold. Looking it up here, on the
+        // commit path, keeps the flush from having to (D 54).
+        let below: Vec<Option<Below>> = {
+            let state = self.applied.read();
+            ops.iter()
+                .map(|(key, _)| state.below(key))
+                .collect::<Result<_>>()?
+        };
         let mut state = self.applied.write();
-        for (key, value) in ops {
-            state.apply(key, value);
+        for ((key, value), below) in ops.into_iter().zip(below) {
+            state.apply(key, value, below);
         }
         *position = moved;
         Ok(())

@@ -258,7 +258,9 @@ pub(crate) fn check_seed_on(
                 context()
             ));
         }
-        let counted = db.len().map_err(|e| format!("{}: len failed: {e}", context()))?;
+        let counted = db
+            .len()
+            .map_err(|e| format!("{}: len failed: {e}", context()))?;
         if counted != recovered.len() as u64 {
             return Err(format!(
                 "{}: len says {counted} keys, the store holds {}",

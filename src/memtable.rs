@@ -26,8 +26,8 @@ const ENTRY_OVERHEAD: usize = 112;
 /// up by a bare `&[u8]`.
 ///
 /// `below` says whether the layers below this table hold the key live: [`Below::Unknown`] until
-/// it is looked up ([`Memtable::resolve`]), so that a write never waits for a read of the files
-/// (the tree's entry is the one that carries it; the index's copy is not kept up to date).
+/// it is looked up (by a commit, or later by [`Memtable::resolve`]). The tree's entry and the
+/// index's copy each carry it, kept equal.
 struct Entry {
     prefix: u64,
     bytes: Arc<[u8]>,
@@ -214,7 +214,7 @@ impl Memtable {
 
     /// What the layers below hold of `key`, if the table has an entry for it.
     pub fn below(&self, key: &[u8]) -> Option<Below> {
-        self.map.get(key).map(Entry::below)
+        self.index.get(key).map(Entry::below)
     }
 
     fn count(&mut self, entry: &Entry, sign: isize) {
@@ -230,21 +230,24 @@ impl Memtable {
     }
 
     fn insert_entry(&mut self, entry: Entry) -> Option<bool> {
-        let added = entry.footprint();
-        let previous = self.map.take(entry.key());
-        if let Some(old) = &previous {
-            // Replacing an entry: take the old one off before adding the new one, which keeps
-            // what the old one knew of the layers below.
-            self.approximate_bytes -= old.footprint();
-            self.count(old, -1);
+        // An entry replacing another of the same key keeps what that one knew of the layers
+        // below (the index's copy is kept up to date, so this costs a hash probe, not a search
+        // of the tree).
+        if let Some(old) = self.index.get(entry.key()) {
             entry
                 .below
                 .store(old.below.load(Ordering::Relaxed), Ordering::Relaxed);
         }
+        let added = entry.footprint();
         self.count(&entry, 1);
-        self.approximate_bytes += added;
         self.index.replace(entry.clone());
-        self.map.insert(entry);
+        let previous = self.map.replace(entry);
+        if let Some(old) = &previous {
+            // Replacing an entry: take the old one off.
+            self.approximate_bytes -= old.footprint();
+            self.count(old, -1);
+        }
+        self.approximate_bytes += added;
         previous.map(|old| old.live)
     }
 
@@ -273,6 +276,9 @@ impl Memtable {
                 )
                 .is_ok()
             {
+                if let Some(copy) = self.index.get(entry.key()) {
+                    copy.below.store(found as u8, Ordering::Relaxed);
+                }
                 if found == Below::Present {
                     self.present.fetch_add(1, Ordering::Relaxed);
                 }

@@ -619,14 +619,7 @@ mod tests {
         assert_eq!(dump(&db), expected);
         drop(db);
         // Closing with little or nothing in the log writes no run.
-        let files = |dir: &Path| {
-            let mut names: Vec<String> = std::fs::read_dir(dir)
-                .expect("list")
-                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            names
-        };
+        let files = crate::testing::file_names;
         let before = files(dir.path());
         drop(closing_flushes().open(dir.path()).expect("open"));
         assert_eq!(files(dir.path()), before);

@@ -762,14 +762,7 @@ mod tests {
         expected
     }
 
-    fn names(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .expect("list")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
+    use crate::testing::file_names as names;
 
     /// A writable open converts a store of format 1: a new segment, the snapshot renamed to a
     /// partition, the first manifest. A crash (the disk freezes) after any file operation of the

@@ -17,3 +17,14 @@ pub(crate) mod faulty;
 pub(crate) mod fuzz;
 pub(crate) mod rng;
 pub(crate) mod sim;
+
+/// The names in a real directory, sorted (for the unit tests' checks of which files exist).
+#[cfg(test)]
+pub(crate) fn file_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}

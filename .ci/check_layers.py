@@ -20,7 +20,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 
 LAYERS = [
     # (layer, modules): a module's layer is that of its first path segment.
-    (5, {"db", "iter", "transaction", "watch", "backup", "typed"}),
+    (5, {"db", "iter", "snapshot", "transaction", "watch", "backup", "typed"}),
     (4, {"engine"}),
     (3, {"options", "stats"}),
     (2, {"wal", "sorted", "manifest", "memtable", "view", "locking"}),

@@ -1,41 +1,99 @@
-//! Ordered iteration: [`Db::range`], [`Db::prefix`] and the [`Iter`] they return.
+//! Ordered iteration: [`Db::range`], [`Db::prefix`], the same over a [`Snapshot`], and the
+//! [`Iter`] they return, which reads from a snapshot (one taken when it is made, for `Db`'s).
 
 use std::fmt;
 use std::ops::{Bound, RangeBounds};
 
 use crate::bytes::Bytes;
 use crate::db::Db;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::snapshot::Snapshot;
 use crate::view::Chunk;
 
 impl Db {
-    /// The entries with keys in `range`, in key order (`.rev()` for descending).
+    /// The entries with keys in `range`, in key order (`.rev()` for descending), as of the
+    /// moment of the call: the iterator reads from a [`Snapshot`] taken then, so it sees one
+    /// state of the store however long it runs and whatever is written meanwhile (by this
+    /// process or others). Each key in the range is returned once, in order.
     ///
-    /// The iterator does not hold a lock between items: it reads the store a chunk of entries at a
-    /// time, so it never blocks writers. Each key in the range is returned at most once, in order;
-    /// writes made while it runs may or may not be seen.
+    /// The iterator holds no lock between items (it reads a chunk of entries at a time), so it
+    /// never blocks writers; what holding its snapshot costs is said at [`Snapshot`].
     pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
-        let owned = |b: Bound<&K>| match b {
-            Bound::Included(k) => Bound::Included(Bytes::from(k.as_ref())),
-            Bound::Excluded(k) => Bound::Excluded(Bytes::from(k.as_ref())),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        Iter::new(
-            self.clone(),
-            owned(range.start_bound()),
-            owned(range.end_bound()),
-        )
+        let (lo, hi) = owned_bounds(&range);
+        Iter::new(self.snapshot(), lo, hi)
+    }
+
+    /// The entries whose keys start with `prefix`, in key order, as of the call (as
+    /// [`Db::range`]).
+    pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
+        let (lo, hi) = prefix_bounds(prefix.as_ref());
+        Iter::new(self.snapshot(), lo, hi)
+    }
+
+    /// Every entry, in key order, as of the call (as [`Db::range`]).
+    pub fn iter(&self) -> Iter {
+        self.range::<&[u8], _>(..)
+    }
+
+    /// The entry with the smallest key, if any.
+    pub fn first(&self) -> Result<Option<(Bytes, Bytes)>> {
+        self.iter().next().transpose()
+    }
+
+    /// The entry with the largest key, if any.
+    pub fn last(&self) -> Result<Option<(Bytes, Bytes)>> {
+        self.iter().next_back().transpose()
+    }
+}
+
+impl Snapshot {
+    /// The entries with keys in `range`, in key order (`.rev()` for descending).
+    pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
+        let (lo, hi) = owned_bounds(&range);
+        Iter::new(Ok(self.clone()), lo, hi)
     }
 
     /// The entries whose keys start with `prefix`, in key order.
     pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
-        let prefix = prefix.as_ref();
-        let hi = match prefix_successor(prefix) {
-            Some(next) => Bound::Excluded(Bytes::from(next)),
-            None => Bound::Unbounded,
-        };
-        Iter::new(self.clone(), Bound::Included(Bytes::from(prefix)), hi)
+        let (lo, hi) = prefix_bounds(prefix.as_ref());
+        Iter::new(Ok(self.clone()), lo, hi)
     }
+
+    /// Every entry, in key order.
+    pub fn iter(&self) -> Iter {
+        self.range::<&[u8], _>(..)
+    }
+
+    /// The entry with the smallest key, if any.
+    pub fn first(&self) -> Result<Option<(Bytes, Bytes)>> {
+        self.iter().next().transpose()
+    }
+
+    /// The entry with the largest key, if any.
+    pub fn last(&self) -> Result<Option<(Bytes, Bytes)>> {
+        self.iter().next_back().transpose()
+    }
+}
+
+/// `range`'s bounds, owned.
+pub(crate) fn owned_bounds<K: AsRef<[u8]>, R: RangeBounds<K>>(
+    range: &R,
+) -> (Bound<Bytes>, Bound<Bytes>) {
+    let owned = |b: Bound<&K>| match b {
+        Bound::Included(k) => Bound::Included(Bytes::from(k.as_ref())),
+        Bound::Excluded(k) => Bound::Excluded(Bytes::from(k.as_ref())),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    (owned(range.start_bound()), owned(range.end_bound()))
+}
+
+/// The bounds of the keys that start with `prefix`.
+pub(crate) fn prefix_bounds(prefix: &[u8]) -> (Bound<Bytes>, Bound<Bytes>) {
+    let hi = match prefix_successor(prefix) {
+        Some(next) => Bound::Excluded(Bytes::from(next)),
+        None => Bound::Unbounded,
+    };
+    (Bound::Included(Bytes::from(prefix)), hi)
 }
 
 /// The smallest key greater than every key that starts with `prefix`, if there is one.
@@ -54,10 +112,14 @@ fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 const FIRST_CHUNK: usize = 16;
 const MAX_CHUNK: usize = 1024;
 
-/// An ordered iterator over a range of the store, from [`Db::range`] or [`Db::prefix`]. Yields
-/// `Result<(key, value)>`; iterate backwards with `.rev()` or `next_back`.
+/// An ordered iterator over a range of the store as of one commit, from [`Db::range`],
+/// [`Db::prefix`] or a [`Snapshot`]'s. Yields `Result<(key, value)>`; iterate backwards with
+/// `.rev()` or `next_back`.
 pub struct Iter {
-    db: Db,
+    /// What it reads from: `None` if taking the snapshot failed, with the error in `failed`
+    /// until it is yielded (once, as the only item).
+    snapshot: Option<Snapshot>,
+    failed: Option<Error>,
     /// The part of the range not fetched yet.
     lo: Bound<Bytes>,
     hi: Bound<Bytes>,
@@ -80,9 +142,14 @@ impl fmt::Debug for Iter {
 }
 
 impl Iter {
-    fn new(db: Db, lo: Bound<Bytes>, hi: Bound<Bytes>) -> Self {
+    pub(crate) fn new(snapshot: Result<Snapshot>, lo: Bound<Bytes>, hi: Bound<Bytes>) -> Self {
+        let (snapshot, failed) = match snapshot {
+            Ok(snapshot) => (Some(snapshot), None),
+            Err(e) => (None, Some(e)),
+        };
         Iter {
-            db,
+            snapshot,
+            failed,
             lo,
             hi,
             front: Vec::new().into_iter(),
@@ -94,8 +161,11 @@ impl Iter {
 
     /// Fetches the next chunk from one end of the unfetched range.
     fn refill(&mut self, from_front: bool) -> Result<()> {
-        self.db.store.refresh()?;
-        let Chunk { entries, horizon } = self.db.store.applied.read().fetch(
+        let Some(snapshot) = &self.snapshot else {
+            self.drained = true;
+            return self.failed.take().map_or(Ok(()), Err);
+        };
+        let Chunk { entries, horizon } = snapshot.fetch(
             as_slice_bound(&self.lo),
             as_slice_bound(&self.hi),
             from_front,

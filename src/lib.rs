@@ -40,6 +40,7 @@
 mod backup;
 mod db;
 mod iter;
+mod snapshot;
 mod transaction;
 #[cfg(feature = "serde")]
 mod typed;
@@ -87,14 +88,15 @@ pub use options::{
     DEFAULT_COMPACTION_RATIO, DEFAULT_MAX_RUNS, DEFAULT_MEMTABLE_BYTES, DEFAULT_PARTITION_BYTES,
     DEFAULT_SPIN_WAIT, Durability, Options,
 };
+pub use snapshot::Snapshot;
 pub use stats::{
     FileStats, LostKeys, LostRecords, RecoveryReport, RepairReport, Stats, VerifyReport,
 };
-pub use transaction::{CompareAndSwapError, Transaction};
+pub use transaction::{CompareAndSwapError, Transaction, TransactionIter};
 #[cfg(feature = "serde")]
 pub use typed::{
-    Key, KeyEncode, Typed, VALUE_ENCODING_POSTCARD_1, decode_key, decode_value, encode_key,
-    encode_value,
+    Key, KeyEncode, Typed, TypedTransaction, VALUE_ENCODING_POSTCARD_1, decode_key, decode_value,
+    encode_key, encode_value,
 };
 pub use watch::{Change, Commit, Watcher};
 

@@ -1,11 +1,12 @@
 //! The in-memory view of the writes since the last flush: an ordered map from key to value, or
-//! to a tombstone where a delete must hide an older value underneath.
+//! to a tombstone where a delete must hide an older value underneath; and, while read snapshots
+//! are open on the table, what each write replaced, so that they still read what they saw.
 #![allow(
     clippy::mutable_key_type,
     reason = "an entry's `below` is an atomic, but its order, equality and hash read only its key"
 )]
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -162,6 +163,27 @@ impl std::fmt::Debug for Entry {
     }
 }
 
+/// What a table held of a key before a write that read snapshots taken earlier must not see.
+#[derive(Debug)]
+struct Superseded {
+    /// The write's sequence number is at least this: a reader as of `at` or earlier (one that
+    /// sees the commits below it) reads `before` instead.
+    at: u64,
+    /// The entry the write replaced: `None` if the table had none (the reader looks below),
+    /// `Some(None)` a tombstone.
+    before: Option<Option<Bytes>>,
+}
+
+impl Superseded {
+    fn footprint(&self, key: &[u8]) -> usize {
+        let value = match &self.before {
+            Some(Some(v)) => v.len(),
+            _ => 0,
+        };
+        key.len() + value + ENTRY_OVERHEAD
+    }
+}
+
 /// Ordered writes, each a put or a tombstone.
 ///
 /// Point lookups go through a hash index of the same entries: a miss in the tree costs a dozen
@@ -178,6 +200,10 @@ pub struct Memtable {
     /// Entries whose key the layers below hold live, and entries not looked up yet.
     present: AtomicUsize,
     unknown: AtomicUsize,
+    /// For each key written while read snapshots were open on the table, what it held before,
+    /// oldest first (see [`Memtable::preserve`]). Empty while no snapshot is open.
+    history: BTreeMap<Bytes, Vec<Superseded>>,
+    history_bytes: usize,
 }
 
 impl Memtable {
@@ -322,12 +348,14 @@ impl Memtable {
             approximate_bytes,
             live,
             present: AtomicUsize::new(0),
+            history: BTreeMap::new(),
+            history_bytes: 0,
         }
     }
 
     /// A copy of this table with every entry of `upper` written over it (the entries are
     /// shared, not copied).
-    pub fn overlaid_with(&self, upper: Memtable) -> Memtable {
+    pub fn overlaid_with(&self, upper: &Memtable) -> Memtable {
         let mut merged = Memtable {
             map: self.map.clone(),
             index: self.index.clone(),
@@ -335,11 +363,13 @@ impl Memtable {
             live: self.live,
             present: AtomicUsize::new(self.present.load(Ordering::Relaxed)),
             unknown: AtomicUsize::new(self.unknown.load(Ordering::Relaxed)),
+            history: BTreeMap::new(),
+            history_bytes: 0,
         };
         // An upper entry over one of this table's keys takes over what that one knew of the
         // layers below both; for other keys, what it knew of them is the same.
-        for entry in upper.map {
-            merged.insert_entry(entry);
+        for entry in &upper.map {
+            merged.insert_entry(entry.clone());
         }
         merged
     }
@@ -366,6 +396,140 @@ impl Memtable {
             .into_iter()
             .flatten()
             .map(|entry| (entry.key_bytes(), entry.value()))
+    }
+
+    /// Before a write to `key` that readers as of `at` or earlier must not see: keeps what the
+    /// table holds of the key now, for them. `newest_reader` is the latest sequence number a
+    /// reader of this table is as of: if the key's last kept state already serves every reader
+    /// up to that one (it was kept for a write at or after it), there is nothing new to keep.
+    pub fn preserve(&mut self, key: &Bytes, at: u64, newest_reader: u64) {
+        if let Some(kept) = self.history.get(&key[..])
+            && kept.last().is_some_and(|last| last.at >= newest_reader)
+        {
+            return;
+        }
+        let before = self.get(key);
+        let record = Superseded { at, before };
+        self.history_bytes += record.footprint(key);
+        match self.history.get_mut(&key[..]) {
+            Some(kept) => kept.push(record),
+            None => {
+                self.history.insert(key.clone(), vec![record]);
+            }
+        }
+    }
+
+    /// Drops the kept states no reader needs any more: those for writes before `oldest_reader`
+    /// (a reader as of `s` reads the first state kept at or after `s`), or all of them if there
+    /// is no reader.
+    pub fn forget_history_before(&mut self, oldest_reader: Option<u64>) {
+        let Some(oldest) = oldest_reader else {
+            self.history.clear();
+            self.history_bytes = 0;
+            return;
+        };
+        let mut freed = 0;
+        self.history.retain(|key, kept| {
+            kept.retain(|record| {
+                let keep = record.at >= oldest;
+                if !keep {
+                    freed += record.footprint(key);
+                }
+                keep
+            });
+            !kept.is_empty()
+        });
+        self.history_bytes -= freed;
+    }
+
+    /// Heap bytes held only for read snapshots: the states kept by [`Memtable::preserve`].
+    pub fn history_bytes(&self) -> usize {
+        self.history_bytes
+    }
+
+    /// The entry for `key` as a reader as of `at` sees it (every commit below `at`, none
+    /// after): as [`Memtable::get`], or `None` if the table had no entry for it then.
+    pub fn get_at(&self, key: &[u8], at: u64) -> Option<Option<Bytes>> {
+        if !self.history.is_empty()
+            && let Some(kept) = self.history.get(key)
+            && let Some(record) = kept.iter().find(|record| record.at >= at)
+        {
+            return record.before.clone();
+        }
+        self.get(key)
+    }
+
+    /// Up to `limit` entries (tombstones included) with keys within the bounds, nearest first
+    /// (ascending if `forward`), as a reader as of `at` sees them (`None`: as they are now).
+    pub fn entries_at(
+        &self,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+        forward: bool,
+        limit: usize,
+        at: Option<u64>,
+    ) -> Vec<(Bytes, Option<Bytes>)> {
+        let mut out = Vec::with_capacity(limit.min(self.len()));
+        let at = match at {
+            Some(at) if !self.history.is_empty() && bounds_nonempty(lo, hi) => at,
+            _ => {
+                let range = self.range(lo, hi);
+                if forward {
+                    out.extend(range.take(limit));
+                } else {
+                    out.extend(range.rev().take(limit));
+                }
+                return out;
+            }
+        };
+        // The keys of the tree and of the history, merged; a key's kept state for `at` wins
+        // over its entry now.
+        let now = self.map.range::<[u8], _>((lo, hi));
+        let kept = self.history.range::<[u8], _>((lo, hi));
+        let (mut now, mut kept): (
+            Box<dyn Iterator<Item = &Entry>>,
+            Box<dyn Iterator<Item = _>>,
+        ) = if forward {
+            (Box::new(now), Box::new(kept))
+        } else {
+            (Box::new(now.rev()), Box::new(kept.rev()))
+        };
+        let order = |a: &[u8], b: &[u8]| if forward { a.cmp(b) } else { b.cmp(a) };
+        let (mut n, mut k) = (now.next(), kept.next());
+        while out.len() < limit {
+            let (key, state) = match (n, k) {
+                (None, None) => break,
+                (Some(entry), None) => {
+                    n = now.next();
+                    (entry.key_bytes(), Some(entry.value()))
+                }
+                (Some(entry), Some((key, _)))
+                    if order(entry.key(), key) == std::cmp::Ordering::Less =>
+                {
+                    n = now.next();
+                    (entry.key_bytes(), Some(entry.value()))
+                }
+                (_, Some((key, records))) => {
+                    let current = match n {
+                        Some(entry) if entry.key() == &key[..] => {
+                            n = now.next();
+                            Some(entry.value())
+                        }
+                        _ => None,
+                    };
+                    k = kept.next();
+                    let state = match records.iter().find(|record| record.at >= at) {
+                        Some(record) => record.before.clone(),
+                        None => current,
+                    };
+                    (key.clone(), state)
+                }
+            };
+            if let Some(value) = state {
+                out.push((key, value));
+            }
+        }
+        out
     }
 
     /// Number of entries, tombstones included.

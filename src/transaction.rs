@@ -1,21 +1,29 @@
 //! Transactions: read-modify-write that is serializable across threads and processes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
 use std::fmt;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, OnceLock};
 
 use crate::batch::{Batch, check_key, check_value};
 use crate::bytes::Bytes;
 use crate::db::Db;
 use crate::engine::Store;
 use crate::error::{Error, Result};
+use crate::iter::{Iter, owned_bounds, prefix_bounds};
+use crate::snapshot::Snapshot;
 
-/// The reads and writes of one [`Db::transaction`]. Reads see the whole committed state (every
-/// process's) plus this transaction's own writes; the writes commit as one atomic log record
-/// when the closure returns `Ok`.
+/// The reads and writes of one [`Db::transaction`]. Reads (and scans) see the whole committed
+/// state (every process's) plus this transaction's own writes; the writes commit as one atomic
+/// log record when the closure returns `Ok`.
 pub struct Transaction<'a> {
+    db: &'a Db,
     store: &'a Store,
     /// The writes so far, last one per key winning (`None`: delete).
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// What scans read below the writes, taken at the first scan. Nothing else commits while
+    /// the transaction runs, so it is the state the transaction started from.
+    snapshot: OnceLock<Snapshot>,
 }
 
 impl fmt::Debug for Transaction<'_> {
@@ -58,6 +66,50 @@ impl Transaction<'_> {
         Ok(())
     }
 
+    /// The entries with keys in `range`, in key order (`.rev()` for descending): the committed
+    /// state with this transaction's writes so far over it.
+    pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> TransactionIter<'_> {
+        let (lo, hi) = owned_bounds(&range);
+        self.scan(lo, hi)
+    }
+
+    /// The entries whose keys start with `prefix`, including this transaction's writes.
+    pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> TransactionIter<'_> {
+        let (lo, hi) = prefix_bounds(prefix.as_ref());
+        self.scan(lo, hi)
+    }
+
+    /// Every entry, including this transaction's writes.
+    pub fn iter(&self) -> TransactionIter<'_> {
+        self.scan(Bound::Unbounded, Bound::Unbounded)
+    }
+
+    fn scan(&self, lo: Bound<Bytes>, hi: Bound<Bytes>) -> TransactionIter<'_> {
+        let snapshot = self.snapshot.get_or_init(|| Snapshot {
+            db: self.db.clone(),
+            point: Arc::new(self.store.read_point_as_applied()),
+        });
+        let as_vec = |b: &Bound<Bytes>| match b {
+            Bound::Included(k) => Bound::Included(k.to_vec()),
+            Bound::Excluded(k) => Bound::Excluded(k.to_vec()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let (wlo, whi) = (as_vec(&lo), as_vec(&hi));
+        let writes = if crate::memtable::bounds_nonempty(as_slice(&wlo), as_slice(&whi)) {
+            Some(self.writes.range((wlo, whi)))
+        } else {
+            None
+        };
+        TransactionIter {
+            below: Iter::new(Ok(snapshot.clone()), lo, hi),
+            writes,
+            below_front: None,
+            below_back: None,
+            write_front: None,
+            write_back: None,
+        }
+    }
+
     fn into_batch(self) -> Batch {
         let mut batch = Batch::new();
         for (key, value) in self.writes {
@@ -67,6 +119,113 @@ impl Transaction<'_> {
             };
         }
         batch
+    }
+}
+
+fn as_slice(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(k) => Bound::Included(k),
+        Bound::Excluded(k) => Bound::Excluded(k),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+type Write<'t> = (&'t Vec<u8>, &'t Option<Vec<u8>>);
+
+/// A scan inside a transaction, from [`Transaction::range`], [`Transaction::prefix`] or
+/// [`Transaction::iter`]: the committed entries merged with the transaction's own writes (a
+/// write wins over the committed entry of its key; a delete hides it).
+pub struct TransactionIter<'t> {
+    below: Iter,
+    /// `None` for an empty range.
+    writes: Option<btree_map::Range<'t, Vec<u8>, Option<Vec<u8>>>>,
+    /// Taken from each source's ends and not yielded yet. When a source is used up from one
+    /// end, what is left of it is the item taken from its other end.
+    below_front: Option<(Bytes, Bytes)>,
+    below_back: Option<(Bytes, Bytes)>,
+    write_front: Option<Write<'t>>,
+    write_back: Option<Write<'t>>,
+}
+
+impl fmt::Debug for TransactionIter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransactionIter")
+            .field("below", &self.below)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TransactionIter<'_> {
+    fn step(&mut self, forward: bool) -> Option<Result<(Bytes, Bytes)>> {
+        loop {
+            let (near, far) = if forward {
+                (&mut self.below_front, &mut self.below_back)
+            } else {
+                (&mut self.below_back, &mut self.below_front)
+            };
+            if near.is_none() {
+                let next = if forward {
+                    self.below.next()
+                } else {
+                    self.below.next_back()
+                };
+                *near = match next {
+                    Some(Err(e)) => return Some(Err(e)),
+                    Some(Ok(entry)) => Some(entry),
+                    None => far.take(),
+                };
+            }
+            let (wnear, wfar) = if forward {
+                (&mut self.write_front, &mut self.write_back)
+            } else {
+                (&mut self.write_back, &mut self.write_front)
+            };
+            if wnear.is_none() {
+                let next = self
+                    .writes
+                    .as_mut()
+                    .and_then(|w| if forward { w.next() } else { w.next_back() });
+                *wnear = next.or_else(|| wfar.take());
+            }
+            let take_write = match (&*near, &*wnear) {
+                (None, None) => return None,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((below, _)), Some((write, _))) => {
+                    let order = below[..].cmp(&write[..]);
+                    let below_first = if forward {
+                        order.is_lt()
+                    } else {
+                        order.is_gt()
+                    };
+                    if !below_first && order.is_eq() {
+                        *near = None; // the write wins over the committed entry
+                    }
+                    !below_first
+                }
+            };
+            if !take_write {
+                return near.take().map(Ok);
+            }
+            if let Some((key, Some(value))) = wnear.take() {
+                return Some(Ok((Bytes::from(&key[..]), Bytes::from(&value[..]))));
+            }
+            // A delete: nothing to yield for its key.
+        }
+    }
+}
+
+impl Iterator for TransactionIter<'_> {
+    type Item = Result<(Bytes, Bytes)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.step(true)
+    }
+}
+
+impl DoubleEndedIterator for TransactionIter<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.step(false)
     }
 }
 
@@ -123,8 +282,10 @@ impl Db {
         let store: &Store = &self.store;
         store.exclusively(|| {
             let mut tx = Transaction {
+                db: self,
                 store,
                 writes: BTreeMap::new(),
+                snapshot: OnceLock::new(),
             };
             let value = body(&mut tx)?;
             Ok((value, tx.into_batch()))

@@ -13,8 +13,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::batch::Batch;
+use crate::bytes::Bytes;
 use crate::db::Db;
 use crate::error::{Error, Result};
+use crate::iter::Iter;
+use crate::snapshot::Snapshot;
+use crate::transaction::Transaction;
 
 /// The first byte of every typed value: which encoding follows. A value starting with another
 /// byte was written by a newer sturdykv (or is not a typed value) and is refused, not guessed.
@@ -283,18 +287,45 @@ pub fn decode_value<V: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<V,
 /// assert_eq!(ids, [7, 1000]);
 /// # Ok::<(), sturdykv::Error>(())
 /// ```
-pub struct Typed<K, V> {
-    db: Db,
-    prefix: Vec<u8>,
-    types: PhantomData<fn() -> (K, V)>,
+pub struct Typed<K, V, S = Db> {
+    source: S,
+    codec: Codec<K, V>,
 }
 
-impl<K, V> Clone for Typed<K, V> {
+/// Where a [`Typed`] view reads: the store as it is ([`Db`]), or as of a [`Snapshot`].
+mod source {
+    use super::*;
+
+    pub trait Source {
+        fn get_bytes(&self, key: &[u8]) -> Result<Option<Bytes>>;
+        fn range_bytes(&self, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> Iter;
+    }
+
+    impl Source for Db {
+        fn get_bytes(&self, key: &[u8]) -> Result<Option<Bytes>> {
+            self.get(key)
+        }
+        fn range_bytes(&self, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> Iter {
+            self.range::<Vec<u8>, _>((lo, hi))
+        }
+    }
+
+    impl Source for Snapshot {
+        fn get_bytes(&self, key: &[u8]) -> Result<Option<Bytes>> {
+            self.get(key)
+        }
+        fn range_bytes(&self, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> Iter {
+            self.range::<Vec<u8>, _>((lo, hi))
+        }
+    }
+}
+use source::Source;
+
+impl<K, V, S: Clone> Clone for Typed<K, V, S> {
     fn clone(&self) -> Self {
         Typed {
-            db: self.db.clone(),
-            prefix: self.prefix.clone(),
-            types: PhantomData,
+            source: self.source.clone(),
+            codec: self.codec.clone(),
         }
     }
 }
@@ -306,14 +337,62 @@ impl Db {
         prefix: impl AsRef<[u8]>,
     ) -> Typed<K, V> {
         Typed {
-            db: self.clone(),
-            prefix: prefix.as_ref().to_vec(),
+            source: self.clone(),
+            codec: Codec::new(prefix.as_ref()),
+        }
+    }
+}
+
+impl Snapshot {
+    /// A typed view of the keys under `prefix` as of the snapshot (read-only): see [`Typed`].
+    pub fn typed<K: Key, V: Serialize + DeserializeOwned>(
+        &self,
+        prefix: impl AsRef<[u8]>,
+    ) -> Typed<K, V, Snapshot> {
+        Typed {
+            source: self.clone(),
+            codec: Codec::new(prefix.as_ref()),
+        }
+    }
+}
+
+impl<'a> Transaction<'a> {
+    /// A typed view of the keys under `prefix` inside this transaction: its reads and scans see
+    /// the transaction's own writes, and its writes commit with the transaction.
+    pub fn typed<K: Key, V: Serialize + DeserializeOwned>(
+        &mut self,
+        prefix: impl AsRef<[u8]>,
+    ) -> TypedTransaction<'_, 'a, K, V> {
+        TypedTransaction {
+            tx: self,
+            codec: Codec::new(prefix.as_ref()),
+        }
+    }
+}
+
+/// How a typed view turns keys and values into the store's bytes and back.
+struct Codec<K, V> {
+    prefix: Vec<u8>,
+    types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Clone for Codec<K, V> {
+    fn clone(&self) -> Self {
+        Codec {
+            prefix: self.prefix.clone(),
             types: PhantomData,
         }
     }
 }
 
-impl<K: Key, V: Serialize + DeserializeOwned> Typed<K, V> {
+impl<K: Key, V: Serialize + DeserializeOwned> Codec<K, V> {
+    fn new(prefix: &[u8]) -> Self {
+        Codec {
+            prefix: prefix.to_vec(),
+            types: PhantomData,
+        }
+    }
+
     fn stored_key<Q: KeyEncode + ?Sized>(&self, key: &Q) -> Vec<u8> {
         let mut out = self.prefix.clone();
         key.write_key(&mut out, true);
@@ -332,14 +411,9 @@ impl<K: Key, V: Serialize + DeserializeOwned> Typed<K, V> {
         Ok((k, v))
     }
 
-    /// The value of `key`, if there is one.
-    pub fn get<Q>(&self, key: &Q) -> Result<Option<V>>
-    where
-        K: Borrow<Q>,
-        Q: KeyEncode + ?Sized,
-    {
-        let stored = self.stored_key(key);
-        match self.db.get(&stored)? {
+    /// The value stored under `stored`, decoded.
+    fn value(&self, stored: Vec<u8>, value: Option<Bytes>) -> Result<Option<V>> {
+        match value {
             Some(value) => decode_value(&value)
                 .map(Some)
                 .map_err(|reason| Error::Decode {
@@ -351,65 +425,9 @@ impl<K: Key, V: Serialize + DeserializeOwned> Typed<K, V> {
         }
     }
 
-    /// Whether `key` has a value.
-    pub fn contains_key<Q>(&self, key: &Q) -> Result<bool>
+    /// The stored keys' bounds for `range` of typed keys, within the prefix.
+    fn bounds<Q, R>(&self, range: R) -> (Bound<Vec<u8>>, Bound<Vec<u8>>)
     where
-        K: Borrow<Q>,
-        Q: KeyEncode + ?Sized,
-    {
-        self.db.contains_key(self.stored_key(key))
-    }
-
-    /// Sets `key` to `value`, durably (as [`Db::put`]).
-    pub fn put<Q>(&self, key: &Q, value: &V) -> Result<()>
-    where
-        K: Borrow<Q>,
-        Q: KeyEncode + ?Sized,
-    {
-        self.db.put(self.stored_key(key), encode_value(value)?)
-    }
-
-    /// Removes `key` (as [`Db::delete`]).
-    pub fn delete<Q>(&self, key: &Q) -> Result<()>
-    where
-        K: Borrow<Q>,
-        Q: KeyEncode + ?Sized,
-    {
-        self.db.delete(self.stored_key(key))
-    }
-
-    /// Adds setting `key` to `value` to `batch`, to commit with [`Db::write`] together with
-    /// other writes.
-    pub fn put_in<Q>(&self, batch: &mut Batch, key: &Q, value: &V) -> Result<()>
-    where
-        K: Borrow<Q>,
-        Q: KeyEncode + ?Sized,
-    {
-        batch.put(self.stored_key(key), encode_value(value)?);
-        Ok(())
-    }
-
-    /// Adds removing `key` to `batch`.
-    pub fn delete_in<Q>(&self, batch: &mut Batch, key: &Q)
-    where
-        K: Borrow<Q>,
-        Q: KeyEncode + ?Sized,
-    {
-        batch.delete(self.stored_key(key));
-    }
-
-    /// Every entry, in key order (reversible with `.rev()`).
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Result<(K, V)>> + use<K, V> {
-        self.range::<K, _>(..)
-    }
-
-    /// The entries with keys in `range`, in key order (reversible with `.rev()`).
-    pub fn range<Q, R>(
-        &self,
-        range: R,
-    ) -> impl DoubleEndedIterator<Item = Result<(K, V)>> + use<K, V, Q, R>
-    where
-        K: Borrow<Q>,
         Q: KeyEncode + ?Sized,
         R: RangeBounds<Q>,
     {
@@ -423,10 +441,171 @@ impl<K: Key, V: Serialize + DeserializeOwned> Typed<K, V> {
             Bound::Excluded(k) => Bound::Excluded(self.stored_key(k)),
             Bound::Unbounded => prefix_end(&self.prefix).map_or(Bound::Unbounded, Bound::Excluded),
         };
-        let view = self.clone();
-        self.db
+        (start, end)
+    }
+}
+
+impl<K: Key, V: Serialize + DeserializeOwned, S: Source + Clone> Typed<K, V, S> {
+    /// The value of `key`, if there is one.
+    pub fn get<Q>(&self, key: &Q) -> Result<Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: KeyEncode + ?Sized,
+    {
+        let stored = self.codec.stored_key(key);
+        let value = self.source.get_bytes(&stored)?;
+        self.codec.value(stored, value)
+    }
+
+    /// Whether `key` has a value.
+    pub fn contains_key<Q>(&self, key: &Q) -> Result<bool>
+    where
+        K: Borrow<Q>,
+        Q: KeyEncode + ?Sized,
+    {
+        Ok(self
+            .source
+            .get_bytes(&self.codec.stored_key(key))?
+            .is_some())
+    }
+
+    /// Every entry, in key order (reversible with `.rev()`); from the store, as of the call.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Result<(K, V)>> + use<K, V, S> {
+        self.range::<K, _>(..)
+    }
+
+    /// The entries with keys in `range`, in key order (reversible with `.rev()`); from the
+    /// store, as of the call.
+    pub fn range<Q, R>(
+        &self,
+        range: R,
+    ) -> impl DoubleEndedIterator<Item = Result<(K, V)>> + use<K, V, Q, R, S>
+    where
+        K: Borrow<Q>,
+        Q: KeyEncode + ?Sized,
+        R: RangeBounds<Q>,
+    {
+        let (start, end) = self.codec.bounds(range);
+        let codec = self.codec.clone();
+        self.source
+            .range_bytes(start, end)
+            .map(move |entry| entry.and_then(|(k, v)| codec.decode(&k, &v)))
+    }
+}
+
+impl<K: Key, V: Serialize + DeserializeOwned> Typed<K, V, Db> {
+    /// Sets `key` to `value`, durably (as [`Db::put`]).
+    pub fn put<Q>(&self, key: &Q, value: &V) -> Result<()>
+    where
+        K: Borrow<Q>,
+        Q: KeyEncode + ?Sized,
+    {
+        self.source
+            .put(self.codec.stored_key(key), encode_value(value)?)
+    }
+
+    /// Removes `key` (as [`Db::delete`]).
+    pub fn delete<Q>(&self, key: &Q) -> Result<()>
+    where
+        K: Borrow<Q>,
+        Q: KeyEncode + ?Sized,
+    {
+        self.source.delete(self.codec.stored_key(key))
+    }
+
+    /// Adds setting `key` to `value` to `batch`, to commit with [`Db::write`] together with
+    /// other writes.
+    pub fn put_in<Q>(&self, batch: &mut Batch, key: &Q, value: &V) -> Result<()>
+    where
+        K: Borrow<Q>,
+        Q: KeyEncode + ?Sized,
+    {
+        batch.put(self.codec.stored_key(key), encode_value(value)?);
+        Ok(())
+    }
+
+    /// Adds removing `key` to `batch`.
+    pub fn delete_in<Q>(&self, batch: &mut Batch, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: KeyEncode + ?Sized,
+    {
+        batch.delete(self.codec.stored_key(key));
+    }
+
+    /// This view as of `snapshot` (which must be of the same store): read-only.
+    pub fn at(&self, snapshot: &Snapshot) -> Typed<K, V, Snapshot> {
+        Typed {
+            source: snapshot.clone(),
+            codec: self.codec.clone(),
+        }
+    }
+}
+
+/// A typed view inside a [`Db::transaction`], from [`Transaction::typed`]: reads and scans see
+/// the transaction's own writes; writes commit with it.
+pub struct TypedTransaction<'t, 'a, K, V> {
+    tx: &'t mut Transaction<'a>,
+    codec: Codec<K, V>,
+}
+
+impl<K: Key, V: Serialize + DeserializeOwned> TypedTransaction<'_, '_, K, V> {
+    /// The value of `key`, including the transaction's own writes.
+    pub fn get<Q>(&self, key: &Q) -> Result<Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: KeyEncode + ?Sized,
+    {
+        let stored = self.codec.stored_key(key);
+        let value = self.tx.get(&stored)?;
+        self.codec.value(stored, value)
+    }
+
+    /// Whether `key` has a value, including the transaction's own writes.
+    pub fn contains_key<Q>(&self, key: &Q) -> Result<bool>
+    where
+        K: Borrow<Q>,
+        Q: KeyEncode + ?Sized,
+    {
+        self.tx.contains_key(self.codec.stored_key(key))
+    }
+
+    /// Sets `key` to `value` when the transaction commits.
+    pub fn put<Q>(&mut self, key: &Q, value: &V) -> Result<()>
+    where
+        K: Borrow<Q>,
+        Q: KeyEncode + ?Sized,
+    {
+        self.tx
+            .put(self.codec.stored_key(key), encode_value(value)?)
+    }
+
+    /// Removes `key` when the transaction commits.
+    pub fn delete<Q>(&mut self, key: &Q) -> Result<()>
+    where
+        K: Borrow<Q>,
+        Q: KeyEncode + ?Sized,
+    {
+        self.tx.delete(self.codec.stored_key(key))
+    }
+
+    /// Every entry, in key order, including the transaction's own writes.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Result<(K, V)>> + '_ {
+        self.range::<K, _>(..)
+    }
+
+    /// The entries with keys in `range`, in key order, including the transaction's own writes.
+    pub fn range<Q, R>(&self, range: R) -> impl DoubleEndedIterator<Item = Result<(K, V)>> + '_
+    where
+        K: Borrow<Q>,
+        Q: KeyEncode + ?Sized,
+        R: RangeBounds<Q>,
+    {
+        let (start, end) = self.codec.bounds(range);
+        let codec = &self.codec;
+        self.tx
             .range::<Vec<u8>, _>((start, end))
-            .map(move |entry| entry.and_then(|(k, v)| view.decode(&k, &v)))
+            .map(move |entry| entry.and_then(|(k, v)| codec.decode(&k, &v)))
     }
 }
 

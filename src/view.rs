@@ -3,14 +3,17 @@
 //! that order; scans merge them, the upper layer winning for a key found in several.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::bytes::Bytes;
 use crate::error::Result;
 use crate::format::ManifestData;
 use crate::memtable::{Below, Memtable};
 use crate::sorted::SortedFile;
+use crate::sync::lock;
 
 /// Operations read from the log during recovery, oldest first, for [`View::replay`].
 #[derive(Debug)]
@@ -196,29 +199,105 @@ impl Tables {
 /// Readers' view of the store, behind the handle's `RwLock`.
 #[derive(Debug, Default)]
 pub struct View {
-    /// Writes since the newest flush this handle knows of.
+    /// Writes since the newest flush this handle knows of. Replaced only through
+    /// [`View::retire_memtable`] or [`View::replace`], which hand it to the snapshots reading it.
     pub memtable: Memtable,
+    /// The read snapshots of the live memtable.
+    pub readers: Arc<MemtableReaders>,
     /// The writes being flushed into a run (by this handle).
     pub frozen: Option<Arc<Memtable>>,
     /// The sorted files, as the newest manifest this handle applied names them.
     pub tables: Arc<Tables>,
+    /// Every commit below this sequence number is applied, and none at or above it.
+    pub next_seq: u64,
+}
+
+/// The read snapshots of one memtable while it is live, and the table once the view has
+/// replaced it (frozen it for a flush, or rebuilt from the log): they go on reading it there.
+#[derive(Debug, Default)]
+pub struct MemtableReaders {
+    retired: OnceLock<Arc<Memtable>>,
+    /// How many open snapshots are as of each sequence number.
+    open: Mutex<BTreeMap<u64, usize>>,
+    /// A snapshot closed since the live table last dropped the history no one needs.
+    closed: AtomicBool,
+}
+
+/// What a write keeps for the read snapshots open on the live memtable (see
+/// [`Memtable::preserve`]): the write's sequence number is at least `at`, and the newest
+/// snapshot is as of `newest_reader`.
+#[derive(Clone, Copy, Debug)]
+pub struct Keep {
+    at: u64,
+    newest_reader: u64,
 }
 
 impl View {
-    /// The value of `key`.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        if let Some(entry) = self.memtable.get(key) {
-            return Ok(entry);
+    /// The layers as they are now, for reading.
+    fn layers(&self) -> Layers<'_> {
+        Layers {
+            live: &self.memtable,
+            frozen: self.frozen.as_deref(),
+            tables: &self.tables,
+            at: None,
         }
-        self.base_get(key)
     }
 
-    /// The value of `key` below the live memtable.
-    fn base_get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        if let Some(entry) = self.frozen.as_ref().and_then(|f| f.get(key)) {
-            return Ok(entry);
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.layers().get(key)
+    }
+
+    /// Opens a read snapshot of the view as it is: O(1), a few reference counts. The snapshot
+    /// keeps what it reads (the memtables and the open files) until it is dropped.
+    pub fn read_point(&self) -> ReadPoint {
+        let readers = Arc::clone(&self.readers);
+        *lock(&readers.open).entry(self.next_seq).or_default() += 1;
+        ReadPoint {
+            at: self.next_seq,
+            live: readers,
+            frozen: self.frozen.clone(),
+            tables: Arc::clone(&self.tables),
         }
-        Ok(self.tables.get(key)?.flatten())
+    }
+
+    /// Takes the live memtable out for `next`, handing it to the snapshots reading it.
+    pub fn retire_memtable(&mut self, next: Memtable) -> Arc<Memtable> {
+        let old = Arc::new(std::mem::replace(&mut self.memtable, next));
+        let readers = std::mem::take(&mut self.readers);
+        if Arc::strong_count(&readers) > 1 {
+            // Open snapshots read it: set before the view lock is released, so that a snapshot
+            // that finds no retired table under the lock reads the live one.
+            let _ = readers.retired.set(Arc::clone(&old));
+        }
+        old
+    }
+
+    /// Replaces the whole view (a reload from the files and the log), handing the live
+    /// memtable to the snapshots reading it.
+    pub fn replace(&mut self, next: View) {
+        self.retire_memtable(Memtable::default());
+        *self = next;
+    }
+
+    /// Before applying commits at sequence number `next_seq` and on: what the writes must keep
+    /// for the snapshots open on the live memtable (`None` if there are none), having dropped
+    /// what the snapshots closed since no longer need.
+    pub fn keep_for_readers(&mut self) -> Option<Keep> {
+        let closed = self.readers.closed.swap(false, AtomicOrdering::AcqRel);
+        let open = lock(&self.readers.open);
+        let (oldest, newest) = (
+            open.keys().next().copied(),
+            open.keys().next_back().copied(),
+        );
+        drop(open);
+        if closed || oldest.is_none() && self.memtable.history_bytes() > 0 {
+            self.memtable.forget_history_before(oldest);
+        }
+        newest.map(|newest_reader| Keep {
+            at: self.next_seq,
+            newest_reader,
+        })
     }
 
     /// What the layers below the live memtable hold of `key`, looked up in the frozen memtable
@@ -239,8 +318,17 @@ impl View {
     /// Applies one committed operation. `below` is what [`View::below`] said of the key (looked
     /// up beforehand, under the read lock rather than this write lock), or `None` to leave it
     /// unknown until [`View::len`] or the flush resolves it. A delete leaves a tombstone unless
-    /// nothing is known to lie below.
-    pub fn apply(&mut self, key: Bytes, value: Option<Bytes>, below: Option<Below>) {
+    /// nothing is known to lie below. `keep`: what [`View::keep_for_readers`] said.
+    pub fn apply(
+        &mut self,
+        key: Bytes,
+        value: Option<Bytes>,
+        below: Option<Below>,
+        keep: Option<Keep>,
+    ) {
+        if let Some(keep) = keep {
+            self.memtable.preserve(&key, keep.at, keep.newest_reader);
+        }
         let known = self
             .memtable
             .below(&key)
@@ -289,6 +377,85 @@ impl View {
         )?;
         Ok(self.memtable.count_over(below))
     }
+}
+
+/// A read snapshot of a view: every commit below `at`, and none after. Holds the frozen
+/// memtable and the files it read from, and is counted among the live memtable's readers (which
+/// keeps what later writes replace) until dropped.
+#[derive(Debug)]
+pub struct ReadPoint {
+    pub at: u64,
+    live: Arc<MemtableReaders>,
+    pub frozen: Option<Arc<Memtable>>,
+    pub tables: Arc<Tables>,
+}
+
+impl ReadPoint {
+    /// The memtable that was live when the snapshot was taken, if the view has replaced it
+    /// since; while it has not, it is the view's live one (read under the view's lock).
+    pub fn retired(&self) -> Option<&Arc<Memtable>> {
+        self.live.retired.get()
+    }
+
+    /// Whether `live` is the memtable this snapshot was taken over.
+    pub fn reads(&self, view: &View) -> bool {
+        Arc::ptr_eq(&self.live, &view.readers)
+    }
+
+    /// The layers as of the snapshot, `live` being its memtable (the retired one, or the
+    /// view's).
+    pub fn layers<'a>(&'a self, live: &'a Memtable) -> Layers<'a> {
+        Layers {
+            live,
+            frozen: self.frozen.as_deref(),
+            tables: &self.tables,
+            at: Some(self.at),
+        }
+    }
+}
+
+impl Drop for ReadPoint {
+    fn drop(&mut self) {
+        let mut open = lock(&self.live.open);
+        if let Some(count) = open.get_mut(&self.at) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.at);
+            }
+        }
+        drop(open);
+        self.live.closed.store(true, AtomicOrdering::Release);
+    }
+}
+
+/// The layers a read goes through, newest first: the live memtable, the frozen one, the runs
+/// and the partitions; as they are now, or as a snapshot sees them.
+pub struct Layers<'a> {
+    live: &'a Memtable,
+    frozen: Option<&'a Memtable>,
+    tables: &'a Tables,
+    /// The snapshot's sequence number: the memtables are read as of it.
+    at: Option<u64>,
+}
+
+impl Layers<'_> {
+    fn memtable_get(&self, table: &Memtable, key: &[u8]) -> Option<Option<Bytes>> {
+        match self.at {
+            Some(at) => table.get_at(key, at),
+            None => table.get(key),
+        }
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        if let Some(entry) = self.memtable_get(self.live, key) {
+            return Ok(entry);
+        }
+        if let Some(entry) = self.frozen.and_then(|f| self.memtable_get(f, key)) {
+            return Ok(entry);
+        }
+        Ok(self.tables.get(key)?.flatten())
+    }
 
     /// Up to about `limit` live entries within `lo..hi` from the near end (ascending if
     /// `forward`), merged across the layers. Also returns the key up to which every layer was
@@ -301,7 +468,7 @@ impl View {
         limit: usize,
     ) -> Result<Chunk> {
         let far = if forward { hi } else { lo };
-        let tables = &self.tables;
+        let tables = self.tables;
         // The partitions first: up to `limit` of their entries. If they have more, only keys up
         // to their last one can be complete, so the other layers are read no further than that
         // — reading them to their own `limit` would mostly fetch keys the next chunk reads
@@ -329,18 +496,10 @@ impl View {
         // Up to `limit` entries (tombstones included) from each upper layer, newest first.
         let mut layers: Vec<Vec<(Bytes, Option<Bytes>)>> =
             Vec::with_capacity(3 + tables.runs.len());
-        let from_memtable = |m: &Memtable| -> Vec<(Bytes, Option<Bytes>)> {
-            let range = m.range(upper_lo, upper_hi);
-            let mut out = Vec::with_capacity(limit.min(m.len()));
-            if forward {
-                out.extend(range.take(limit));
-            } else {
-                out.extend(range.rev().take(limit));
-            }
-            out
-        };
-        layers.push(from_memtable(&self.memtable));
-        if let Some(frozen) = &self.frozen {
+        let from_memtable =
+            |m: &Memtable| m.entries_at(upper_lo, upper_hi, forward, limit, self.at);
+        layers.push(from_memtable(self.live));
+        if let Some(frozen) = self.frozen {
             layers.push(from_memtable(frozen));
         }
         for run in &tables.runs {
@@ -493,7 +652,7 @@ mod tests {
                     Bytes::from(format!("{:0w$}", r % 61, w = (r >> 8) as usize % 12).as_str());
                 let value = (r % 5 != 0).then(|| Bytes::from(r.to_le_bytes().to_vec()));
                 replayed.push(key.clone(), value.clone());
-                one_by_one.apply(key, value, None);
+                one_by_one.apply(key, value, None, None);
             }
             let mut at_once = View::default();
             at_once.replay(replayed);
@@ -535,7 +694,7 @@ mod tests {
             } else {
                 None // left for `len` to resolve
             };
-            view.apply(key, value.then(|| Bytes::from(vec![0])), below);
+            view.apply(key, value.then(|| Bytes::from(vec![0])), below, None);
             if value {
                 model.insert(k);
             } else {

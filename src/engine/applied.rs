@@ -15,7 +15,7 @@ use crate::format::OpRef;
 use crate::locking::{COMMITTED_SEQ, MANIFEST_NUMBER};
 use crate::memtable::Below;
 use crate::sync::lock;
-use crate::view::View;
+use crate::view::{Layers, ReadPoint, View};
 use crate::wal::{Followed, Position, read_until};
 
 use super::{Store, recovery};
@@ -136,6 +136,41 @@ impl Store {
         self.reload(&mut position, target)
     }
 
+    /// A read snapshot of the store as of now: every commit acknowledged anywhere before the
+    /// call (it catches up first), and nothing later.
+    pub(crate) fn read_point(&self) -> Result<ReadPoint> {
+        self.refresh()?;
+        Ok(self.applied.read().read_point())
+    }
+
+    /// A read snapshot of what this handle has applied, without catching up: inside a
+    /// transaction, which has.
+    pub(crate) fn read_point_as_applied(&self) -> ReadPoint {
+        self.applied.read().read_point()
+    }
+
+    /// Runs `read` on the layers as `point` sees them: its own memtable if the view has
+    /// replaced that since, else the view's live one, under the view's read lock.
+    pub(crate) fn read_at<R>(
+        &self,
+        point: &ReadPoint,
+        read: impl FnOnce(&Layers<'_>) -> Result<R>,
+    ) -> Result<R> {
+        if let Some(retired) = point.retired() {
+            return read(&point.layers(retired));
+        }
+        let view = self.applied.read();
+        // Replacing the live memtable retires it under the write lock: found here unretired,
+        // it is still the view's.
+        match point.retired() {
+            Some(retired) => read(&point.layers(retired)),
+            None => {
+                debug_assert!(point.reads(&view));
+                read(&point.layers(&view.memtable))
+            }
+        }
+    }
+
     /// Applies the committed log up to (not including) sequence number `target` to the view.
     pub(crate) fn catch_up(&self, target: u64) -> Result<()> {
         let mut position = lock(&self.applied.position);
@@ -203,10 +238,12 @@ impl Store {
                 .collect::<Result<_>>()?
         };
         let mut state = self.applied.write();
+        let keep = state.keep_for_readers();
         for ((key, value), below) in ops.into_iter().zip(below) {
-            state.apply(key, value, below);
+            state.apply(key, value, below, keep);
         }
         *position = moved;
+        state.next_seq = position.next_seq;
         Ok(())
     }
 
@@ -224,7 +261,7 @@ impl Store {
             None,
             &open,
         )?;
-        *self.applied.write() = loaded.view;
+        self.applied.write().replace(loaded.view);
         *position = loaded.position;
         Ok(())
     }

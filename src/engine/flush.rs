@@ -269,15 +269,16 @@ impl Store {
         // and each time a hash index grows it reads every key again (7 % of a bulk load's
         // instructions went to that).
         let expected = state.memtable.len();
-        let memtable = std::mem::replace(&mut state.memtable, Memtable::with_capacity(expected));
+        let memtable = state.retire_memtable(Memtable::with_capacity(expected));
         // A flush that failed after its cut left its frozen memtable behind: fold it in, since
         // the segments cut since then are in the live memtable.
-        let frozen = Arc::new(match state.frozen.take() {
-            Some(older) => older.overlaid_with(memtable),
+        let frozen = match state.frozen.take() {
+            Some(older) => Arc::new(older.overlaid_with(&memtable)),
             None => memtable,
-        });
+        };
         state.frozen = Some(Arc::clone(&frozen));
         *position = Position::start_of(&header, path, file);
+        state.next_seq = position.next_seq;
         let below = Arc::clone(&state.tables);
         drop(guard);
         Ok(Some(Cut {

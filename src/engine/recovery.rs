@@ -659,6 +659,7 @@ fn load_once(
         }
     }
     view.replay(replayed);
+    view.next_seq = loaded.position.next_seq;
     loaded.view = view;
     loaded.replayed_records = replayed_records;
     loaded.directory = directory;

@@ -90,7 +90,8 @@ pub use options::{
 };
 pub use snapshot::Snapshot;
 pub use stats::{
-    FileStats, LostKeys, LostRecords, RecoveryReport, RepairReport, Stats, VerifyReport,
+    FileStats, LostKeys, LostRecords, RecoveryReport, RepairReport, SnapshotStats, Stats,
+    VerifyReport,
 };
 pub use transaction::{CompareAndSwapError, Transaction, TransactionIter};
 #[cfg(feature = "serde")]

@@ -53,7 +53,7 @@ impl Db {
     pub fn snapshot(&self) -> Result<Snapshot> {
         Ok(Snapshot {
             db: self.clone(),
-            point: Arc::new(self.store.read_point()?),
+            point: self.store.read_point()?,
         })
     }
 }

@@ -46,6 +46,27 @@ pub struct Stats {
     pub durability: Durability,
     /// What recovery found and did when the store was opened.
     pub recovery: RecoveryReport,
+    /// The read snapshots open on this handle (iterators' included), and what they hold.
+    pub snapshots: SnapshotStats,
+}
+
+/// What the open read snapshots of a handle hold, in [`Stats`]: what they keep that the store
+/// itself no longer needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SnapshotStats {
+    /// Open snapshots ([`Db::snapshot`](crate::Db::snapshot)'s clones count once; each live
+    /// iterator holds one).
+    pub open: u64,
+    /// The sequence number of the oldest of them ([`Snapshot::sequence`](crate::Snapshot::sequence)).
+    pub oldest_sequence: Option<u64>,
+    /// Heap bytes held only for them: memtables flushed or replaced since they were taken, and
+    /// the values later writes replaced in the live memtable.
+    pub memory_bytes: u64,
+    /// Disk bytes held only for them: sorted files that flushes and compactions (in any process)
+    /// have replaced since, kept open (and so on disk, though perhaps no longer named in the
+    /// directory) until the snapshots that read them are dropped.
+    pub disk_bytes: u64,
 }
 
 /// One sorted file, in [`Stats`] and [`VerifyReport`].

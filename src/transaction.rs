@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, btree_map};
 use std::fmt;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use crate::batch::{Batch, check_key, check_value};
 use crate::bytes::Bytes;
@@ -87,7 +87,7 @@ impl Transaction<'_> {
     fn scan(&self, lo: Bound<Bytes>, hi: Bound<Bytes>) -> TransactionIter<'_> {
         let snapshot = self.snapshot.get_or_init(|| Snapshot {
             db: self.db.clone(),
-            point: Arc::new(self.store.read_point_as_applied()),
+            point: self.store.read_point_as_applied(),
         });
         let as_vec = |b: &Bound<Bytes>| match b {
             Bound::Included(k) => Bound::Included(k.to_vec()),

@@ -720,6 +720,107 @@ mod tests {
         }
     }
 
+    /// Every entry of `lo..hi` through `layers`, chunk by chunk as an iterator reads them.
+    fn scan_all(layers: &Layers<'_>, forward: bool, limit: usize) -> Vec<(Bytes, Bytes)> {
+        let (mut lo, mut hi) = (Bound::Unbounded, Bound::Unbounded);
+        let mut out = Vec::new();
+        loop {
+            let chunk = layers
+                .fetch(
+                    lo.as_ref().map(|k: &Bytes| &k[..]),
+                    hi.as_ref().map(|k: &Bytes| &k[..]),
+                    forward,
+                    limit,
+                )
+                .expect("fetch");
+            out.extend(chunk.entries);
+            match chunk.horizon {
+                None => return out,
+                Some(h) if forward => lo = Bound::Excluded(h),
+                Some(h) => hi = Bound::Excluded(h),
+            }
+        }
+    }
+
+    /// Read snapshots taken between commits read, however many writes, removals and memtable
+    /// replacements follow, exactly what the view held when each was taken; and once they are
+    /// dropped, the history kept for them goes.
+    #[test]
+    fn snapshots_read_the_view_as_it_was_when_taken() {
+        use std::collections::BTreeMap;
+        let mut rng = Rng::new(0xD1B5_4A32_D192_ED03);
+        let mut view = View::default();
+        let mut model: BTreeMap<Bytes, Bytes> = BTreeMap::new();
+        let mut open: Vec<(ReadPoint, BTreeMap<Bytes, Bytes>)> = Vec::new();
+        let read = |view: &View, point: &ReadPoint, key: &[u8]| match point.retired() {
+            Some(retired) => point.layers(retired).get(key).expect("get"),
+            None => point.layers(&view.memtable).get(key).expect("get"),
+        };
+        for step in 0..4000u32 {
+            let x = rng.next_u64();
+            match x % 100 {
+                0..=7 if open.len() < 6 => open.push((view.read_point(), model.clone())),
+                0..=11 if !open.is_empty() => {
+                    let i = (x >> 8) as usize % open.len();
+                    open.swap_remove(i);
+                }
+                12 => {
+                    // A flush's cut: the live table becomes (part of) the frozen one.
+                    let live = view.retire_memtable(Memtable::default());
+                    view.frozen = Some(match view.frozen.take() {
+                        Some(older) => Arc::new(older.overlaid_with(&live)),
+                        None => live,
+                    });
+                }
+                _ => {
+                    // One commit of one to three operations on keys of 0..40.
+                    let keep = view.keep_for_readers();
+                    for i in 0..1 + (x >> 40) % 3 {
+                        let k = (x >> (8 + 6 * i)) % 40;
+                        let key = Bytes::from(format!("k{k:02}").as_str());
+                        let value = (!(x >> (30 + i)).is_multiple_of(4))
+                            .then(|| Bytes::from(format!("{step}.{i}").as_str()));
+                        let below = view.below(&key).expect("below");
+                        match &value {
+                            Some(v) => model.insert(key.clone(), v.clone()),
+                            None => model.remove(&key),
+                        };
+                        view.apply(key, value, below, keep);
+                    }
+                    view.next_seq += 1;
+                }
+            }
+            if step % 97 == 0 || x % 100 < 12 {
+                for (point, seen) in &open {
+                    for k in 0..40 {
+                        let key = format!("k{k:02}");
+                        assert_eq!(
+                            read(&view, point, key.as_bytes()).as_ref(),
+                            seen.get(key.as_bytes()),
+                            "step {step}: {key} as of {}",
+                            point.at
+                        );
+                    }
+                    let expected: Vec<(Bytes, Bytes)> =
+                        seen.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                    let layers = match point.retired() {
+                        Some(retired) => point.layers(retired),
+                        None => point.layers(&view.memtable),
+                    };
+                    let limit = 1 + (x >> 50) as usize % 7;
+                    assert_eq!(scan_all(&layers, true, limit), expected, "step {step}");
+                    let mut descending = expected.clone();
+                    descending.reverse();
+                    assert_eq!(scan_all(&layers, false, limit), descending, "step {step}");
+                }
+            }
+        }
+        assert!(view.memtable.history_bytes() > 0 || open.is_empty());
+        open.clear();
+        view.keep_for_readers();
+        assert_eq!(view.memtable.history_bytes(), 0, "nothing kept for no one");
+    }
+
     #[test]
     fn key_prefix_orders_as_the_keys_do() {
         use crate::format::key_prefix;

@@ -4,8 +4,8 @@
 //! from its log start if a flush moved that).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 
@@ -34,6 +34,9 @@ pub(crate) struct Applied {
     pub(crate) seen_manifest: AtomicU64,
     /// Records this handle appended and has not applied to its view yet, by sequence number.
     pub(crate) own_records: Mutex<BTreeMap<u64, OwnRecord>>,
+    /// The read snapshots taken through this handle, for [`Stats`](crate::Stats) (some may be
+    /// gone: swept out as more are taken).
+    pub(crate) points: Mutex<Vec<Weak<ReadPoint>>>,
 }
 
 impl Applied {
@@ -45,6 +48,7 @@ impl Applied {
             seen_seq: AtomicU64::new(seen_seq),
             seen_manifest: AtomicU64::new(seen_manifest),
             own_records: Mutex::default(),
+            points: Mutex::default(),
         }
     }
 
@@ -138,15 +142,70 @@ impl Store {
 
     /// A read snapshot of the store as of now: every commit acknowledged anywhere before the
     /// call (it catches up first), and nothing later.
-    pub(crate) fn read_point(&self) -> Result<ReadPoint> {
+    pub(crate) fn read_point(&self) -> Result<Arc<ReadPoint>> {
         self.refresh()?;
-        Ok(self.applied.read().read_point())
+        Ok(self.read_point_as_applied())
     }
 
     /// A read snapshot of what this handle has applied, without catching up: inside a
     /// transaction, which has.
-    pub(crate) fn read_point_as_applied(&self) -> ReadPoint {
-        self.applied.read().read_point()
+    pub(crate) fn read_point_as_applied(&self) -> Arc<ReadPoint> {
+        let point = Arc::new(self.applied.read().read_point());
+        let mut points = lock(&self.applied.points);
+        // Swept when the list would grow: O(1) amortised however many are open.
+        if points.len() == points.capacity() {
+            points.retain(|p| p.strong_count() > 0);
+        }
+        points.push(Arc::downgrade(&point));
+        point
+    }
+
+    /// What the open snapshots hold that the view itself does not.
+    pub(crate) fn snapshot_stats(&self, view: &View) -> crate::stats::SnapshotStats {
+        let points: Vec<Arc<ReadPoint>> = {
+            let mut points = lock(&self.applied.points);
+            points.retain(|p| p.strong_count() > 0);
+            points.iter().filter_map(Weak::upgrade).collect()
+        };
+        let mut stats = crate::stats::SnapshotStats {
+            open: points.len() as u64,
+            oldest_sequence: points.iter().map(|p| p.at).min(),
+            ..Default::default()
+        };
+        let live_files: std::collections::HashSet<&std::path::Path> = view
+            .tables
+            .runs
+            .iter()
+            .chain(&view.tables.parts)
+            .map(|f| f.path())
+            .collect();
+        let mut tables_seen = std::collections::HashSet::new();
+        let mut files_seen = std::collections::HashSet::new();
+        let mut memtables_seen = std::collections::HashSet::new();
+        let view_frozen = view.frozen.as_ref().map(Arc::as_ptr);
+        let mut live_history = false;
+        for point in &points {
+            let held = point.retired().into_iter().chain(point.frozen.as_ref());
+            for table in held {
+                let ptr = Arc::as_ptr(table);
+                if Some(ptr) != view_frozen && memtables_seen.insert(ptr) {
+                    stats.memory_bytes +=
+                        (table.approximate_bytes() + table.history_bytes()) as u64;
+                }
+            }
+            live_history |= point.retired().is_none();
+            if tables_seen.insert(Arc::as_ptr(&point.tables)) {
+                for file in point.tables.runs.iter().chain(&point.tables.parts) {
+                    if !live_files.contains(file.path()) && files_seen.insert(file.path()) {
+                        stats.disk_bytes += file.file_bytes();
+                    }
+                }
+            }
+        }
+        if live_history {
+            stats.memory_bytes += view.memtable.history_bytes() as u64;
+        }
+        stats
     }
 
     /// Runs `read` on the layers as `point` sees them: its own memtable if the view has

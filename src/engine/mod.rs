@@ -175,6 +175,7 @@ impl Store {
             torn_tails_repaired: count(&self.counters.torn_tails_repaired),
             durability: self.options.durability,
             recovery: self.report.clone(),
+            snapshots: self.snapshot_stats(&state),
         })
     }
 }

@@ -6,7 +6,7 @@
     reason = "an entry's `below` is an atomic, but its order, equality and hash read only its key"
 )]
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -35,6 +35,8 @@ struct Entry {
     key_len: u32,
     live: bool,
     below: AtomicU8,
+    /// The table's history holds what this key held before (see [`Memtable::preserve`]).
+    kept: bool,
 }
 
 impl Clone for Entry {
@@ -45,6 +47,7 @@ impl Clone for Entry {
             key_len: self.key_len,
             live: self.live,
             below: AtomicU8::new(self.below.load(Ordering::Relaxed)),
+            kept: self.kept,
         }
     }
 }
@@ -93,6 +96,7 @@ impl Entry {
             key_len: key.len() as u32,
             live: value.is_some(),
             below: AtomicU8::new(below as u8),
+            kept: false,
         }
     }
 
@@ -201,8 +205,10 @@ pub struct Memtable {
     present: AtomicUsize,
     unknown: AtomicUsize,
     /// For each key written while read snapshots were open on the table, what it held before,
-    /// oldest first (see [`Memtable::preserve`]). Empty while no snapshot is open.
-    history: BTreeMap<Bytes, Vec<Superseded>>,
+    /// oldest first (see [`Memtable::preserve`]). Empty while no snapshot is open. Every key in
+    /// it has an entry in the table, marked `kept`, so that a read through a snapshot costs a
+    /// plain read's probe of the index unless the key was written since.
+    history: HashMap<Bytes, Vec<Superseded>, foldhash::fast::RandomState>,
     history_bytes: usize,
 }
 
@@ -255,7 +261,8 @@ impl Memtable {
         }
     }
 
-    fn insert_entry(&mut self, entry: Entry) -> Option<bool> {
+    fn insert_entry(&mut self, mut entry: Entry) -> Option<bool> {
+        entry.kept = !self.history.is_empty() && self.history.contains_key(entry.key());
         // An entry replacing another of the same key keeps what that one knew of the layers
         // below (the index's copy is kept up to date, so this costs a hash probe, not a search
         // of the tree).
@@ -348,7 +355,7 @@ impl Memtable {
             approximate_bytes,
             live,
             present: AtomicUsize::new(0),
-            history: BTreeMap::new(),
+            history: HashMap::default(),
             history_bytes: 0,
         }
     }
@@ -363,7 +370,7 @@ impl Memtable {
             live: self.live,
             present: AtomicUsize::new(self.present.load(Ordering::Relaxed)),
             unknown: AtomicUsize::new(self.unknown.load(Ordering::Relaxed)),
-            history: BTreeMap::new(),
+            history: HashMap::default(),
             history_bytes: 0,
         };
         // An upper entry over one of this table's keys takes over what that one knew of the
@@ -390,18 +397,28 @@ impl Memtable {
         lo: Bound<&'a [u8]>,
         hi: Bound<&'a [u8]>,
     ) -> impl DoubleEndedIterator<Item = (Bytes, Option<Bytes>)> + 'a {
+        self.map_range(lo, hi)
+            .map(|entry| (entry.key_bytes(), entry.value()))
+    }
+
+    fn map_range<'a>(
+        &'a self,
+        lo: Bound<&'a [u8]>,
+        hi: Bound<&'a [u8]>,
+    ) -> impl DoubleEndedIterator<Item = &'a Entry> + 'a {
         let valid = bounds_nonempty(lo, hi);
         valid
             .then(|| self.map.range::<[u8], _>((lo, hi)))
             .into_iter()
             .flatten()
-            .map(|entry| (entry.key_bytes(), entry.value()))
     }
 
     /// Before a write to `key` that readers as of `at` or earlier must not see: keeps what the
     /// table holds of the key now, for them. `newest_reader` is the latest sequence number a
     /// reader of this table is as of: if the key's last kept state already serves every reader
     /// up to that one (it was kept for a write at or after it), there is nothing new to keep.
+    /// The write that follows must leave an entry for the key (a tombstone rather than
+    /// [`Memtable::remove`]), which is then marked as kept.
     pub fn preserve(&mut self, key: &Bytes, at: u64, newest_reader: u64) {
         if let Some(kept) = self.history.get(&key[..])
             && kept.last().is_some_and(|last| last.at >= newest_reader)
@@ -450,13 +467,23 @@ impl Memtable {
     /// The entry for `key` as a reader as of `at` sees it (every commit below `at`, none
     /// after): as [`Memtable::get`], or `None` if the table had no entry for it then.
     pub fn get_at(&self, key: &[u8], at: u64) -> Option<Option<Bytes>> {
-        if !self.history.is_empty()
-            && let Some(kept) = self.history.get(key)
-            && let Some(record) = kept.iter().find(|record| record.at >= at)
-        {
-            return record.before.clone();
+        let entry = self.index.get(key)?;
+        if entry.kept {
+            return self.state_at(entry, at);
         }
-        self.get(key)
+        Some(entry.value())
+    }
+
+    /// What a reader as of `at` sees of a kept entry's key.
+    fn state_at(&self, entry: &Entry, at: u64) -> Option<Option<Bytes>> {
+        match self
+            .history
+            .get(entry.key())
+            .and_then(|kept| kept.iter().find(|record| record.at >= at))
+        {
+            Some(record) => record.before.clone(),
+            None => Some(entry.value()),
+        }
     }
 
     /// Up to `limit` entries (tombstones included) with keys within the bounds, nearest first
@@ -470,64 +497,18 @@ impl Memtable {
         at: Option<u64>,
     ) -> Vec<(Bytes, Option<Bytes>)> {
         let mut out = Vec::with_capacity(limit.min(self.len()));
-        let at = match at {
-            Some(at) if !self.history.is_empty() && bounds_nonempty(lo, hi) => at,
-            _ => {
-                let range = self.range(lo, hi);
-                if forward {
-                    out.extend(range.take(limit));
-                } else {
-                    out.extend(range.rev().take(limit));
-                }
-                return out;
-            }
-        };
-        // The keys of the tree and of the history, merged; a key's kept state for `at` wins
-        // over its entry now.
-        let now = self.map.range::<[u8], _>((lo, hi));
-        let kept = self.history.range::<[u8], _>((lo, hi));
-        let (mut now, mut kept): (
-            Box<dyn Iterator<Item = &Entry>>,
-            Box<dyn Iterator<Item = _>>,
-        ) = if forward {
-            (Box::new(now), Box::new(kept))
+        let at = at.filter(|_| !self.history.is_empty());
+        let states = self.map_range(lo, hi).filter_map(|entry| match at {
+            Some(at) if entry.kept => self
+                .state_at(entry, at)
+                .map(|state| (entry.key_bytes(), state)),
+            _ => Some((entry.key_bytes(), entry.value())),
+        });
+        if forward {
+            out.extend(states.take(limit));
         } else {
-            (Box::new(now.rev()), Box::new(kept.rev()))
-        };
-        let order = |a: &[u8], b: &[u8]| if forward { a.cmp(b) } else { b.cmp(a) };
-        let (mut n, mut k) = (now.next(), kept.next());
-        while out.len() < limit {
-            let (key, state) = match (n, k) {
-                (None, None) => break,
-                (Some(entry), None) => {
-                    n = now.next();
-                    (entry.key_bytes(), Some(entry.value()))
-                }
-                (Some(entry), Some((key, _)))
-                    if order(entry.key(), key) == std::cmp::Ordering::Less =>
-                {
-                    n = now.next();
-                    (entry.key_bytes(), Some(entry.value()))
-                }
-                (_, Some((key, records))) => {
-                    let current = match n {
-                        Some(entry) if entry.key() == &key[..] => {
-                            n = now.next();
-                            Some(entry.value())
-                        }
-                        _ => None,
-                    };
-                    k = kept.next();
-                    let state = match records.iter().find(|record| record.at >= at) {
-                        Some(record) => record.before.clone(),
-                        None => current,
-                    };
-                    (key.clone(), state)
-                }
-            };
-            if let Some(value) = state {
-                out.push((key, value));
-            }
+            // `filter_map` keeps the tree's iterator double-ended.
+            out.extend(states.rev().take(limit));
         }
         out
     }

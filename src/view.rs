@@ -338,7 +338,8 @@ impl View {
             Some(value) => {
                 self.memtable.insert_over(key, Some(value), known);
             }
-            None if known == Below::Absent => {
+            // With snapshots open, a delete leaves an entry to hang what it replaced on.
+            None if known == Below::Absent && keep.is_none() => {
                 self.memtable.remove(&key);
             }
             None => {

@@ -6,7 +6,7 @@
     reason = "an entry's `below` is an atomic, but its order, equality and hash read only its key"
 )]
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -210,6 +210,8 @@ pub struct Memtable {
     /// plain read's probe of the index unless the key was written since.
     history: HashMap<Bytes, Vec<Superseded>, foldhash::fast::RandomState>,
     history_bytes: usize,
+    /// `history_bytes` after the last pruning.
+    history_bytes_kept: usize,
 }
 
 impl Memtable {
@@ -357,6 +359,7 @@ impl Memtable {
             present: AtomicUsize::new(0),
             history: HashMap::default(),
             history_bytes: 0,
+            history_bytes_kept: 0,
         }
     }
 
@@ -372,6 +375,7 @@ impl Memtable {
             unknown: AtomicUsize::new(self.unknown.load(Ordering::Relaxed)),
             history: HashMap::default(),
             history_bytes: 0,
+            history_bytes_kept: 0,
         };
         // An upper entry over one of this table's keys takes over what that one knew of the
         // layers below both; for other keys, what it knew of them is the same.
@@ -436,19 +440,27 @@ impl Memtable {
         }
     }
 
-    /// Drops the kept states no reader needs any more: those for writes before `oldest_reader`
-    /// (a reader as of `s` reads the first state kept at or after `s`), or all of them if there
-    /// is no reader.
-    pub fn forget_history_before(&mut self, oldest_reader: Option<u64>) {
-        let Some(oldest) = oldest_reader else {
+    /// Drops the kept states no open reader needs: a reader as of `s` reads the first state
+    /// kept at or after `s`, so a state is needed only if some reader lies between the one kept
+    /// before it (exclusive) and it (inclusive). `readers`: the sequence numbers readers are as
+    /// of (with how many at each); empty drops everything.
+    pub fn forget_unread_history(&mut self, readers: &BTreeMap<u64, usize>) {
+        if readers.is_empty() {
             self.history.clear();
             self.history_bytes = 0;
+            self.history_bytes_kept = 0;
             return;
-        };
+        }
         let mut freed = 0;
         self.history.retain(|key, kept| {
+            let mut after = None;
             kept.retain(|record| {
-                let keep = record.at >= oldest;
+                let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+                after = Some(record.at);
+                let keep = readers
+                    .range((from, Bound::Included(record.at)))
+                    .next()
+                    .is_some();
                 if !keep {
                     freed += record.footprint(key);
                 }
@@ -457,6 +469,19 @@ impl Memtable {
             !kept.is_empty()
         });
         self.history_bytes -= freed;
+        self.history_bytes_kept = self.history_bytes;
+    }
+
+    /// Whether the history has doubled since it was last pruned (so that pruning it whenever
+    /// a snapshot closes costs O(1) amortised per state kept).
+    pub fn history_grew(&self) -> bool {
+        self.history_bytes > 2 * self.history_bytes_kept + 4096
+    }
+
+    /// [`Memtable::approximate_bytes`] and [`Memtable::history_bytes`] together: what a flush
+    /// frees (for the bound on memory: a flush hands the history to the snapshots that need it).
+    pub fn heap_bytes(&self) -> usize {
+        self.approximate_bytes + self.history_bytes
     }
 
     /// Heap bytes held only for read snapshots: the states kept by [`Memtable::preserve`].

@@ -286,15 +286,15 @@ impl View {
     pub fn keep_for_readers(&mut self) -> Option<Keep> {
         let closed = self.readers.closed.swap(false, AtomicOrdering::AcqRel);
         let open = lock(&self.readers.open);
-        let (oldest, newest) = (
-            open.keys().next().copied(),
-            open.keys().next_back().copied(),
-        );
-        drop(open);
-        if closed || oldest.is_none() && self.memtable.history_bytes() > 0 {
-            self.memtable.forget_history_before(oldest);
+        if self.memtable.history_bytes() > 0
+            && (open.is_empty() || closed && self.memtable.history_grew())
+        {
+            self.memtable.forget_unread_history(&open);
+        } else if closed {
+            // Not pruned yet: look again when the next snapshot closes.
+            self.readers.closed.store(true, AtomicOrdering::Release);
         }
-        newest.map(|newest_reader| Keep {
+        open.keys().next_back().map(|&newest_reader| Keep {
             at: self.next_seq,
             newest_reader,
         })
@@ -820,6 +820,36 @@ mod tests {
         open.clear();
         view.keep_for_readers();
         assert_eq!(view.memtable.history_bytes(), 0, "nothing kept for no one");
+    }
+
+    /// A snapshot held while one key is written over and over, with short-lived snapshots
+    /// coming and going between the writes (an iterator per request, say), keeps what it read,
+    /// and the history kept for it stays about one state, not one per write.
+    #[test]
+    fn history_no_open_snapshot_needs_is_dropped() {
+        let mut view = View::default();
+        let write = |view: &mut View, value: &str| {
+            let keep = view.keep_for_readers();
+            let key = Bytes::from("hot");
+            let below = view.below(&key).expect("below");
+            view.apply(key, Some(Bytes::from(value)), below, keep);
+            view.next_seq += 1;
+        };
+        write(&mut view, "first");
+        let long = view.read_point();
+        let mut most = 0;
+        for i in 0..10_000 {
+            let short = view.read_point();
+            write(&mut view, &i.to_string());
+            drop(short);
+            most = most.max(view.memtable.history_bytes());
+        }
+        assert!(most < 16 << 10, "{most} bytes kept for two snapshots");
+        let seen = long.layers(&view.memtable).get(b"hot").expect("get");
+        assert_eq!(seen.as_deref(), Some(&b"first"[..]));
+        drop(long);
+        write(&mut view, "last");
+        assert_eq!(view.memtable.history_bytes(), 0);
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl Store {
     /// Whether the memtable has reached `Options::memtable_bytes`.
     pub(crate) fn flush_due(&self) -> bool {
         let state = self.applied.read();
-        state.memtable.approximate_bytes() as u64 >= self.options.memtable_bytes
+        state.memtable.heap_bytes() as u64 >= self.options.memtable_bytes
     }
 
     /// Before a commit: holds the writer back while the memtable (with the one being flushed) is
@@ -80,8 +80,7 @@ impl Store {
         loop {
             let held = {
                 let state = self.applied.read();
-                state.memtable.approximate_bytes()
-                    + state.frozen.as_ref().map_or(0, |f| f.approximate_bytes())
+                state.memtable.heap_bytes() + state.frozen.as_ref().map_or(0, |f| f.heap_bytes())
             };
             if (held as u64) < bound
                 || !self.background_flush_allowed()

@@ -30,6 +30,11 @@
 //! [`Options::exclusive`] keeps a store to one handle (and is needed on network file systems);
 //! [`Options::read_only`] never writes.
 //!
+//! [`Db::snapshot`] gives a read-only view of the store as of one commit while writers go on;
+//! every iterator ([`Db::range`], [`Db::prefix`], [`Db::iter`]) reads from one, so a scan sees
+//! one state however long it runs. Transactions scan too ([`Transaction::range`]), over their own
+//! writes.
+//!
 //! Three more: [`Db::watch_prefix`] delivers the commits of every process under a prefix, in
 //! order; [`Db::backup_to`] copies a live store as of one commit; and, with the default `serde`
 //! feature, [`Db::typed`] stores typed values under keys whose byte order matches their `Ord`.

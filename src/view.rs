@@ -605,7 +605,7 @@ impl<'a> PartsCursor<'a> {
     }
 }
 
-/// A run of merged entries from [`View::fetch`].
+/// A run of merged entries from [`Layers::fetch`].
 pub struct Chunk {
     /// Live entries, nearest first.
     pub entries: Vec<(Bytes, Bytes)>,

@@ -17,10 +17,12 @@ use crate::view::{Chunk, ReadPoint};
 /// over stay open (a flush or compaction in any process that replaces them frees their disk space
 /// only once the snapshot is gone), and so do the memtables it reads, with the values that later
 /// writes to their keys replaced. [`Stats::snapshots`](crate::Stats::snapshots) reports what open
-/// snapshots hold. Hold one for as long as a report or export takes; a snapshot held for hours
-/// under heavy writes keeps about one memtable (and one old value per key written) per flush
-/// that happened meanwhile, and the disk of every file compacted away since. A process that dies
-/// holding one leaves nothing behind: snapshots are not written anywhere.
+/// snapshots hold. Hold one for as long as a report or export takes. A snapshot held for hours
+/// under heavy writes keeps the memtables that were in memory when it was taken (up to about
+/// twice [`Options::memtable_bytes`](crate::Options::memtable_bytes), with one old value per key
+/// written to them before they were flushed), and the disk of every sorted file flushed or
+/// compacted away since — up to the whole store's size again, if every partition is rewritten.
+/// A process that dies holding one leaves nothing behind: snapshots are not written anywhere.
 ///
 /// ```
 /// # let dir = tempfile::tempdir()?;

@@ -335,6 +335,38 @@ fn a_snapshot_survives_flushes_and_compactions_and_reports_what_it_holds() {
     assert_eq!(common::dump(&db), states[300]);
 }
 
+/// What a long-held snapshot keeps stays bounded by the memtables in memory when it was taken,
+/// however much is written meanwhile: later memtables know nothing of it.
+#[test]
+fn a_long_held_snapshot_keeps_a_bounded_amount_of_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = small_options().open(dir.path()).expect("open");
+    db.put("hot", "before").expect("put");
+    let snapshot = db.snapshot().expect("snapshot");
+    let value = vec![b'x'; 200];
+    let mut most = 0;
+    // 16 MB of writes to 500 keys: 250 times the memtable's bound.
+    for round in 0..80u32 {
+        let mut batch = Batch::new();
+        for i in 0..1000u32 {
+            batch.put(format!("k{:03}", (i * 7 + round) % 500), &value);
+        }
+        batch.put("hot", round.to_string());
+        db.write(batch).expect("write");
+        let held = db.stats().expect("stats").snapshots;
+        most = most.max(held.memory_bytes);
+    }
+    assert!(
+        most < 1 << 20,
+        "a snapshot over a 64 KiB memtable held {most} bytes of memory"
+    );
+    assert_eq!(
+        snapshot.get("hot").expect("get").as_deref(),
+        Some(&b"before"[..])
+    );
+    assert_eq!(common::keys(snapshot.iter()), ["hot"]);
+}
+
 /// Snapshots taken in this process while another process writes, flushes and compacts (all the
 /// time) each equal the model state their `marker` names, however long they are held; and
 /// their sequence numbers order as the states do.

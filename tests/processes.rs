@@ -3,21 +3,17 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use sturdykv::{Batch, Db, Error};
 
+mod common;
+
 const ROLE_ENV: &str = "STURDYKV_PROCESS_ROLE";
 
 fn spawn(role: &str, args: &[String]) -> Child {
-    Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env(ROLE_ENV, format!("{role} {}", args.join(" ")))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn child process")
+    common::spawn_child(ROLE_ENV, role, args)
 }
 
 /// Waits for a child and returns what it printed after `@` on each line (the test harness prints

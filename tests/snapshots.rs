@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -27,13 +27,7 @@ fn small_options() -> Options {
 }
 
 fn spawn(role: &str, args: &[String]) -> Child {
-    Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env(ROLE_ENV, format!("{role} {}", args.join(" ")))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn child process")
+    common::spawn_child(ROLE_ENV, role, args)
 }
 
 /// Reads the child's stdout until a line `@<word>` appears.

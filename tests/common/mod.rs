@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 
 use sturdykv::{Bytes, Db, Options};
 
@@ -65,4 +66,16 @@ pub fn files(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// Re-executes this test binary to run only its `child` test, which plays `role` (with `args`)
+/// when it finds them in the environment variable `role_env`; its stdout is piped back.
+pub fn spawn_child(role_env: &str, role: &str, args: &[String]) -> Child {
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env(role_env, format!("{role} {}", args.join(" ")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn child process")
 }

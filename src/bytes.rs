@@ -191,6 +191,13 @@ impl From<Vec<u8>> for Bytes {
     }
 }
 
+/// A copy of the bytes (they may be shared with other `Bytes`, or mapped from a file).
+impl From<Bytes> for Vec<u8> {
+    fn from(b: Bytes) -> Self {
+        b.to_vec()
+    }
+}
+
 impl From<&[u8]> for Bytes {
     fn from(v: &[u8]) -> Self {
         Bytes::copy_from_slice(v)

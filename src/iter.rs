@@ -30,7 +30,21 @@ impl Db {
         Iter::new(self.snapshot(), lo, hi)
     }
 
-    /// Every entry, in key order, as of the call (as [`Db::range`]).
+    /// Every entry, in key order, as of the call (as [`Db::range`]). The same as `db.range(..)`,
+    /// which needs its key type spelled out (`db.range::<&[u8], _>(..)`: `..` names none).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let db = sturdykv::Db::open(dir.path())?;
+    /// db.put("b", "2")?;
+    /// db.put("a", "1")?;
+    /// let keys: Vec<Vec<u8>> = db.iter().map(|e| e.map(|(k, _)| k.into())).collect::<Result<_, _>>()?;
+    /// assert_eq!(keys, [b"a".to_vec(), b"b".to_vec()]);
+    /// assert_eq!(db.range::<&[u8], _>(..).count(), 2);
+    /// assert_eq!(db.first()?.map(|(k, _)| Vec::from(k)), Some(b"a".to_vec()));
+    /// assert_eq!(db.last()?.map(|(k, _)| Vec::from(k)), Some(b"b".to_vec()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn iter(&self) -> Iter {
         self.range::<&[u8], _>(..)
     }

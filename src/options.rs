@@ -8,6 +8,7 @@ use crate::io::{StdVfs, Vfs};
 
 /// When a write is considered done.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Durability {
     /// A write returns only once it is on stable storage (`fdatasync`): it survives power loss.
     /// Concurrent writers share one sync.

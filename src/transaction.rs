@@ -232,6 +232,7 @@ impl DoubleEndedIterator for TransactionIter<'_> {
 /// The current value did not match the expected one in [`Db::compare_and_swap`]; nothing was
 /// written.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CompareAndSwapError {
     /// The value found.
     pub current: Option<Bytes>,

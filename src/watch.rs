@@ -19,6 +19,7 @@ use crate::wal::{Followed, Position, read_until};
 
 /// One change to a watched key.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Change {
     /// `key` was set to `value`.
     Put {
@@ -46,6 +47,7 @@ impl Change {
 /// One committed batch (a `put`, `delete`, [`Batch`](crate::Batch) or transaction), as seen by a
 /// [`Watcher`]: its changes under the watched prefix, in the order they were written.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Commit {
     /// The batch's sequence number in the store's log: commits arrive in increasing order.
     pub sequence: u64,

@@ -625,6 +625,9 @@ fn watch(ctx: &Ctx, prefix: &[u8], count: Option<u64>, out: &mut dyn Write) -> R
             let (op, key, value) = match change {
                 sturdykv::Change::Put { key, value } => ("put", key, Some(value)),
                 sturdykv::Change::Delete { key } => ("delete", key, None),
+                // A kind of change this kvctl does not know (it is built with its library, so
+                // only if the two are out of step): named, with its key.
+                other => ("change", other.key(), None),
             };
             if ctx.json {
                 let mut object = entry_json(key, value.map(|v| v.as_ref()));

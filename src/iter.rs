@@ -51,12 +51,12 @@ impl Db {
 
     /// The entry with the smallest key, if any.
     pub fn first(&self) -> Result<Option<(Bytes, Bytes)>> {
-        self.iter().next().transpose()
+        self.snapshot()?.first()
     }
 
     /// The entry with the largest key, if any.
     pub fn last(&self) -> Result<Option<(Bytes, Bytes)>> {
-        self.iter().next_back().transpose()
+        self.snapshot()?.last()
     }
 }
 

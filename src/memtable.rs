@@ -424,20 +424,14 @@ impl Memtable {
     /// The write that follows must leave an entry for the key (a tombstone rather than
     /// [`Memtable::remove`]), which is then marked as kept.
     pub fn preserve(&mut self, key: &Bytes, at: u64, newest_reader: u64) {
-        if let Some(kept) = self.history.get(&key[..])
-            && kept.last().is_some_and(|last| last.at >= newest_reader)
-        {
+        let before = self.index.get(&key[..]).map(Entry::value);
+        let kept = self.history.entry(key.clone()).or_default();
+        if kept.last().is_some_and(|last| last.at >= newest_reader) {
             return;
         }
-        let before = self.get(key);
         let record = Superseded { at, before };
         self.history_bytes += record.footprint(key);
-        match self.history.get_mut(&key[..]) {
-            Some(kept) => kept.push(record),
-            None => {
-                self.history.insert(key.clone(), vec![record]);
-            }
-        }
+        kept.push(record);
     }
 
     /// Drops the kept states no open reader needs: a reader as of `s` reads the first state

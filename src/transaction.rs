@@ -8,7 +8,6 @@ use std::sync::OnceLock;
 use crate::batch::{Batch, check_key, check_value};
 use crate::bytes::Bytes;
 use crate::db::Db;
-use crate::engine::Store;
 use crate::error::{Error, Result};
 use crate::iter::{Iter, owned_bounds, prefix_bounds};
 use crate::snapshot::Snapshot;
@@ -18,7 +17,6 @@ use crate::snapshot::Snapshot;
 /// log record when the closure returns `Ok`.
 pub struct Transaction<'a> {
     db: &'a Db,
-    store: &'a Store,
     /// The writes so far, last one per key winning (`None`: delete).
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// What scans read below the writes, taken at the first scan. Nothing else commits while
@@ -40,7 +38,7 @@ impl Transaction<'_> {
         let key = key.as_ref();
         match self.writes.get(key) {
             Some(value) => Ok(value.as_deref().map(Bytes::from)),
-            None => self.store.applied.read().get(key),
+            None => self.db.store.applied.read().get(key),
         }
     }
 
@@ -87,7 +85,7 @@ impl Transaction<'_> {
     fn scan(&self, lo: Bound<Bytes>, hi: Bound<Bytes>) -> TransactionIter<'_> {
         let snapshot = self.snapshot.get_or_init(|| Snapshot {
             db: self.db.clone(),
-            point: self.store.read_point_as_applied(),
+            point: self.db.store.read_point_as_applied(),
         });
         let as_vec = |b: &Bound<Bytes>| match b {
             Bound::Included(k) => Bound::Included(k.to_vec()),
@@ -280,11 +278,9 @@ impl Db {
         body: impl FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
         self.store.check_writable()?;
-        let store: &Store = &self.store;
-        store.exclusively(|| {
+        self.store.exclusively(|| {
             let mut tx = Transaction {
                 db: self,
-                store,
                 writes: BTreeMap::new(),
                 snapshot: OnceLock::new(),
             };

@@ -445,7 +445,7 @@ impl<K: Key, V: Serialize + DeserializeOwned> Codec<K, V> {
     }
 }
 
-impl<K: Key, V: Serialize + DeserializeOwned, S: Source + Clone> Typed<K, V, S> {
+impl<K: Key, V: Serialize + DeserializeOwned, S: Source> Typed<K, V, S> {
     /// The value of `key`, if there is one.
     pub fn get<Q>(&self, key: &Q) -> Result<Option<V>>
     where

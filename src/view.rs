@@ -284,15 +284,16 @@ impl View {
     /// for the snapshots open on the live memtable (`None` if there are none), having dropped
     /// what the snapshots closed since no longer need.
     pub fn keep_for_readers(&mut self) -> Option<Keep> {
-        let closed = self.readers.closed.swap(false, AtomicOrdering::AcqRel);
         let open = lock(&self.readers.open);
         if self.memtable.history_bytes() > 0
-            && (open.is_empty() || closed && self.memtable.history_grew())
+            && (open.is_empty()
+                || self.readers.closed.load(AtomicOrdering::Acquire)
+                    && self.memtable.history_grew())
         {
+            // A snapshot closing now has left `open` already (it is locked): its flag, set
+            // after this, only asks for a pruning that finds nothing more.
+            self.readers.closed.store(false, AtomicOrdering::Release);
             self.memtable.forget_unread_history(&open);
-        } else if closed {
-            // Not pruned yet: look again when the next snapshot closes.
-            self.readers.closed.store(true, AtomicOrdering::Release);
         }
         open.keys().next_back().map(|&newest_reader| Keep {
             at: self.next_seq,
@@ -385,8 +386,11 @@ impl View {
 /// keeps what later writes replace) until dropped.
 #[derive(Debug)]
 pub struct ReadPoint {
+    /// Every commit below this sequence number, and none other.
     pub at: u64,
+    /// The readers of the memtable that was live, where it goes once replaced.
     live: Arc<MemtableReaders>,
+    /// The frozen memtable and the files, as they were.
     pub frozen: Option<Arc<Memtable>>,
     pub tables: Arc<Tables>,
 }
@@ -398,7 +402,7 @@ impl ReadPoint {
         self.live.retired.get()
     }
 
-    /// Whether `live` is the memtable this snapshot was taken over.
+    /// Whether `view`'s live memtable is the one this snapshot was taken over.
     pub fn reads(&self, view: &View) -> bool {
         Arc::ptr_eq(&self.live, &view.readers)
     }

@@ -325,3 +325,42 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::sync::lock;
+    use crate::testing::faulty::{FaultyVfs, Hook};
+    use crate::{Db, Options};
+
+    /// A commit acknowledged by another handle between the end of an open's recovery (which
+    /// releases `LOCK`) and the open's return is seen by the new handle's first read: the handle
+    /// starts from what its view holds, not from the hint as it stood after the open.
+    #[test]
+    fn a_commit_acknowledged_while_a_handle_opens_is_seen_by_its_first_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let writer = Db::open(dir.path()).expect("open");
+        writer.put("k", "old").expect("put");
+        let vfs = FaultyVfs::default();
+        let faults = Arc::clone(&vfs.faults);
+        let other = writer.clone();
+        lock(&faults).after_unlock = Some((
+            "LOCK".into(),
+            Hook(Box::new(move || other.put("k", "new").expect("put"))),
+        ));
+        let opened = Options::new()
+            .vfs(Arc::new(vfs))
+            .open(dir.path())
+            .expect("open");
+        assert!(
+            lock(&faults).after_unlock.is_none(),
+            "the put ran inside the open"
+        );
+        assert_eq!(
+            opened.get("k").expect("get").as_deref(),
+            Some(&b"new"[..]),
+            "the put returned before the open did"
+        );
+    }
+}

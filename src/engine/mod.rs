@@ -34,7 +34,7 @@ use std::sync::{Arc, Weak};
 
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
-use crate::locking::{Access, COMMITTED_SEQ, MANIFEST_NUMBER, SYNCED_SEQ, StoreLock};
+use crate::locking::{Access, SYNCED_SEQ, StoreLock};
 use crate::options::Options;
 use crate::poison::Poison;
 use crate::stats::{FileStats, RecoveryReport, Stats};
@@ -92,8 +92,11 @@ impl Store {
             options.create_if_missing,
             access,
         )?;
-        let seen_seq = recovered.store_lock.hint(COMMITTED_SEQ);
-        let seen_manifest = recovered.store_lock.hint(MANIFEST_NUMBER);
+        // What the view holds, not the hint as it stands now: commits and installs made
+        // elsewhere since recovery let go of `LOCK` are not in the view, and the first
+        // operation must see the hint differ from these to catch up on them.
+        let seen_seq = recovered.position.next_seq;
+        let seen_manifest = recovered.view.tables.manifest.number;
         let background = options.background_compaction && access != Access::ReadOnly;
         Ok(Arc::new_cyclic(|me| Store {
             me: me.clone(),

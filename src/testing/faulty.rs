@@ -24,6 +24,18 @@ pub struct Faults {
     /// Every write, sync, truncate, rename and directory sync, in order, e.g.
     /// `write wal-0000000000000000 40+71`, `sync wal-0000000000000000`, `sync_dir store`.
     pub journal: Vec<String>,
+    /// Runs once, right after the first `unlock` of the file of that name: to make another
+    /// handle act at an exact point between two steps of this one.
+    pub after_unlock: Option<(String, Hook)>,
+}
+
+/// Something a test runs at a chosen point of the engine's work.
+pub struct Hook(pub Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
 }
 
 impl Faults {
@@ -134,7 +146,18 @@ impl VfsFile for FaultyFile {
         self.inner.lock(kind, wait)
     }
     fn unlock(&self) -> io::Result<()> {
-        self.inner.unlock()
+        self.inner.unlock()?;
+        let hook = {
+            let mut faults = faults(&self.faults);
+            match &faults.after_unlock {
+                Some((name, _)) if *name == self.name => faults.after_unlock.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, Hook(run))) = hook {
+            run();
+        }
+        Ok(())
     }
     fn map(&self, size: u64) -> io::Result<Arc<dyn Mapping>> {
         self.inner.map(size)

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
-use crate::io::{LockKind, OpenMode, SHARED_BYTES, SharedWords, Vfs, VfsFile};
+use crate::io::{LockKind, OpenMode, SHARED_BYTES, SHARED_WORDS, SharedWords, Vfs, VfsFile};
 use crate::layout::{HANDLES_LOCK_NAME, LOCK_NAME};
 use crate::sync::lock;
 
@@ -47,6 +47,12 @@ pub const DIRECTORY_SYNCED: usize = 3;
 /// Hint word: the log start of the newest installed manifest: every log segment below it may be
 /// removed (its records are in runs).
 pub const LOG_START: usize = 4;
+/// Hint word: which layout of the page this is ([`PAGE_LAYOUT`]; 0 in a page written by a build
+/// from before the word, whose layout is the same). A page of another layout is never read.
+pub const PAGE_VERSION: usize = 5;
+/// The value of [`PAGE_VERSION`] for the layout this build reads and writes: `skvhint` and a
+/// layout number, so that neither zeros nor a small number of flipped bits look like it.
+pub const PAGE_LAYOUT: u64 = u64::from_be_bytes(*b"skvhint\x01");
 // Words 8 to 12 share `fdatasync`s between processes. They change several times per commit, so
 // they sit on their own cache line, away from the words readers load at every operation.
 
@@ -134,7 +140,7 @@ impl StoreLock {
             Access::ReadOnly => OpenMode::Read,
             Access::Shared | Access::Exclusive => OpenMode::ReadWriteCreate,
         };
-        let handles = register_handle(vfs, dir, access, mode)?;
+        let (handles, alone) = register_handle(vfs, dir, access, mode)?;
         let file = vfs
             .open(&path, mode)
             .map_err(|e| Error::io("open the lock file", &path, e))?;
@@ -159,6 +165,7 @@ impl StoreLock {
         let hint = file
             .map_shared(access != Access::ReadOnly)
             .map_err(|e| Error::io("map the hint page of", &path, e))?;
+        check_layout(hint.as_ref(), &path, access, alone)?;
         Ok(StoreLock {
             path,
             file,
@@ -226,13 +233,35 @@ impl StoreLock {
         }
     }
 
-    /// Notes, holding `LOCK`, that the log of `generation` now ends at sequence `end_seq`.
+    /// Notes, holding `LOCK`, that the log of `generation` now ends at sequence `end_seq`: the
+    /// truth, which replaces whatever the words held.
     pub fn note_append(&self, _guard: &LockGuard<'_>, generation: u64, end_seq: u64) {
         if self.access == Access::Shared {
             // The generation first: whoever reads the sequence then finds its generation.
-            self.hint.fetch_max(LOG_GENERATION, generation);
-            self.hint.fetch_max(APPENDED_SEQ, end_seq);
+            self.hint.store(LOG_GENERATION, generation);
+            self.hint.store(APPENDED_SEQ, end_seq);
         }
+    }
+
+    /// Whether the page says that an `fdatasync` (another process's, or another handle's)
+    /// covered every record below `end_seq`, and says it consistently: the synced word is never
+    /// above the appended word in an honest page (a record is appended, under `LOCK`, before any
+    /// sync covers it, and both words are loaded in that order), so a synced word above it — a
+    /// damaged page, a stale or foreign build, a co-tenant's write — is ignored and the caller
+    /// syncs itself. Only a shared handle asks: an exclusive one syncs its own records.
+    pub fn synced_through(&self, end_seq: u64) -> bool {
+        if self.access != Access::Shared {
+            return false;
+        }
+        let synced = self.hint.load(SYNCED_SEQ);
+        synced >= end_seq && synced <= self.hint.load(APPENDED_SEQ)
+    }
+
+    /// The synced word, if it is consistent with a log that ends at `log_end` (known from the
+    /// files, holding `LOCK`): else 0, which claims nothing.
+    pub fn synced_below(&self, log_end: u64) -> u64 {
+        let synced = self.hint.load(SYNCED_SEQ);
+        if synced <= log_end { synced } else { 0 }
     }
 
     /// Where the log of `generation` is known to end (records appended by anyone), or 0 if the
@@ -278,23 +307,30 @@ impl StoreLock {
 }
 
 /// Takes `LOCK.handles` for the handle's life: shared, or exclusive for [`Access::Exclusive`].
+/// Also says whether no other handle has the store open (a shared handle first tries the lock
+/// exclusively, then converts it; `flock` lets an exclusive opener win in between, which then
+/// fails this open with [`Error::Locked`] as it would have anyway).
 fn register_handle(
     vfs: &dyn Vfs,
     dir: &Path,
     access: Access,
     mode: OpenMode,
-) -> Result<Option<Arc<dyn VfsFile>>> {
+) -> Result<(Option<Arc<dyn VfsFile>>, bool)> {
     let path = dir.join(HANDLES_LOCK_NAME);
     let file = vfs
         .open(&path, mode)
         .map_err(|e| Error::io("open the lock file", &path, e))?;
-    let kind = match access {
-        Access::Exclusive => LockKind::Exclusive,
-        Access::Shared | Access::ReadOnly => LockKind::Shared,
+    let locked = match access {
+        Access::Exclusive => file.lock(LockKind::Exclusive, false).map(|l| (l, l)),
+        Access::Shared | Access::ReadOnly => match file.lock(LockKind::Exclusive, false) {
+            Ok(true) => file.lock(LockKind::Shared, false).map(|l| (l, true)),
+            Ok(false) => file.lock(LockKind::Shared, false).map(|l| (l, false)),
+            Err(e) => Err(e),
+        },
     };
-    match file.lock(kind, false) {
-        Ok(true) => Ok(Some(file)),
-        Ok(false) => Err(Error::Locked { path }),
+    match locked {
+        Ok((true, alone)) => Ok((Some(file), alone)),
+        Ok((false, _)) => Err(Error::Locked { path }),
         Err(e) => match lock_error(&path, e) {
             Error::LockingUnsupported { .. } if access == Access::Exclusive => {
                 log::warn!(
@@ -302,11 +338,52 @@ fn register_handle(
                      was asked for: make sure no other process opens the store",
                     path.display()
                 );
-                Ok(None)
+                Ok((None, true))
             }
             e => Err(e),
         },
     }
+}
+
+/// Checks that the hint page is of the layout this build reads ([`PAGE_LAYOUT`]), marking an
+/// unmarked one (zeros: a new page, or one from a build before the mark) as ours. A page of
+/// another layout — a newer or older build has the store open, or the word is damaged — is
+/// never read: with no other handle open it is reset to zeros (which claim nothing; the opener
+/// corrects the words from the files), otherwise the open fails.
+fn check_layout(hint: &dyn SharedWords, path: &Path, access: Access, alone: bool) -> Result<()> {
+    let writable = access != Access::ReadOnly;
+    if writable {
+        hint.compare_exchange(PAGE_VERSION, 0, PAGE_LAYOUT);
+    }
+    let found = hint.load(PAGE_VERSION);
+    if found == PAGE_LAYOUT || (found == 0 && !writable) {
+        return Ok(());
+    }
+    if writable && alone {
+        log::warn!(
+            "{}: the hint page has layout word {found:#018x}, not this build's; no other handle \
+             has the store open, so it is reset",
+            path.display()
+        );
+        for word in (0..SHARED_WORDS).filter(|&w| w != PAGE_VERSION) {
+            hint.store(word, 0);
+        }
+        hint.store(PAGE_VERSION, PAGE_LAYOUT);
+        return Ok(());
+    }
+    Err(Error::NotAStore {
+        path: path.to_owned(),
+        reason: format!(
+            "its hint page has layout word {found:#018x}, which this build does not read (it \
+             writes {PAGE_LAYOUT:#018x}): a different build of sturdykv has the store open, or \
+             the page is damaged; close the other handles{}",
+            if writable {
+                ", and open it again"
+            } else {
+                ", or open it once read-write"
+            }
+        ),
+    })
 }
 
 /// A `flock` failure: "not supported here" gets its own error, saying what to do.

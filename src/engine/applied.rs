@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex, Weak};
 use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 
 use crate::bytes::Bytes;
-use crate::error::Result;
-use crate::format::OpRef;
-use crate::locking::{COMMITTED_SEQ, MANIFEST_NUMBER};
+use crate::error::{Error, Result};
+use crate::format::{OpRef, Record};
+use crate::locking::{APPENDED_SEQ, COMMITTED_SEQ, MANIFEST_NUMBER, SYNCED_SEQ};
 use crate::memtable::Below;
 use crate::sync::lock;
 use crate::view::{Layers, ReadPoint, View};
-use crate::wal::{Followed, Position, read_until};
+use crate::wal::{Followed, Position, read_to_end, read_until};
 
 use super::{Store, recovery};
 
@@ -30,25 +30,26 @@ pub(crate) struct Applied {
     pub(crate) position: Mutex<Position>,
     /// The hint words as of the last time this handle caught up: while the shared page still
     /// holds these, no other process has committed or compacted since.
-    pub(crate) seen_seq: AtomicU64,
-    pub(crate) seen_manifest: AtomicU64,
+    pub(crate) seen: Seen,
     /// Records this handle appended and has not applied to its view yet, by sequence number.
     pub(crate) own_records: Mutex<BTreeMap<u64, OwnRecord>>,
     /// The read snapshots taken through this handle, for [`Stats`](crate::Stats) (some may be
     /// gone: swept out as more are taken).
     pub(crate) points: Mutex<Vec<Weak<ReadPoint>>>,
+    /// The hint page was found unreconcilable once (and said so in the log).
+    pub(crate) hint_doubted: std::sync::atomic::AtomicBool,
 }
 
 impl Applied {
-    /// The view as recovered, at `position`, with the hint words as they were read at open.
-    pub(crate) fn new(view: View, position: Position, seen_seq: u64, seen_manifest: u64) -> Self {
+    /// The view as recovered, at `position`, with the hint words it reflects.
+    pub(crate) fn new(view: View, position: Position, seen: Seen) -> Self {
         Applied {
             view: ShardedLock::new(view),
             position: Mutex::new(position),
-            seen_seq: AtomicU64::new(seen_seq),
-            seen_manifest: AtomicU64::new(seen_manifest),
+            seen,
             own_records: Mutex::default(),
             points: Mutex::default(),
+            hint_doubted: Default::default(),
         }
     }
 
@@ -63,6 +64,39 @@ impl Applied {
     }
 }
 
+/// A record's operations, as the view applies them.
+fn record_ops<'r>(record: &'r Record<'_>) -> impl Iterator<Item = (Bytes, Option<Bytes>)> + 'r {
+    record.ops().map(|op| match op {
+        OpRef::Put(key, value) => {
+            let (key, value) = Bytes::pair(key, value);
+            (key, Some(value))
+        }
+        OpRef::Delete(key) => (Bytes::from(key), None),
+    })
+}
+
+/// Hint words as a handle last acted on them.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    pub(crate) committed: AtomicU64,
+    pub(crate) synced: AtomicU64,
+    pub(crate) manifest: AtomicU64,
+}
+
+impl Seen {
+    /// What a handle whose view holds every record below `next_seq` and the files of manifest
+    /// `manifest` has seen, given the words as they are now: a word above what the view holds
+    /// (a commit made since the view was read) is taken as unseen, so that the first operation
+    /// catches up on it.
+    pub(crate) fn at(next_seq: u64, manifest: u64, committed: u64, synced: u64) -> Self {
+        Seen {
+            committed: AtomicU64::new(committed.min(next_seq)),
+            synced: AtomicU64::new(synced.min(next_seq)),
+            manifest: AtomicU64::new(manifest),
+        }
+    }
+}
+
 /// A record this handle appended, kept so that publishing it needs no read of the log.
 pub(crate) struct OwnRecord {
     pub(crate) generation: u64,
@@ -73,29 +107,115 @@ pub(crate) struct OwnRecord {
 
 impl Store {
     /// Before an operation: if another handle committed, flushed or compacted since this one
-    /// last looked (the shared hint moved: two atomic loads), applies what changed. A read
+    /// last looked (the shared hint moved: three atomic loads), applies what changed. A read
     /// therefore sees every write acknowledged anywhere before it started.
+    ///
+    /// The words are advice, checked before they are followed (DECISIONS 58): the committed
+    /// and synced words (the higher counts: a durable record is as good as committed, and one
+    /// word stuck low then holds nobody back) may never pass the appended word, never fall
+    /// below what this handle saw, and must lead to intact records in the log. Words that fail
+    /// these are not believed: this operation reads the log's true end instead, under `LOCK`.
     pub(crate) fn refresh(&self) -> Result<()> {
         if !self.store_lock.is_shared() {
             return Ok(());
         }
-        let seq = self.store_lock.hint(COMMITTED_SEQ);
+        let committed = self.store_lock.hint(COMMITTED_SEQ);
+        let synced = self.store_lock.hint(SYNCED_SEQ);
         let manifest = self.store_lock.hint(MANIFEST_NUMBER);
-        if seq == self.applied.seen_seq.load(Ordering::Acquire)
-            && manifest == self.applied.seen_manifest.load(Ordering::Acquire)
+        let seen = &self.applied.seen;
+        let (seen_committed, seen_synced) = (
+            seen.committed.load(Ordering::Acquire),
+            seen.synced.load(Ordering::Acquire),
+        );
+        if committed == seen_committed
+            && synced == seen_synced
+            && manifest == seen.manifest.load(Ordering::Acquire)
         {
             return Ok(());
         }
+        // Loaded after the others: in an honest page it is at least as high as they were.
+        let appended = self.store_lock.hint(APPENDED_SEQ);
+        let seq = committed.max(synced);
+        let believed = seq <= appended
+            && committed >= seen_committed
+            && synced >= seen_synced
+            && match self.follow_the_words(seq, manifest) {
+                Ok(reached) => reached,
+                // What the words named is damaged or missing: the files decide below.
+                Err(Error::Corruption { .. }) => false,
+                Err(e) => return Err(e),
+            };
+        if !believed {
+            // Not stored as seen: words that stay as they are would otherwise pass for "nothing
+            // new" from now on. Until they are reconciled (a writer corrects them under `LOCK`),
+            // every operation reads the log's end.
+            self.warn_of_hint(committed, synced, appended);
+            return self.read_to_the_end();
+        }
+        seen.committed.store(committed, Ordering::Release);
+        seen.synced.store(synced, Ordering::Release);
+        seen.manifest.store(manifest, Ordering::Release);
+        Ok(())
+    }
+
+    /// Applies the log up to `seq` and switches to manifest `manifest`'s files if newer;
+    /// whether the log held every record the words named.
+    fn follow_the_words(&self, seq: u64, manifest: u64) -> Result<bool> {
         let ours = self.applied.read().tables.manifest.number;
         if manifest > ours {
             self.switch_tables(seq)?;
         } else {
             self.catch_up(seq)?;
         }
-        self.applied.seen_seq.store(seq, Ordering::Release);
-        self.applied
-            .seen_manifest
-            .store(manifest, Ordering::Release);
+        Ok(lock(&self.applied.position).next_seq >= seq)
+    }
+
+    /// Logs, once per handle, that the hint page was found unreconcilable.
+    fn warn_of_hint(&self, committed: u64, synced: u64, appended: u64) {
+        if !self.applied.hint_doubted.swap(true, Ordering::Relaxed) {
+            let position = lock(&self.applied.position).next_seq;
+            log::warn!(
+                "{}: the hint page cannot be reconciled with the log (committed {committed}, \
+                 synced {synced}, appended {appended}; this handle has applied the log up to \
+                 {position}): reading the log instead; a damaged page, another build of \
+                 sturdykv, or another program may be writing it",
+                self.dir.display()
+            );
+        }
+    }
+
+    /// Applies every committed record, found from the files rather than the hint page: holding
+    /// `LOCK`, a writable handle brings its log writer to the log's end, makes everything up to
+    /// there durable and applies it (as a transaction's start does) and corrects the words; a
+    /// read-only one rereads the store's files, up to the end of the log.
+    fn read_to_the_end(&self) -> Result<()> {
+        if self.options.read_only {
+            let _no_appends = self.store_lock.shared()?;
+            let mut position = lock(&self.applied.position);
+            let mut moved = position.clone();
+            let mut ops = Vec::new();
+            let vfs = self.options.vfs.as_ref();
+            return match read_to_end(vfs, &self.dir, &mut moved, |record| {
+                ops.extend(record_ops(record));
+            })? {
+                Followed::Reached => self.apply_read(&mut position, moved, ops),
+                Followed::Gone => self.reload(&mut position, u64::MAX),
+            };
+        }
+        let mut writer = lock(&self.commit.writer);
+        let guard = self.store_lock.exclusive()?;
+        self.follow_the_log(&mut writer, &guard)?;
+        let manifest = self.store_lock.hint(MANIFEST_NUMBER);
+        if manifest > self.applied.read().tables.manifest.number {
+            self.switch_tables(writer.next_seq())?;
+        }
+        self.settle(&writer)?;
+        // The truth, found holding `LOCK` (words above it were lowered by `follow_the_log`).
+        // Everything up to there is applied, hence committed; the synced word is raised only by
+        // a sync, and `settle` ran one if anything was left to make durable.
+        self.store_lock
+            .correct_hint(&guard, APPENDED_SEQ, writer.next_seq());
+        self.store_lock.raise_hint(COMMITTED_SEQ, writer.next_seq());
         Ok(())
     }
 
@@ -267,15 +387,7 @@ impl Store {
                 &self.dir,
                 &mut moved,
                 stop,
-                |record| {
-                    ops.extend(record.ops().map(|op| match op {
-                        OpRef::Put(key, value) => {
-                            let (key, value) = Bytes::pair(key, value);
-                            (key, Some(value))
-                        }
-                        OpRef::Delete(key) => (Bytes::from(key), None),
-                    }));
-                },
+                |record| ops.extend(record_ops(record)),
             )?;
             if followed == Followed::Gone {
                 own.retain(|&seq, _| seq >= target);
@@ -286,6 +398,16 @@ impl Store {
         // Anything older is applied (or superseded by a reload).
         own.retain(|&seq, _| seq >= moved.next_seq);
         drop(own);
+        self.apply_read(&mut position, moved, ops)
+    }
+
+    /// Applies `ops`, read from the log from `position` to `moved`, to the view.
+    fn apply_read(
+        &self,
+        position: &mut Position,
+        moved: Position,
+        ops: Vec<(Bytes, Option<Bytes>)>,
+    ) -> Result<()> {
         // What lies below each key the memtable does not hold can take a disk read: found out
         // under the read lock, not while readers wait for the write lock. Nothing but this
         // (under `position`) changes what the lower layers hold. Looking it up here, on the

@@ -34,7 +34,7 @@ use std::sync::{Arc, Weak};
 
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
-use crate::locking::{Access, SYNCED_SEQ, StoreLock};
+use crate::locking::{Access, COMMITTED_SEQ, SYNCED_SEQ, StoreLock};
 use crate::options::Options;
 use crate::poison::Poison;
 use crate::stats::{FileStats, RecoveryReport, Stats};
@@ -94,14 +94,18 @@ impl Store {
         )?;
         // What the view holds, not the hint as it stands now: commits and installs made
         // elsewhere since recovery let go of `LOCK` are not in the view, and the first
-        // operation must see the hint differ from these to catch up on them.
-        let seen_seq = recovered.position.next_seq;
-        let seen_manifest = recovered.view.tables.manifest.number;
+        // operation must see the words differ from these to catch up on them.
+        let seen = applied::Seen::at(
+            recovered.position.next_seq,
+            recovered.view.tables.manifest.number,
+            recovered.store_lock.hint(COMMITTED_SEQ),
+            recovered.store_lock.hint(SYNCED_SEQ),
+        );
         let background = options.background_compaction && access != Access::ReadOnly;
         Ok(Arc::new_cyclic(|me| Store {
             me: me.clone(),
             dir,
-            applied: Applied::new(recovered.view, recovered.position, seen_seq, seen_manifest),
+            applied: Applied::new(recovered.view, recovered.position, seen),
             commit: GroupCommit::new(recovered.writer),
             flush: FlushState::new(recovered.flush_lock),
             compaction: CompactionState::new(recovered.compaction_lock, background),

@@ -221,10 +221,11 @@ pub fn open(
     }
     if writable {
         // Everything read was synced first.
+        // The appended word first: readers take committed or synced words above it for damage.
+        store_lock.correct_hint(&guard, LOG_GENERATION, position.generation);
+        store_lock.correct_hint(&guard, APPENDED_SEQ, position.next_seq);
         store_lock.correct_hint(&guard, COMMITTED_SEQ, position.next_seq);
         store_lock.correct_hint(&guard, SYNCED_SEQ, position.next_seq);
-        store_lock.correct_hint(&guard, APPENDED_SEQ, position.next_seq);
-        store_lock.correct_hint(&guard, LOG_GENERATION, position.generation);
         store_lock.correct_hint(&guard, DIRECTORY_SYNCED, loaded.directory);
         // Raised, never lowered: a flush or compaction elsewhere may have installed a newer
         // manifest since this open listed the directory.
@@ -650,8 +651,11 @@ fn load_once(
         });
     }
     let mut loaded = end.ok_or_else(|| Error::corruption(dir, 0, "no log to read"))?;
+    // Only a synced word that names the log's very end is believed: one below it leaves
+    // records to sync, one above it claims records the log does not hold (a damaged or foreign
+    // page), and says nothing true about those it does.
     if let Some(durable) = sync_first
-        && durable.synced_seq < loaded.position.next_seq
+        && durable.synced_seq != loaded.position.next_seq
     {
         for (path, file) in &log_files {
             file.sync_data()

@@ -295,10 +295,10 @@ fn salvage(vfs: &dyn Vfs, dir: &Path, write: bool) -> Result<RepairReport> {
         .map_err(|e| Error::io("sync the directory", dir, e))?;
     // The files are the truth; the hint page must claim no more than they hold.
     for (word, value) in [
+        (LOG_GENERATION, generation),
+        (APPENDED_SEQ, first_seq),
         (COMMITTED_SEQ, first_seq),
         (SYNCED_SEQ, first_seq),
-        (APPENDED_SEQ, first_seq),
-        (LOG_GENERATION, generation),
         (MANIFEST_NUMBER, number),
         (LOG_START, generation),
         (DIRECTORY_SYNCED, 0),

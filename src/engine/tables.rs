@@ -100,7 +100,8 @@ impl Store {
         // Others installed nothing meanwhile (we hold LOCK): what this handle has applied is
         // the newest.
         self.applied
-            .seen_manifest
+            .seen
+            .manifest
             .store(next.number, std::sync::atomic::Ordering::Release);
         drop(guard);
         Ok(next)

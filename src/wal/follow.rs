@@ -66,8 +66,31 @@ pub fn read_until(
     dir: &Path,
     position: &mut Position,
     target: u64,
+    apply: impl FnMut(&Record<'_>),
+) -> Result<Followed> {
+    read_ahead(vfs, dir, position, target, apply)
+}
+
+/// Holding `LOCK` (shared: no append is under way), reads every record from `position` to the
+/// end of the log, handing each to `apply`, as [`read_until`] does: for a reader that does not
+/// know where the log ends. A torn tail ends it (a killed writer's; the next writer cuts it).
+pub fn read_to_end(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    position: &mut Position,
+    apply: impl FnMut(&Record<'_>),
+) -> Result<Followed> {
+    read_ahead(vfs, dir, position, u64::MAX, apply)
+}
+
+fn read_ahead(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    position: &mut Position,
+    target: u64,
     mut apply: impl FnMut(&Record<'_>),
 ) -> Result<Followed> {
+    let to_end = target == u64::MAX;
     while position.next_seq < target {
         let scan = scan(
             position.file.as_ref(),
@@ -84,6 +107,10 @@ pub fn read_until(
             break;
         }
         if let Stop::Damaged { offset, reason } = scan.stop {
+            let newer = dir.join(wal_name(position.generation + 1));
+            if to_end && vfs.entry_kind(&newer).ok().flatten().is_none() {
+                return Ok(Followed::Reached);
+            }
             return Err(Error::corruption(&position.path, offset, reason));
         }
         // The log ends cleanly before the target: the rest was written to the next one.
@@ -92,7 +119,15 @@ pub fn read_until(
         let (file, header) = match open(vfs, &path, OpenMode::Read) {
             Ok(opened) => opened,
             Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
-                return Ok(Followed::Gone);
+                let live = !position
+                    .file
+                    .is_unlinked()
+                    .map_err(|e| Error::io("look up", &position.path, e))?;
+                return Ok(if to_end && live {
+                    Followed::Reached
+                } else {
+                    Followed::Gone
+                });
             }
             Err(e) => return Err(e),
         };

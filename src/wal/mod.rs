@@ -28,7 +28,7 @@ pub mod reader;
 pub mod repair;
 pub mod writer;
 
-pub use follow::{Followed, Position, follow_to_end, read_until};
+pub use follow::{Followed, Position, follow_to_end, read_to_end, read_until};
 pub use reader::{Stop, first_nonzero, scan};
 pub use repair::{Damage, examine, repair_tail};
 pub use writer::LogWriter;

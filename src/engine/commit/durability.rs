@@ -99,7 +99,7 @@ impl Store {
             }
             self.poison.check()?;
             // Another process's sync after our append covered our record too.
-            if self.store_lock.hint(SYNCED_SEQ) >= appended.end_seq {
+            if self.store_lock.synced_through(appended.end_seq) {
                 drop(syncs);
                 return self.publish(appended.end_seq);
             }

@@ -13,7 +13,7 @@ use crate::engine::Store;
 use crate::engine::applied::OwnRecord;
 use crate::error::{Error, Result};
 use crate::format::encode_record;
-use crate::locking::{LockGuard, SYNCED_SEQ};
+use crate::locking::LockGuard;
 use crate::sync::{lock, yield_then_lock};
 use crate::wal::LogWriter;
 
@@ -146,8 +146,9 @@ impl Store {
         let (first_seq, start) = (writer.next_seq(), writer.end());
         // The durable horizon these records carry, so that recovery can tell damage to them, or
         // to any record below it, from a torn tail (DECISIONS 49). Every record below the synced
-        // sequence is durable: it is raised only after an `fdatasync` covered them.
-        let durable_below = self.store_lock.hint(SYNCED_SEQ).min(first_seq);
+        // sequence is durable: it is raised only after an `fdatasync` covered them. (The log
+        // ends at `first_seq`: a synced word above that is not believed, and vouches for nothing.)
+        let durable_below = self.store_lock.synced_below(first_seq);
         let version = writer.version();
         let mut lens = Vec::with_capacity(batches.len());
         let appended = writer.append(|buf, first_seq| {

@@ -17,6 +17,10 @@ use super::durability::Appended;
 /// at the least; more if syncs here are slow.
 const DEAD_SYNC_PATIENCE: Duration = Duration::from_millis(100);
 
+/// The most that patience grows to with slow syncs: a writer never waits for others' claims
+/// much longer than twice this (a claim given up early costs one extra sync, nothing more).
+const MAX_SYNC_PATIENCE: Duration = Duration::from_secs(1);
+
 /// The longest [`Store::gather_others`] waits for other processes' appends.
 const MAX_GATHER: Duration = Duration::from_micros(200);
 
@@ -72,10 +76,13 @@ impl Store {
             store.raise_hint(SYNCED_SEQ, target.end_seq);
             return Ok(());
         }
-        let patience = DEAD_SYNC_PATIENCE.max(last_took * 8);
+        let patience = DEAD_SYNC_PATIENCE.max(last_took * 8).min(MAX_SYNC_PATIENCE);
+        // Since when this writer waits for claims, whichever: a claim that keeps changing (a
+        // co-tenant writing the word, a damaged page) must not hold it up for ever.
+        let mut waiting_since: Option<Instant> = None;
         let mut waiting_for: Option<(u64, Instant)> = None;
         loop {
-            if store.hint(SYNCED_SEQ) >= target.end_seq {
+            if store.synced_through(target.end_seq) {
                 return Ok(()); // another process's sync covered it
             }
             self.poison.check()?;
@@ -87,6 +94,16 @@ impl Store {
                     Some((token, since)) if token == running => since,
                     _ => waiting_for.insert((running, Instant::now())).1,
                 };
+                let all_along = *waiting_since.get_or_insert(since);
+                if all_along.elapsed() >= patience * 2 {
+                    log::warn!(
+                        "{}: the store-wide sync claim has not settled in {:?}; syncing here \
+                         without it",
+                        target.path.display(),
+                        patience * 2
+                    );
+                    return self.sync_covering(target, own, None);
+                }
                 // Past a normal sync's time, ask whether its process still exists: a killed
                 // one would otherwise hold every writer up for the whole patience.
                 let waited = since.elapsed();
@@ -112,22 +129,32 @@ impl Store {
             if !store.claim_sync(running, token) {
                 continue;
             }
-            let synced_before = store.hint(SYNCED_SEQ);
             let others = store.hint(LAST_SYNC_OTHERS);
             if others > 0 {
+                let synced_before = store.hint(SYNCED_SEQ);
                 self.gather_others(target.generation, synced_before + own + others, last_took);
             }
-            // Everything appended to this log so far is written: the sync covers it all.
-            let covers = store.appended_in(target.generation).max(target.end_seq);
-            let synced = self.sync_file(&target.path, target.file.as_ref());
-            if synced.is_ok() {
-                store.raise_hint(SYNCED_SEQ, covers);
-                let others = (covers - synced_before.min(covers)).saturating_sub(own);
-                store.set_hint(LAST_SYNC_OTHERS, others);
-            }
-            store.end_sync(token);
-            return synced;
+            return self.sync_covering(target, own, Some(token));
         }
+    }
+
+    /// Syncs the log of `target` and raises the synced word over everything appended to it so
+    /// far, by anyone; ends the claim `token` if this sync runs under one.
+    fn sync_covering(&self, target: &Appended, own: u64, token: Option<u64>) -> Result<()> {
+        let store = &self.store_lock;
+        let synced_before = store.hint(SYNCED_SEQ);
+        // Everything appended to this log so far is written: the sync covers it all.
+        let covers = store.appended_in(target.generation).max(target.end_seq);
+        let synced = self.sync_file(&target.path, target.file.as_ref());
+        if synced.is_ok() {
+            store.raise_hint(SYNCED_SEQ, covers);
+            let others = (covers - synced_before.min(covers)).saturating_sub(own);
+            store.set_hint(LAST_SYNC_OTHERS, others);
+        }
+        if let Some(token) = token {
+            store.end_sync(token);
+        }
+        synced
     }
 }
 

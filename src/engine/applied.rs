@@ -453,7 +453,7 @@ mod tests {
     use std::sync::Arc;
 
     use crate::sync::lock;
-    use crate::testing::faulty::{FaultyVfs, Hook};
+    use crate::testing::faulty::{At, FaultyVfs, Hook};
     use crate::{Db, Options};
 
     /// A commit acknowledged by another handle between the end of an open's recovery (which
@@ -467,8 +467,8 @@ mod tests {
         let vfs = FaultyVfs::default();
         let faults = Arc::clone(&vfs.faults);
         let other = writer.clone();
-        lock(&faults).after_unlock = Some((
-            "LOCK".into(),
+        lock(&faults).hooks.push_back((
+            At::Unlock("LOCK".into()),
             Hook(Box::new(move || other.put("k", "new").expect("put"))),
         ));
         let opened = Options::new()
@@ -476,7 +476,7 @@ mod tests {
             .open(dir.path())
             .expect("open");
         assert!(
-            lock(&faults).after_unlock.is_none(),
+            lock(&faults).hooks.is_empty(),
             "the put ran inside the open"
         );
         assert_eq!(

@@ -626,7 +626,8 @@ fn load_once(
             Stop::Clean => wal::first_nonzero(file.as_ref(), &path, scan.end, scan.size)?
                 .map(|_| (scan.end, "non-zero bytes after the end of the log")),
         };
-        if i != last {
+        // Reading stops at `upto`, in whichever log holds it: the later ones are not read.
+        if i != last && !stopped_early {
             if let Some((offset, reason)) = damage {
                 return Err(Error::corruption(&path, offset, reason));
             }
@@ -649,6 +650,9 @@ fn load_once(
             quarantine_files: listing.quarantine.iter().map(|n| dir.join(n)).collect(),
             directory: 0,
         });
+        if stopped_early {
+            break;
+        }
     }
     let mut loaded = end.ok_or_else(|| Error::corruption(dir, 0, "no log to read"))?;
     // Only a synced word that names the log's very end is believed: one below it leaves

@@ -17,6 +17,7 @@ use crate::layout::{StoreFile, classify, directory_fingerprint, list_store, part
 use crate::locking::{DIRECTORY_SYNCED, LOG_START, MANIFEST_NUMBER};
 use crate::manifest;
 use crate::sorted::SortedFile;
+use crate::sync::lock;
 use crate::view::Tables;
 
 use super::Store;
@@ -86,6 +87,25 @@ impl Store {
         change(&mut next)?;
         next.number = newest.number + 1;
         manifest::install(vfs, &self.dir, &next)?;
+        // Another process flushed since this handle last switched files (possible during a
+        // compaction, which does not hold `LOCK.flush`): its run holds writes this handle's
+        // memtable may hold older values of, and the memtable would shadow them. The view is
+        // rebuilt from the installed files and the log instead, as a reload after another
+        // process's flush does.
+        if newest.log_start != self.applied.read().tables.manifest.log_start {
+            let mut position = lock(&self.applied.position);
+            let target = position.next_seq;
+            self.reload(&mut position, target)?;
+            drop(position);
+            self.store_lock.raise_hint(LOG_START, next.log_start);
+            self.store_lock.raise_hint(MANIFEST_NUMBER, next.number);
+            self.applied
+                .seen
+                .manifest
+                .store(next.number, std::sync::atomic::Ordering::Release);
+            drop(guard);
+            return Ok(next);
+        }
         // Readers switch to the new files (a pointer swap under the view's lock).
         let mut open = self.applied.read().tables.reusable();
         open.extend(new_files.iter().map(|(k, f)| (*k, Arc::clone(f))));

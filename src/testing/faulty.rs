@@ -24,9 +24,28 @@ pub struct Faults {
     /// Every write, sync, truncate, rename and directory sync, in order, e.g.
     /// `write wal-0000000000000000 40+71`, `sync wal-0000000000000000`, `sync_dir store`.
     pub journal: Vec<String>,
-    /// Runs once, right after the first `unlock` of the file of that name: to make another
-    /// handle act at an exact point between two steps of this one.
-    pub after_unlock: Option<(String, Hook)>,
+    /// Things to run at chosen points of the engine's work, to make another handle act at an
+    /// exact point between two steps of this one: the first runs (once) when its point is
+    /// reached, then the next one waits for its point, and so on.
+    pub hooks: std::collections::VecDeque<(At, Hook)>,
+}
+
+/// Where a [`Hook`] runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum At {
+    /// Right after an `unlock` of the file of this name.
+    Unlock(String),
+}
+
+impl Faults {
+    /// The first hook, taken out, if it is for `point`.
+    fn hook_at(&mut self, point: impl Fn(&At) -> bool) -> Option<Hook> {
+        if self.hooks.front().is_some_and(|(at, _)| point(at)) {
+            self.hooks.pop_front().map(|(_, hook)| hook)
+        } else {
+            None
+        }
+    }
 }
 
 /// Something a test runs at a chosen point of the engine's work.
@@ -147,14 +166,8 @@ impl VfsFile for FaultyFile {
     }
     fn unlock(&self) -> io::Result<()> {
         self.inner.unlock()?;
-        let hook = {
-            let mut faults = faults(&self.faults);
-            match &faults.after_unlock {
-                Some((name, _)) if *name == self.name => faults.after_unlock.take(),
-                _ => None,
-            }
-        };
-        if let Some((_, Hook(run))) = hook {
+        let hook = faults(&self.faults).hook_at(|at| *at == At::Unlock(self.name.clone()));
+        if let Some(Hook(run)) = hook {
             run();
         }
         Ok(())
